@@ -1,0 +1,8 @@
+//! Weir's data plane: the master, workers, client and FUSE filesystem that
+//! make up a cache cluster, and the `weir` binary that runs them.
+
+pub mod error;
+pub mod path;
+pub mod telemetry;
+
+pub use error::{Error, Result};

@@ -1,0 +1,28 @@
+//! Logging set-up shared by every Weir binary.
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// Log output format, chosen per binary by a flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Installs the global subscriber. `RUST_LOG` wins over `default_filter`.
+pub fn init(default_filter: &str, format: LogFormat) -> crate::Result<()> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(default_filter))
+        .map_err(|e| crate::Error::Telemetry(e.to_string()))?;
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = match format {
+        LogFormat::Text => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .try_init(),
+    };
+    installed.map_err(|e| crate::Error::Telemetry(e.to_string()))
+}

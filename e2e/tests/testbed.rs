@@ -1,0 +1,259 @@
+//! Proves the test bed is a real Kubernetes: CRDs with a status subresource,
+//! StatefulSets with logs and exec, privileged FUSE mounts that propagate to
+//! the host, ClusterIP Services and Service DNS.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, CustomResourceExt};
+use serde_json::json;
+use std::time::Duration;
+use weir_e2e::{TestNamespace, ensure_cluster, init_tls, wait_for};
+use weir_operator::crd::Dataset;
+
+const E2E_IMAGE: &str = "weir.io/e2e:dev";
+
+fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).expect("object literal")
+}
+
+async fn pod_phase(pods: &Api<Pod>, name: &str) -> weir_e2e::Result<Option<String>> {
+    Ok(pods
+        .get_opt(name)
+        .await?
+        .and_then(|p| p.status)
+        .and_then(|s| s.phase))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crd_with_status_subresource_and_validation() -> anyhow::Result<()> {
+    init_tls();
+    let bed = ensure_cluster()?;
+    let ns = TestNamespace::new(&bed, "crd").await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
+    let crd = Dataset::crd();
+    let name = crd.metadata.name.clone().expect("crd name");
+    crds.patch(
+        &name,
+        &PatchParams::apply("weir-e2e").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    wait_for(
+        "Dataset CRD established",
+        Duration::from_secs(30),
+        || async {
+            let c = crds.get(&name).await?;
+            let established = c
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            Ok(established.then_some(()))
+        },
+    )
+    .await?;
+
+    let datasets: Api<Dataset> = ns.api();
+    let ds: Dataset = from_json(json!({
+        "apiVersion": "data.weir.io/v1alpha1", "kind": "Dataset",
+        "metadata": {"name": "demo"},
+        "spec": {"mounts": [{"mountPoint": "s3://bucket/prefix"}]}
+    }));
+    // The CRD was just established; the apiserver may take a moment to serve it.
+    wait_for("Dataset create", Duration::from_secs(20), || async {
+        Ok(datasets
+            .create(&PostParams::default(), &ds)
+            .await
+            .ok()
+            .map(|_| ()))
+    })
+    .await?;
+    datasets
+        .patch_status(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Bound", "fileNum": "42"}})),
+        )
+        .await?;
+    let got = datasets.get("demo").await?;
+    let status = got.status.expect("status was patched");
+    assert_eq!(status.file_num.as_deref(), Some("42"));
+    assert_eq!(format!("{:?}", status.phase), "Bound");
+    assert_eq!(
+        got.spec.mounts[0].mount_point, "s3://bucket/prefix",
+        "status patch kept the spec"
+    );
+
+    let bad: Dataset = from_json(json!({
+        "apiVersion": "data.weir.io/v1alpha1", "kind": "Dataset",
+        "metadata": {"name": "no-scheme"},
+        "spec": {"mounts": [{"mountPoint": "bucket/prefix"}]}
+    }));
+    let err = datasets
+        .create(&PostParams::default(), &bad)
+        .await
+        .expect_err("no scheme is rejected");
+    let message = err.to_string();
+    assert!(
+        message.contains("spec.mounts[0].mountPoint"),
+        "error names the field: {message}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_runs_with_logs_and_exec() -> anyhow::Result<()> {
+    init_tls();
+    let bed = ensure_cluster()?;
+    let ns = TestNamespace::new(&bed, "sts").await?;
+    let sts: StatefulSet = from_json(json!({
+        "metadata": {"name": "echo"},
+        "spec": {
+            "serviceName": "echo", "replicas": 2, "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": "echo"}},
+            "template": {
+                "metadata": {"labels": {"app": "echo"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{
+                        "name": "echo", "image": E2E_IMAGE, "imagePullPolicy": "Never",
+                        "command": ["sh", "-c", "echo hello-from-$(hostname); exec sleep 3600"]
+                    }]
+                }
+            }
+        }
+    }));
+    let api: Api<StatefulSet> = ns.api();
+    api.create(&PostParams::default(), &sts).await?;
+    wait_for("2 ready replicas", Duration::from_secs(90), || async {
+        let s = api.get("echo").await?;
+        Ok((s.status.and_then(|s| s.ready_replicas) == Some(2)).then_some(()))
+    })
+    .await?;
+    let logs = ns.kubectl(&["logs", "echo-0"])?;
+    assert_eq!(logs.trim(), "hello-from-echo-0");
+    let exec = ns.kubectl(&["exec", "echo-1", "--", "cat", "/etc/hostname"])?;
+    assert_eq!(exec.trim(), "echo-1");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuse_mount_in_a_pod_propagates_to_the_host() -> anyhow::Result<()> {
+    init_tls();
+    let bed = ensure_cluster()?;
+    let ns = TestNamespace::new(&bed, "fuse").await?;
+    let host_dir = format!("/var/lib/weir/e2e/{}", ns.name);
+    let token = format!("weir-fuse-{}", std::process::id());
+    let pod: Pod = from_json(json!({
+        "metadata": {"name": "fuse"},
+        "spec": {
+            "terminationGracePeriodSeconds": 10,
+            "containers": [{
+                "name": "fuse", "image": E2E_IMAGE, "imagePullPolicy": "Never",
+                "command": ["weir-e2e-fuse-probe", "/host/fuse", "--content", token],
+                "securityContext": {"privileged": true},
+                "volumeMounts": [{"name": "host", "mountPath": "/host", "mountPropagation": "Bidirectional"}]
+            }],
+            "volumes": [{"name": "host", "hostPath": {"path": host_dir, "type": "DirectoryOrCreate"}}]
+        }
+    }));
+    let pods: Api<Pod> = ns.api();
+    pods.create(&PostParams::default(), &pod).await?;
+    let hello = std::path::PathBuf::from(&host_dir).join("fuse/hello");
+    let seen = wait_for(
+        "the FUSE file on the host",
+        Duration::from_secs(90),
+        || async { Ok(std::fs::read_to_string(&hello).ok().filter(|c| c == &token)) },
+    )
+    .await?;
+    assert_eq!(seen, token);
+
+    ns.kubectl(&["delete", "pod", "fuse", "--wait=true", "--timeout=60s"])?;
+    let mount_point = format!("{host_dir}/fuse");
+    wait_for(
+        "the FUSE mount to go from the host",
+        Duration::from_secs(30),
+        || async {
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            Ok((!mounts.contains(&mount_point)).then_some(()))
+        },
+    )
+    .await?;
+    let _ = std::fs::remove_dir_all(&host_dir);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_ip_service_and_headless_dns_work_from_a_pod() -> anyhow::Result<()> {
+    init_tls();
+    let bed = ensure_cluster()?;
+    let ns = TestNamespace::new(&bed, "svc").await?;
+    let token = format!("served-{}", std::process::id());
+    let server: Pod = from_json(json!({
+        "metadata": {"name": "web", "labels": {"app": "web"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "web", "image": E2E_IMAGE, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", format!("mkdir -p /www && echo {token} > /www/index.html && exec httpd -f -p 8080 -h /www")],
+                "ports": [{"containerPort": 8080}],
+                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+            }]
+        }
+    }));
+    let pods: Api<Pod> = ns.api();
+    pods.create(&PostParams::default(), &server).await?;
+    ns.kubectl(&["create", "service", "clusterip", "web", "--tcp=80:8080"])?;
+    ns.kubectl(&[
+        "create",
+        "service",
+        "clusterip",
+        "web-headless",
+        "--clusterip=None",
+        "--tcp=8080:8080",
+    ])?;
+    // `kubectl create service` selects app=<name>; point the headless one at the server.
+    ns.kubectl(&["set", "selector", "service", "web-headless", "app=web"])?;
+    wait_for("web pod running", Duration::from_secs(60), || async {
+        Ok((pod_phase(&pods, "web").await?.as_deref() == Some("Running")).then_some(()))
+    })
+    .await?;
+    let web_ip = pods
+        .get("web")
+        .await?
+        .status
+        .and_then(|s| s.pod_ip)
+        .expect("pod ip");
+
+    let svc_host = format!("web.{}.svc.cluster.local", ns.name);
+    let headless_host = format!("web-headless.{}.svc.cluster.local", ns.name);
+    let script = format!(
+        "for i in $(seq 60); do \
+           body=$(wget -qO- -T 2 http://{svc_host}/ 2>/dev/null) && \
+           addr=$(nslookup {headless_host} 2>/dev/null | sed -n 's/^Address: *//p' | tail -1) && \
+           [ -n \"$addr\" ] && echo \"body=$body addr=$addr\" && exit 0; sleep 1; done; \
+         echo 'no answer'; nslookup {headless_host}; exit 1"
+    );
+    let client: Pod = from_json(json!({
+        "metadata": {"name": "client"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "client", "image": E2E_IMAGE, "imagePullPolicy": "Never",
+                            "command": ["sh", "-c", script]}]
+        }
+    }));
+    pods.create(&PostParams::default(), &client).await?;
+    let phase = wait_for("client pod to finish", Duration::from_secs(120), || async {
+        Ok(pod_phase(&pods, "client")
+            .await?
+            .filter(|p| p == "Succeeded" || p == "Failed"))
+    })
+    .await?;
+    let logs = ns.kubectl(&["logs", "client"])?;
+    assert_eq!(phase, "Succeeded", "client output: {logs}");
+    assert_eq!(logs.trim(), format!("body={token} addr={web_ip}"));
+    Ok(())
+}
