@@ -85,7 +85,7 @@ sign() { # name CN O SANs
 }
 sign apiserver kube-apiserver "" "IP:127.0.0.1,IP:$BRIDGE_IP,IP:${WEIR_SERVICE_CIDR%.*/*}.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 sign apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
-sign kubelet "$WEIR_NODE" "" "IP:127.0.0.1,DNS:$WEIR_NODE,DNS:localhost"
+sign kubelet "$WEIR_NODE" "" "IP:127.0.0.1,IP:$BRIDGE_IP,DNS:$WEIR_NODE,DNS:localhost"
 ossl genrsa -out "$pki/sa.key" 2048
 ossl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub"
 
@@ -287,7 +287,9 @@ done
 cat > "$WEIR_LAB/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: 127.0.0.1
+# The node's address is the bridge's: the kubelet refuses a loopback node IP,
+# and pods on the bridge can reach host-network pods there.
+address: "$BRIDGE_IP"
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 authentication:
@@ -312,7 +314,7 @@ serializeImagePulls: false
 maxPods: 110
 EOF
 start kubelet kubelet --config="$WEIR_LAB/kubelet.yaml" --kubeconfig="$WEIR_LAB/kubelet.kubeconfig" \
-  --hostname-override="$WEIR_NODE" --node-ip=127.0.0.1 --root-dir="$WEIR_KUBELET_DIR" \
+  --hostname-override="$WEIR_NODE" --node-ip="$BRIDGE_IP" --root-dir="$WEIR_KUBELET_DIR" \
   --cert-dir="$WEIR_LAB/kubelet-pki"
 
 cat > "$WEIR_LAB/kube-proxy.yaml" <<EOF

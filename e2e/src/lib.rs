@@ -200,7 +200,22 @@ where
 pub struct TestNamespace {
     pub name: String,
     pub client: Client,
-    bed: Bed,
+    pub bed: Bed,
+    passed: bool,
+}
+
+/// Runs one e2e test in a namespace of its own on the shared cluster. When
+/// `body` fails or panics, the namespace is dumped before it is deleted.
+pub async fn in_namespace(
+    test: &str,
+    body: impl AsyncFnOnce(&TestNamespace) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    init_tls();
+    let bed = ensure_cluster()?;
+    let mut ns = TestNamespace::new(&bed, test).await?;
+    let result = body(&ns).await;
+    ns.passed = result.is_ok();
+    result
 }
 
 impl TestNamespace {
@@ -242,6 +257,7 @@ impl TestNamespace {
             name,
             client,
             bed: bed.clone(),
+            passed: false,
         })
     }
 
@@ -253,10 +269,11 @@ impl TestNamespace {
         Api::namespaced(self.client.clone(), &self.name)
     }
 
-    /// `kubectl` with `-n <this namespace>` appended.
+    /// `kubectl -n <this namespace> ...` (the flag goes first, so that it
+    /// never lands after a `--`).
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
-        let mut all = args.to_vec();
-        all.extend(["-n", &self.name]);
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
         self.bed.kubectl(&all)
     }
 
@@ -291,7 +308,7 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if !self.passed || std::thread::panicking() {
             self.dump();
         }
         let _ = self

@@ -9,7 +9,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, CustomResourceExt};
 use serde_json::json;
 use std::time::Duration;
-use weir_e2e::{TestNamespace, ensure_cluster, init_tls, wait_for};
+use weir_e2e::{in_namespace, wait_for};
 use weir_operator::crd::Dataset;
 
 const E2E_IMAGE: &str = "weir.io/e2e:dev";
@@ -28,123 +28,121 @@ async fn pod_phase(pods: &Api<Pod>, name: &str) -> weir_e2e::Result<Option<Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crd_with_status_subresource_and_validation() -> anyhow::Result<()> {
-    init_tls();
-    let bed = ensure_cluster()?;
-    let ns = TestNamespace::new(&bed, "crd").await?;
-    let crds: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
-    let crd = Dataset::crd();
-    let name = crd.metadata.name.clone().expect("crd name");
-    crds.patch(
-        &name,
-        &PatchParams::apply("weir-e2e").force(),
-        &Patch::Apply(&crd),
-    )
-    .await?;
-    wait_for(
-        "Dataset CRD established",
-        Duration::from_secs(30),
-        || async {
-            let c = crds.get(&name).await?;
-            let established = c
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            Ok(established.then_some(()))
-        },
-    )
-    .await?;
-
-    let datasets: Api<Dataset> = ns.api();
-    let ds: Dataset = from_json(json!({
-        "apiVersion": "data.weir.io/v1alpha1", "kind": "Dataset",
-        "metadata": {"name": "demo"},
-        "spec": {"mounts": [{"mountPoint": "s3://bucket/prefix"}]}
-    }));
-    // The CRD was just established; the apiserver may take a moment to serve it.
-    wait_for("Dataset create", Duration::from_secs(20), || async {
-        Ok(datasets
-            .create(&PostParams::default(), &ds)
-            .await
-            .ok()
-            .map(|_| ()))
-    })
-    .await?;
-    datasets
-        .patch_status(
-            "demo",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Bound", "fileNum": "42"}})),
+    in_namespace("crd", async |ns| {
+        let crds: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
+        let crd = Dataset::crd();
+        let name = crd.metadata.name.clone().expect("crd name");
+        crds.patch(
+            &name,
+            &PatchParams::apply("weir-e2e").force(),
+            &Patch::Apply(&crd),
         )
         .await?;
-    let got = datasets.get("demo").await?;
-    let status = got.status.expect("status was patched");
-    assert_eq!(status.file_num.as_deref(), Some("42"));
-    assert_eq!(format!("{:?}", status.phase), "Bound");
-    assert_eq!(
-        got.spec.mounts[0].mount_point, "s3://bucket/prefix",
-        "status patch kept the spec"
-    );
+        wait_for(
+            "Dataset CRD established",
+            Duration::from_secs(30),
+            || async {
+                let c = crds.get(&name).await?;
+                let established = c
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                Ok(established.then_some(()))
+            },
+        )
+        .await?;
 
-    let bad: Dataset = from_json(json!({
-        "apiVersion": "data.weir.io/v1alpha1", "kind": "Dataset",
-        "metadata": {"name": "no-scheme"},
-        "spec": {"mounts": [{"mountPoint": "bucket/prefix"}]}
-    }));
-    let err = datasets
-        .create(&PostParams::default(), &bad)
-        .await
-        .expect_err("no scheme is rejected");
-    let message = err.to_string();
-    assert!(
-        message.contains("spec.mounts[0].mountPoint"),
-        "error names the field: {message}"
-    );
-    Ok(())
+        let datasets: Api<Dataset> = ns.api();
+        let ds: Dataset = from_json(json!({
+            "apiVersion": "data.weir.io/v1alpha1", "kind": "Dataset",
+            "metadata": {"name": "demo"},
+            "spec": {"mounts": [{"mountPoint": "s3://bucket/prefix"}]}
+        }));
+        // The CRD was just established; the apiserver may take a moment to serve it.
+        wait_for("Dataset create", Duration::from_secs(20), || async {
+            Ok(datasets
+                .create(&PostParams::default(), &ds)
+                .await
+                .ok()
+                .map(|_| ()))
+        })
+        .await?;
+        datasets
+            .patch_status(
+                "demo",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"phase": "Bound", "fileNum": "42"}})),
+            )
+            .await?;
+        let got = datasets.get("demo").await?;
+        let status = got.status.expect("status was patched");
+        assert_eq!(status.file_num.as_deref(), Some("42"));
+        assert_eq!(format!("{:?}", status.phase), "Bound");
+        assert_eq!(
+            got.spec.mounts[0].mount_point, "s3://bucket/prefix",
+            "status patch kept the spec"
+        );
+
+        let bad: Dataset = from_json(json!({
+            "apiVersion": "data.weir.io/v1alpha1", "kind": "Dataset",
+            "metadata": {"name": "no-scheme"},
+            "spec": {"mounts": [{"mountPoint": "bucket/prefix"}]}
+        }));
+        let err = datasets
+            .create(&PostParams::default(), &bad)
+            .await
+            .expect_err("no scheme is rejected");
+        let message = err.to_string();
+        assert!(
+            message.contains("spec.mounts[0].mountPoint"),
+            "error names the field: {message}"
+        );
+        Ok(())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statefulset_runs_with_logs_and_exec() -> anyhow::Result<()> {
-    init_tls();
-    let bed = ensure_cluster()?;
-    let ns = TestNamespace::new(&bed, "sts").await?;
-    let sts: StatefulSet = from_json(json!({
-        "metadata": {"name": "echo"},
-        "spec": {
-            "serviceName": "echo", "replicas": 2, "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": {"app": "echo"}},
-            "template": {
-                "metadata": {"labels": {"app": "echo"}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [{
-                        "name": "echo", "image": E2E_IMAGE, "imagePullPolicy": "Never",
-                        "command": ["sh", "-c", "echo hello-from-$(hostname); exec sleep 3600"]
-                    }]
+    in_namespace("sts", async |ns| {
+        let sts: StatefulSet = from_json(json!({
+            "metadata": {"name": "echo"},
+            "spec": {
+                "serviceName": "echo", "replicas": 2, "podManagementPolicy": "Parallel",
+                "selector": {"matchLabels": {"app": "echo"}},
+                "template": {
+                    "metadata": {"labels": {"app": "echo"}},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 1,
+                        "containers": [{
+                            "name": "echo", "image": E2E_IMAGE, "imagePullPolicy": "Never",
+                            "command": ["sh", "-c", "echo hello-from-$(hostname); exec sleep 3600"]
+                        }]
+                    }
                 }
             }
-        }
-    }));
-    let api: Api<StatefulSet> = ns.api();
-    api.create(&PostParams::default(), &sts).await?;
-    wait_for("2 ready replicas", Duration::from_secs(90), || async {
-        let s = api.get("echo").await?;
-        Ok((s.status.and_then(|s| s.ready_replicas) == Some(2)).then_some(()))
+        }));
+        let api: Api<StatefulSet> = ns.api();
+        api.create(&PostParams::default(), &sts).await?;
+        wait_for("2 ready replicas", Duration::from_secs(90), || async {
+            let s = api.get("echo").await?;
+            Ok((s.status.and_then(|s| s.ready_replicas) == Some(2)).then_some(()))
+        })
+        .await?;
+        let logs = ns.kubectl(&["logs", "echo-0"])?;
+        assert_eq!(logs.trim(), "hello-from-echo-0");
+        let exec = ns.kubectl(&["exec", "echo-1", "--", "cat", "/etc/hostname"])?;
+        assert_eq!(exec.trim(), "echo-1");
+        Ok(())
     })
-    .await?;
-    let logs = ns.kubectl(&["logs", "echo-0"])?;
-    assert_eq!(logs.trim(), "hello-from-echo-0");
-    let exec = ns.kubectl(&["exec", "echo-1", "--", "cat", "/etc/hostname"])?;
-    assert_eq!(exec.trim(), "echo-1");
-    Ok(())
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuse_mount_in_a_pod_propagates_to_the_host() -> anyhow::Result<()> {
-    init_tls();
-    let bed = ensure_cluster()?;
-    let ns = TestNamespace::new(&bed, "fuse").await?;
+    in_namespace("fuse", async |ns| {
     let host_dir = format!("/var/lib/weir/e2e/{}", ns.name);
     let token = format!("weir-fuse-{}", std::process::id());
     let pod: Pod = from_json(json!({
@@ -184,13 +182,13 @@ async fn fuse_mount_in_a_pod_propagates_to_the_host() -> anyhow::Result<()> {
     .await?;
     let _ = std::fs::remove_dir_all(&host_dir);
     Ok(())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_ip_service_and_headless_dns_work_from_a_pod() -> anyhow::Result<()> {
-    init_tls();
-    let bed = ensure_cluster()?;
-    let ns = TestNamespace::new(&bed, "svc").await?;
+    in_namespace("svc", async |ns| {
     let token = format!("served-{}", std::process::id());
     let server: Pod = from_json(json!({
         "metadata": {"name": "web", "labels": {"app": "web"}},
@@ -230,12 +228,16 @@ async fn cluster_ip_service_and_headless_dns_work_from_a_pod() -> anyhow::Result
 
     let svc_host = format!("web.{}.svc.cluster.local", ns.name);
     let headless_host = format!("web-headless.{}.svc.cluster.local", ns.name);
+    // busybox-static's wget crashes inside containers (static glibc), so
+    // HTTP is spoken with nc; nslookup has its own resolver.
     let script = format!(
-        "for i in $(seq 60); do \
-           body=$(wget -qO- -T 2 http://{svc_host}/ 2>/dev/null) && \
-           addr=$(nslookup {headless_host} 2>/dev/null | sed -n 's/^Address: *//p' | tail -1) && \
-           [ -n \"$addr\" ] && echo \"body=$body addr=$addr\" && exit 0; sleep 1; done; \
-         echo 'no answer'; nslookup {headless_host}; exit 1"
+        "lookup() {{ nslookup $1 2>/dev/null | sed -n 's/^Address: *//p' | grep -v ':53$' | tail -1; }}; \
+         for i in $(seq 60); do \
+           svc=$(lookup {svc_host}) && [ -n \"$svc\" ] && \
+           body=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 $svc 80 | tail -1) && \
+           addr=$(lookup {headless_host}) && [ -n \"$addr\" ] && \
+           echo \"body=$body addr=$addr svc=$svc\" && exit 0; sleep 1; done; \
+         echo 'no answer'; nslookup {svc_host}; nslookup {headless_host}; exit 1"
     );
     let client: Pod = from_json(json!({
         "metadata": {"name": "client"},
@@ -254,6 +256,9 @@ async fn cluster_ip_service_and_headless_dns_work_from_a_pod() -> anyhow::Result
     .await?;
     let logs = ns.kubectl(&["logs", "client"])?;
     assert_eq!(phase, "Succeeded", "client output: {logs}");
-    assert_eq!(logs.trim(), format!("body={token} addr={web_ip}"));
+    let svc_ip = ns.kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"])?;
+    assert_eq!(logs.trim(), format!("body={token} addr={web_ip} svc={svc_ip}"));
     Ok(())
+    })
+    .await
 }

@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 pub struct DatasetSpec {
     /// Under-storage locations, each shown as a directory of the dataset.
     #[x_kube(validation = kube::core::Rule::new("size(self) > 0").message("at least one mount is required"))]
+    #[schemars(length(max = 64))]
     pub mounts: Vec<Mount>,
     /// Options given to every mount (a mount's own options win).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -38,10 +39,12 @@ pub struct Mount {
     /// `s3://bucket/prefix`, `hdfs://host:port/path`, `http(s)://...`,
     /// `local:///host/path` or `pvc://claim/path`.
     #[x_kube(validation = kube::core::Rule::new("self.matches('^(s3|hdfs|http|https|local|pvc)://.+')").message("mountPoint must start with s3://, hdfs://, http://, https://, local:// or pvc://"))]
+    #[schemars(length(max = 2048))]
     pub mount_point: String,
     /// Directory name of this mount inside the dataset; defaults to a name
     /// derived from the mount point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
     pub name: Option<String>,
     #[serde(default)]
     pub read_only: bool,
