@@ -2,6 +2,7 @@
 //! make up a cache cluster, and the `weir` binary that runs them.
 
 pub mod error;
+pub mod master;
 pub mod path;
 pub mod telemetry;
 

@@ -1,0 +1,4 @@
+//! The master: the namespace, the mount table, block and worker metadata,
+//! replicated by Raft.
+
+pub mod metastore;
