@@ -13,6 +13,9 @@ const CF_MOUNTS: &str = "mounts";
 const CF_META: &str = "meta";
 const ALL_CFS: [&str; 4] = [CF_INODES, CF_EDGES, CF_MOUNTS, CF_META];
 
+/// A raw key and value as RocksDB iterators yield them.
+type RawEntry = (Box<[u8]>, Box<[u8]>);
+
 /// Metadata in RocksDB, one column family per kind, with bounded LRU caches
 /// of inodes and edges in front (path resolution reads both for every
 /// component, and the hot part of a namespace is small).
@@ -126,7 +129,7 @@ impl RocksStore {
         }
     }
 
-    fn scan(&self, cf: &str) -> impl Iterator<Item = StoreResult<(Box<[u8]>, Box<[u8]>)>> + '_ {
+    fn scan(&self, cf: &str) -> impl Iterator<Item = StoreResult<RawEntry>> + '_ {
         self.db
             .iterator_cf(self.cf(cf), IteratorMode::Start)
             .map(|r| r.map_err(Into::into))
