@@ -2,3 +2,4 @@
 //! replicated by Raft.
 
 pub mod metastore;
+pub mod namespace;
