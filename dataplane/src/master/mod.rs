@@ -3,3 +3,4 @@
 
 pub mod metastore;
 pub mod namespace;
+pub mod raft;

@@ -135,6 +135,13 @@ impl RocksStore {
             .map(|r| r.map_err(Into::into))
     }
 
+    /// Syncs the write-ahead log: everything written so far survives a
+    /// machine crash.
+    pub fn sync(&self) -> StoreResult<()> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
     /// A consistent on-disk copy of the store (RocksDB checkpoint: hard
     /// links, so cheap) for Raft snapshots.
     pub fn checkpoint(&self, dir: &Path) -> StoreResult<()> {
