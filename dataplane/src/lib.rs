@@ -7,3 +7,11 @@ pub mod path;
 pub mod telemetry;
 
 pub use error::{Error, Result};
+
+/// Generated gRPC code, kept apart and exempt from the workspace lints.
+#[allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
+pub mod proto {
+    pub mod master {
+        tonic::include_proto!("weir.master.v1");
+    }
+}
