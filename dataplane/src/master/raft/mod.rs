@@ -7,6 +7,7 @@
 //! metadata's writes out of every log fsync.
 
 pub mod log_store;
+pub mod network;
 pub mod state_machine;
 
 use super::namespace::{Command, FsError, Reply};
