@@ -1,8 +1,11 @@
 //! Weir's data plane: the master, workers, client and FUSE filesystem that
 //! make up a cache cluster, and the `weir` binary that runs them.
 
+pub mod cli;
+pub mod client;
 pub mod error;
 pub mod master;
+pub mod metrics;
 pub mod path;
 pub mod telemetry;
 

@@ -23,5 +23,5 @@ fn check_path_normalises_good_paths_and_names_bad_ones() {
         "{stderr}"
     );
     assert!(stderr.contains("\"relative\" is not absolute"), "{stderr}");
-    assert!(stderr.contains("2 invalid path(s)"), "{stderr}");
+    assert!(stderr.contains("error: 2 invalid path(s)"), "{stderr}");
 }

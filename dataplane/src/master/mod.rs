@@ -3,4 +3,8 @@
 
 pub mod metastore;
 pub mod namespace;
+pub mod node;
 pub mod raft;
+pub mod server;
+pub mod service;
+pub mod workers;

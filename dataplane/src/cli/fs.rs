@@ -1,0 +1,341 @@
+//! `weir fs ...` and `weir admin report`: thin wrappers over the master API.
+
+use super::CliError;
+use crate::client::master::MasterClient;
+use crate::proto::master as pb;
+use clap::Subcommand;
+use serde_json::json;
+
+#[derive(Debug, Subcommand)]
+pub enum FsCommand {
+    /// List a directory (streamed page by page).
+    Ls {
+        path: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one file or directory.
+    Stat {
+        path: String,
+        #[arg(long)]
+        json: bool,
+    },
+    Mkdir {
+        path: String,
+        /// Create missing parents; an existing directory is not an error.
+        #[arg(short, long)]
+        parents: bool,
+    },
+    /// Create an empty, complete file.
+    Touch {
+        path: String,
+    },
+    Rm {
+        path: String,
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    Mv {
+        src: String,
+        dst: String,
+    },
+    /// Show an under-storage location at a path of the namespace.
+    Mount {
+        path: String,
+        ufs_uri: String,
+        #[arg(long)]
+        read_only: bool,
+        #[arg(long, value_parser = ["MUST_CACHE", "CACHE_THROUGH", "THROUGH", "ASYNC_THROUGH"], default_value = "CACHE_THROUGH")]
+        write_type: String,
+        /// Re-list directories older than this (0: load once).
+        #[arg(long, default_value_t = 0)]
+        sync_interval_ms: u64,
+        /// Under-storage options as key=value.
+        #[arg(long = "option", value_parser = parse_kv)]
+        options: Vec<(String, String)>,
+        /// Credentials as key=/path/of/file/holding/the/secret.
+        #[arg(long = "credential-file", value_parser = parse_kv)]
+        credential_files: Vec<(String, String)>,
+    },
+    Unmount {
+        path: String,
+    },
+    /// The mount table.
+    Mounts {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep a path's blocks in cache (never evicted).
+    Pin {
+        path: String,
+    },
+    Unpin {
+        path: String,
+    },
+}
+
+fn parse_kv(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{raw:?} is not key=value"))
+}
+
+fn write_type(name: &str) -> pb::WriteType {
+    pb::WriteType::from_str_name(&format!("WRITE_TYPE_{name}"))
+        .unwrap_or(pb::WriteType::CacheThrough)
+}
+
+fn info_json(f: &pb::FileInfo) -> serde_json::Value {
+    json!({
+        "path": f.path, "id": f.id, "isDir": f.is_dir, "length": f.length, "blockSize": f.block_size,
+        "completed": f.completed, "mode": format!("{:o}", f.mode), "owner": f.owner, "group": f.group,
+        "mtimeMs": f.mtime_ms, "pinned": f.pinned, "ttlMs": f.ttl_ms, "cachedPercent": f.cached_percent,
+        "persisted": f.persist == pb::PersistState::Persisted as i32, "ufsPath": f.ufs_path,
+    })
+}
+
+fn info_line(f: &pb::FileInfo) -> String {
+    let kind = if f.is_dir { 'd' } else { '-' };
+    format!(
+        "{kind}{:o} {:>8} {:>8} {:>14} {:>3}% {}",
+        f.mode, f.owner, f.group, f.length, f.cached_percent, f.path
+    )
+}
+
+pub async fn run(client: &MasterClient, command: FsCommand) -> Result<(), CliError> {
+    match command {
+        FsCommand::Ls { path, json } => {
+            let mut cursor = String::new();
+            loop {
+                let req = pb::ListStatusRequest {
+                    path: path.clone(),
+                    start_after: cursor.clone(),
+                    page_size: 1000,
+                };
+                let mut stream = client
+                    .call(|mut c| {
+                        let r = req.clone();
+                        async move { c.list_status(r).await }
+                    })
+                    .await?;
+                let mut got = 0usize;
+                while let Some(page) = stream
+                    .message()
+                    .await
+                    .map_err(|s| CliError::Client(crate::client::master::ClientError::Status(s)))?
+                {
+                    for e in &page.entries {
+                        got += 1;
+                        if json {
+                            println!("{}", info_json(e));
+                        } else {
+                            println!("{}", info_line(e));
+                        }
+                    }
+                    cursor = page.cursor;
+                }
+                // A stream cut by a leader change resumes from its cursor.
+                if got == 0 || cursor.is_empty() {
+                    return Ok(());
+                }
+                if got < 1000 {
+                    return Ok(());
+                }
+            }
+        }
+        FsCommand::Stat { path, json } => {
+            let req = pb::PathRequest { path };
+            let f = client
+                .call(|mut c| {
+                    let r = req.clone();
+                    async move { c.get_status(r).await }
+                })
+                .await?;
+            if json {
+                println!("{}", info_json(&f))
+            } else {
+                println!("{}", info_line(&f))
+            }
+            Ok(())
+        }
+        FsCommand::Mkdir { path, parents } => {
+            let req = pb::CreateRequest {
+                path,
+                recursive: parents,
+                ..Default::default()
+            };
+            client
+                .call(|mut c| {
+                    let r = req.clone();
+                    async move { c.create_directory(r).await }
+                })
+                .await?;
+            Ok(())
+        }
+        FsCommand::Touch { path } => {
+            let req = pb::CreateRequest {
+                path: path.clone(),
+                ..Default::default()
+            };
+            client
+                .call(|mut c| {
+                    let r = req.clone();
+                    async move { c.create_file(r).await }
+                })
+                .await?;
+            let done = pb::CompleteFileRequest { path, length: 0 };
+            client
+                .call(|mut c| {
+                    let r = done.clone();
+                    async move { c.complete_file(r).await }
+                })
+                .await?;
+            Ok(())
+        }
+        FsCommand::Rm { path, recursive } => {
+            let req = pb::DeleteRequest { path, recursive };
+            let r = client
+                .call(|mut c| {
+                    let r = req.clone();
+                    async move { c.delete(r).await }
+                })
+                .await?;
+            eprintln!("removed {} inode(s)", r.inodes);
+            Ok(())
+        }
+        FsCommand::Mv { src, dst } => {
+            let req = pb::RenameRequest { src, dst };
+            client
+                .call(|mut c| {
+                    let r = req.clone();
+                    async move { c.rename(r).await }
+                })
+                .await?;
+            Ok(())
+        }
+        FsCommand::Mount {
+            path,
+            ufs_uri,
+            read_only,
+            write_type: wt,
+            sync_interval_ms,
+            options,
+            credential_files,
+        } => {
+            let req = pb::MountRequest {
+                path,
+                ufs_uri,
+                read_only,
+                write_type: write_type(&wt) as i32,
+                sync_interval_ms,
+                options: options.into_iter().collect(),
+                credential_files: credential_files.into_iter().collect(),
+            };
+            let r = client
+                .call(|mut c| {
+                    let r = req.clone();
+                    async move { c.mount(r).await }
+                })
+                .await?;
+            eprintln!("mounted (id {})", r.mount_id);
+            Ok(())
+        }
+        FsCommand::Unmount { path } => {
+            let req = pb::PathRequest { path };
+            client
+                .call(|mut c| {
+                    let r = req.clone();
+                    async move { c.unmount(r).await }
+                })
+                .await?;
+            Ok(())
+        }
+        FsCommand::Mounts { json } => {
+            let t = client
+                .call(|mut c| async move { c.get_mount_table(pb::Empty {}).await })
+                .await?;
+            for m in t.mounts {
+                let wt = pb::WriteType::try_from(m.write_type)
+                    .map(|w| w.as_str_name())
+                    .unwrap_or("?");
+                if json {
+                    println!(
+                        "{}",
+                        json!({"path": m.path, "ufsUri": m.ufs_uri, "readOnly": m.read_only, "writeType": wt, "syncIntervalMs": m.sync_interval_ms, "options": m.options, "mountId": m.mount_id})
+                    );
+                } else {
+                    println!(
+                        "{} -> {} ({}{})",
+                        m.path,
+                        m.ufs_uri,
+                        wt,
+                        if m.read_only { ", read-only" } else { "" }
+                    );
+                }
+            }
+            Ok(())
+        }
+        FsCommand::Pin { path } => set_pin(client, path, true).await,
+        FsCommand::Unpin { path } => set_pin(client, path, false).await,
+    }
+}
+
+async fn set_pin(client: &MasterClient, path: String, pinned: bool) -> Result<(), CliError> {
+    let req = pb::SetAttributeRequest {
+        path,
+        pinned: Some(pinned),
+        ..Default::default()
+    };
+    client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.set_attribute(r).await }
+        })
+        .await?;
+    Ok(())
+}
+
+pub async fn report(client: &MasterClient, as_json: bool) -> Result<(), CliError> {
+    let info = client
+        .call(|mut c| async move { c.get_cluster_info(pb::Empty {}).await })
+        .await?;
+    if as_json {
+        let v = json!({
+            "masters": info.masters.iter().map(|m| json!({"id": m.id, "address": m.address, "role": m.role})).collect::<Vec<_>>(),
+            "workers": info.workers.iter().map(|w| {
+                let a = w.address.clone().unwrap_or_default();
+                json!({"id": a.worker_id, "host": a.host, "rpcPort": a.rpc_port, "blocks": w.block_count,
+                       "tiers": w.tiers.iter().map(|t| json!({"tier": t.tier, "capacity": t.capacity_bytes, "used": t.used_bytes})).collect::<Vec<_>>()})
+            }).collect::<Vec<_>>(),
+            "capacityBytes": info.capacity_bytes, "usedBytes": info.used_bytes,
+            "inodes": info.inode_count, "hitRatio": info.hit_ratio,
+            "mounts": info.mounts.iter().map(|m| json!({"path": m.path, "ufsUri": m.ufs_uri, "cachedBytes": m.cached_bytes, "ufsTotalBytes": m.ufs_total_bytes, "files": m.file_count, "countComplete": m.count_complete})).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!("masters:");
+    for m in &info.masters {
+        println!("  {:>3} {:<24} {}", m.id, m.address, m.role);
+    }
+    println!(
+        "workers: {}  capacity {} B  used {} B  hit ratio {:.3}",
+        info.workers.len(),
+        info.capacity_bytes,
+        info.used_bytes,
+        info.hit_ratio
+    );
+    for w in &info.workers {
+        let a = w.address.clone().unwrap_or_default();
+        println!(
+            "  {:>3} {}:{} blocks {}",
+            a.worker_id, a.host, a.rpc_port, w.block_count
+        );
+    }
+    println!("inodes: {}", info.inode_count);
+    println!("mounts:");
+    for m in &info.mounts {
+        println!("  {} -> {}", m.path, m.ufs_uri);
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Clients of Weir's services.
+
+pub mod master;

@@ -1,0 +1,165 @@
+//! Runs a master: gRPC (client API and Raft) and HTTP (`/metrics`,
+//! `/healthz`, `/readyz`) on one port, plus the background loops.
+
+use super::node::{Master, MasterConfig, MasterError};
+use super::raft::network::{MAX_RAFT_MESSAGE, RaftServer};
+use super::service::MasterApi;
+use crate::metrics::{Exporter, MasterGauges, RpcMetrics};
+use crate::proto::master::master_service_client::MasterServiceClient;
+use crate::proto::master::master_service_server::MasterServiceServer;
+use crate::proto::master::raft_service_server::RaftServiceServer;
+use axum::http::StatusCode;
+use axum::routing::get;
+use openraft::async_runtime::WatchReceiver;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Asks every other peer whether it knows a leader (one round, short
+/// timeouts): a node that finds one must not found a new cluster.
+async fn peers_have_leader(config: &MasterConfig) -> bool {
+    for (id, addr) in &config.peers {
+        if *id == config.id {
+            continue;
+        }
+        let probe = async {
+            let mut client = MasterServiceClient::connect(format!("http://{addr}"))
+                .await
+                .ok()?;
+            let info = client
+                .get_leader(crate::proto::master::Empty {})
+                .await
+                .ok()?
+                .into_inner();
+            Some(info.known || info.term > 0)
+        };
+        if let Ok(Some(true)) = tokio::time::timeout(Duration::from_millis(800), probe).await {
+            return true;
+        }
+    }
+    false
+}
+
+/// Serves until `shutdown` resolves, then leaves Raft cleanly.
+pub async fn run(
+    config: MasterConfig,
+    listen: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MasterError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| MasterError::Start(format!("binding {listen}: {e}")))?;
+    serve(config, listener, shutdown).await
+}
+
+/// Like [`run`], on a listener that is already bound (tests bind port 0).
+pub async fn serve(
+    config: MasterConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MasterError> {
+    let master = Master::start(config.clone()).await?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let rpc_metrics = Arc::new(RpcMetrics::new(&mut registry));
+    let gauges = Arc::new(MasterGauges::default());
+    gauges.register(&mut registry);
+    let exporter = Arc::new(Exporter::new(registry));
+
+    let api = MasterApi::new(master.clone(), rpc_metrics);
+    let raft_server = RaftServer {
+        raft: master.raft.clone(),
+    };
+    let grpc = tonic::service::Routes::new(MasterServiceServer::new(api))
+        .add_service(
+            RaftServiceServer::new(raft_server)
+                .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE),
+        )
+        .into_axum_router();
+    let ready_master = master.clone();
+    let app = grpc
+        .route(
+            "/metrics",
+            get(move || std::future::ready(exporter.render())),
+        )
+        .route("/healthz", get(|| std::future::ready("ok")))
+        .route(
+            "/readyz",
+            get(move || {
+                let m = ready_master.raft.metrics().borrow_watched().clone();
+                let caught_up =
+                    m.last_applied.map(|l| l.index()) >= m.local_committed.map(|c| c.index());
+                std::future::ready(match (m.current_leader, caught_up) {
+                    (Some(leader), true) => (StatusCode::OK, format!("leader {leader}, applied")),
+                    (None, _) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no leader known".to_owned(),
+                    ),
+                    (Some(_), false) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "applying the log".to_owned(),
+                    ),
+                })
+            }),
+        );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let background = {
+        let master = master.clone();
+        let gauges = gauges.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => return,
+                }
+                if master.is_leader() {
+                    master.workers.expire();
+                }
+                let m = master.raft.metrics().borrow_watched().clone();
+                gauges.term.set(m.current_term as i64);
+                gauges
+                    .commit_index
+                    .set(m.local_committed.map(|c| c.index() as i64).unwrap_or(0));
+                gauges
+                    .last_applied
+                    .set(m.last_applied.map(|c| c.index() as i64).unwrap_or(0));
+                gauges
+                    .is_leader
+                    .set(i64::from(m.state == openraft::ServerState::Leader));
+                gauges
+                    .inodes
+                    .set(master.namespace.inode_count().unwrap_or(0) as i64);
+                gauges.workers.set(master.workers.workers().len() as i64);
+            }
+        })
+    };
+
+    let bootstrap = {
+        let master = master.clone();
+        tokio::spawn(async move {
+            let found = peers_have_leader(&master.config).await;
+            match master.bootstrap(found).await {
+                Ok(true) => tracing::info!(
+                    "initialised the cluster with {} master(s)",
+                    master.config.peers.len()
+                ),
+                Ok(false) => tracing::info!("joining the existing cluster"),
+                Err(e) => tracing::error!(error = %e, "bootstrap failed"),
+            }
+        })
+    };
+
+    tracing::info!(id = master.config.id, addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "master serving");
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    bootstrap.abort();
+    let _ = background.await;
+    master.shutdown().await;
+    served.map_err(|e| MasterError::Start(format!("serving: {e}")))
+}

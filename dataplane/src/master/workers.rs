@@ -1,0 +1,290 @@
+//! The leader's soft state about workers: who is alive, their capacity, and
+//! which blocks each holds. None of it is journaled: workers report it when
+//! they register and in heartbeats, so a new leader rebuilds it within one
+//! heartbeat interval.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub type WorkerId = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerAddr {
+    pub host: String,
+    pub rpc_port: u32,
+    pub data_port: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierUsage {
+    pub tier: String,
+    pub capacity: u64,
+    pub used: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerState {
+    pub id: WorkerId,
+    pub addr: WorkerAddr,
+    pub tiers: Vec<TierUsage>,
+    pub last_heartbeat: Instant,
+    pub block_count: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_id: WorkerId,
+    workers: BTreeMap<WorkerId, WorkerState>,
+    /// block -> (worker -> tier)
+    locations: HashMap<u64, BTreeMap<WorkerId, String>>,
+    hits: u64,
+    misses: u64,
+    lost: u64,
+}
+
+/// Registry of live workers and block locations.
+#[derive(Debug)]
+pub struct WorkerRegistry {
+    timeout: Duration,
+    inner: Mutex<Inner>,
+}
+
+/// What a heartbeat tells the worker to do.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HeartbeatAnswer {
+    pub reregister: bool,
+}
+
+impl WorkerRegistry {
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            inner: Mutex::new(Inner {
+                next_id: 1,
+                ..Inner::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("registry lock")
+    }
+
+    /// Registers a worker with its full block report. A worker that
+    /// registers again (restart, new leader) keeps its id when it is free.
+    pub fn register(
+        &self,
+        addr: WorkerAddr,
+        tiers: Vec<TierUsage>,
+        blocks: Vec<(u64, String)>,
+        previous_id: Option<WorkerId>,
+    ) -> WorkerId {
+        let mut inner = self.lock();
+        // The same address re-registering replaces its old entry.
+        let stale: Vec<WorkerId> = inner
+            .workers
+            .values()
+            .filter(|w| w.addr == addr)
+            .map(|w| w.id)
+            .collect();
+        for id in stale {
+            Self::drop_worker(&mut inner, id);
+        }
+        let id = match previous_id {
+            Some(p) if p > 0 && !inner.workers.contains_key(&p) => p,
+            _ => inner.next_id,
+        };
+        inner.next_id = inner.next_id.max(id + 1);
+        let block_count = blocks.len() as u64;
+        for (block, tier) in blocks {
+            inner.locations.entry(block).or_default().insert(id, tier);
+        }
+        inner.workers.insert(
+            id,
+            WorkerState {
+                id,
+                addr,
+                tiers,
+                last_heartbeat: Instant::now(),
+                block_count,
+            },
+        );
+        id
+    }
+
+    pub fn heartbeat(
+        &self,
+        id: WorkerId,
+        tiers: Vec<TierUsage>,
+        added: Vec<(u64, String)>,
+        removed: Vec<u64>,
+        hits: u64,
+        misses: u64,
+    ) -> HeartbeatAnswer {
+        let mut inner = self.lock();
+        if !inner.workers.contains_key(&id) {
+            return HeartbeatAnswer { reregister: true };
+        }
+        let (added_n, removed_n) = (added.len() as u64, removed.len() as u64);
+        for (block, tier) in added {
+            inner.locations.entry(block).or_default().insert(id, tier);
+        }
+        for block in removed {
+            if let Some(holders) = inner.locations.get_mut(&block) {
+                holders.remove(&id);
+                if holders.is_empty() {
+                    inner.locations.remove(&block);
+                }
+            }
+        }
+        inner.hits += hits;
+        inner.misses += misses;
+        let w = inner.workers.get_mut(&id).expect("checked above");
+        w.tiers = tiers;
+        w.last_heartbeat = Instant::now();
+        w.block_count = (w.block_count + added_n).saturating_sub(removed_n);
+        HeartbeatAnswer::default()
+    }
+
+    pub fn commit_block(&self, id: WorkerId, block: u64, tier: String) -> bool {
+        let mut inner = self.lock();
+        if !inner.workers.contains_key(&id) {
+            return false;
+        }
+        inner.locations.entry(block).or_default().insert(id, tier);
+        if let Some(w) = inner.workers.get_mut(&id) {
+            w.block_count += 1;
+        }
+        true
+    }
+
+    fn drop_worker(inner: &mut Inner, id: WorkerId) {
+        inner.workers.remove(&id);
+        inner.locations.retain(|_, holders| {
+            holders.remove(&id);
+            !holders.is_empty()
+        });
+    }
+
+    /// Marks workers silent past the timeout as lost and forgets their
+    /// blocks; returns the ids that were dropped.
+    pub fn expire(&self) -> Vec<WorkerId> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let dead: Vec<WorkerId> = inner
+            .workers
+            .values()
+            .filter(|w| now.duration_since(w.last_heartbeat) > self.timeout)
+            .map(|w| w.id)
+            .collect();
+        for id in &dead {
+            tracing::warn!(
+                worker = id,
+                "worker lost: no heartbeat within {:?}",
+                self.timeout
+            );
+            Self::drop_worker(&mut inner, *id);
+            inner.lost += 1;
+        }
+        dead
+    }
+
+    /// Workers holding `block`, with their addresses and tiers.
+    pub fn locations(&self, block: u64) -> Vec<(WorkerId, WorkerAddr, String)> {
+        let inner = self.lock();
+        inner
+            .locations
+            .get(&block)
+            .map(|holders| {
+                holders
+                    .iter()
+                    .filter_map(|(id, tier)| {
+                        inner
+                            .workers
+                            .get(id)
+                            .map(|w| (*id, w.addr.clone(), tier.clone()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn is_cached(&self, block: u64) -> bool {
+        self.lock().locations.contains_key(&block)
+    }
+
+    pub fn workers(&self) -> Vec<WorkerState> {
+        self.lock().workers.values().cloned().collect()
+    }
+
+    /// Cache hit ratio reported by workers since this leader took over.
+    pub fn hit_ratio(&self) -> f64 {
+        let inner = self.lock();
+        let total = inner.hits + inner.misses;
+        if total == 0 {
+            0.0
+        } else {
+            inner.hits as f64 / total as f64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u32) -> WorkerAddr {
+        WorkerAddr {
+            host: "127.0.0.1".into(),
+            rpc_port: port,
+            data_port: port + 1,
+        }
+    }
+
+    #[test]
+    fn locations_follow_reports_and_heartbeats() {
+        let r = WorkerRegistry::new(Duration::from_secs(10));
+        let a = r.register(addr(1), vec![], vec![(10, "MEM".into())], None);
+        let b = r.register(
+            addr(3),
+            vec![],
+            vec![(10, "SSD".into()), (11, "MEM".into())],
+            None,
+        );
+        assert_ne!(a, b);
+        assert_eq!(r.locations(10).len(), 2);
+        r.heartbeat(a, vec![], vec![(12, "MEM".into())], vec![10], 3, 1);
+        assert_eq!(
+            r.locations(10).iter().map(|l| l.0).collect::<Vec<_>>(),
+            vec![b]
+        );
+        assert_eq!(r.locations(12)[0].0, a);
+        assert_eq!(r.hit_ratio(), 0.75);
+        assert!(
+            r.heartbeat(99, vec![], vec![], vec![], 0, 0).reregister,
+            "unknown workers re-register"
+        );
+    }
+
+    #[test]
+    fn silent_workers_are_lost_with_their_blocks() {
+        let r = WorkerRegistry::new(Duration::from_millis(20));
+        let a = r.register(addr(1), vec![], vec![(10, "MEM".into())], None);
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(r.expire(), vec![a]);
+        assert!(r.locations(10).is_empty());
+        assert!(!r.is_cached(10));
+    }
+
+    #[test]
+    fn re_registration_keeps_the_id_and_replaces_the_report() {
+        let r = WorkerRegistry::new(Duration::from_secs(10));
+        let a = r.register(addr(1), vec![], vec![(10, "MEM".into())], None);
+        let again = r.register(addr(1), vec![], vec![(11, "MEM".into())], Some(a));
+        assert_eq!(again, a);
+        assert!(r.locations(10).is_empty());
+        assert_eq!(r.locations(11).len(), 1);
+        assert_eq!(r.workers().len(), 1);
+    }
+}
