@@ -151,7 +151,8 @@ pub trait MetaStore: Send + Sync + 'static {
     fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Applies every op or none.
     fn write(&self, ops: Vec<Op>) -> StoreResult<()>;
-    /// Every inode, edge, mount and meta value, for snapshots.
+    /// Every inode, edge, mount and meta value, for snapshots: one
+    /// consistent point in time, even while writes continue.
     fn export(&self) -> StoreResult<Vec<Op>>;
     /// Replaces the whole content with `ops` (a snapshot being installed).
     fn replace_all(&self, ops: Vec<Op>) -> StoreResult<()>;

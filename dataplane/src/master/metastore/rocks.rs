@@ -1,4 +1,4 @@
-use super::{Inode, InodeId, MetaStore, MountInfo, Op, StoreResult, decode, encode};
+use super::{Inode, InodeId, MetaStore, MountInfo, Op, StoreError, StoreResult, decode, encode};
 use lru::LruCache;
 use rocksdb::{
     ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
@@ -233,11 +233,19 @@ impl MetaStore for RocksStore {
     }
 
     fn export(&self) -> StoreResult<Vec<Op>> {
+        // One RocksDB snapshot for every column family: the export is a
+        // single point in time even while writes go on.
+        let snap = self.db.snapshot();
+        let scan = |cf: &str| {
+            snap.iterator_cf(self.cf(cf), IteratorMode::Start)
+                .map(|r| r.map_err(StoreError::from))
+                .collect::<Vec<StoreResult<RawEntry>>>()
+        };
         let mut ops = Vec::new();
-        for item in self.scan(CF_INODES) {
+        for item in scan(CF_INODES) {
             ops.push(Op::PutInode(decode("inode", &item?.1)?));
         }
-        for item in self.scan(CF_EDGES) {
+        for item in scan(CF_EDGES) {
             let (k, v) = item?;
             let (parent, child) = (be_u64(&k)?, be_u64(&v)?);
             ops.push(Op::PutEdge {
@@ -246,10 +254,10 @@ impl MetaStore for RocksStore {
                 child,
             });
         }
-        for item in self.scan(CF_MOUNTS) {
+        for item in scan(CF_MOUNTS) {
             ops.push(Op::PutMount(decode("mount", &item?.1)?));
         }
-        for item in self.scan(CF_META) {
+        for item in scan(CF_META) {
             let (k, v) = item?;
             ops.push(Op::PutMeta(
                 String::from_utf8_lossy(&k).into_owned(),

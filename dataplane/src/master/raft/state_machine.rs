@@ -165,8 +165,18 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
         (self.sync)()?;
-        let (last_log_id, last_membership) = self.read_applied()?;
+        // The applied id and membership come from the export itself: the
+        // state machine keeps applying while a snapshot is built, so a
+        // separate read could describe a different point in time.
         let ops = self.ns.store().export().map_err(io_err)?;
+        let (mut last_log_id, mut last_membership) = (None, StoredMembership::default());
+        for op in &ops {
+            match op {
+                Op::PutMeta(k, v) if k == META_APPLIED => last_log_id = decode(v)?,
+                Op::PutMeta(k, v) if k == META_MEMBERSHIP => last_membership = decode(v)?,
+                _ => {}
+            }
+        }
         let meta = SnapshotMeta {
             last_log_id,
             last_membership,

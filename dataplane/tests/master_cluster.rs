@@ -1,0 +1,490 @@
+//! Real `weir master` processes on loopback: elections, failover under
+//! load, catch-up, snapshot install on a wiped follower, full restarts.
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tonic::Code;
+use weir::client::master::{ClientError, MasterClient};
+use weir::proto::master as pb;
+use weir::proto::master::master_service_client::MasterServiceClient;
+
+struct Master {
+    id: u64,
+    addr: String,
+    dir: PathBuf,
+    peers: String,
+    child: Option<Child>,
+}
+
+impl Master {
+    fn start(&mut self) {
+        let log = std::fs::File::create(self.dir.with_extension("log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args([
+                "master",
+                "--id",
+                &self.id.to_string(),
+                "--peers",
+                &self.peers,
+                "--listen",
+                &self.addr,
+            ])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args([
+                "--snapshot-every",
+                "2000",
+                "--heartbeat-ms",
+                "100",
+                "--election-ms",
+                "500",
+            ])
+            .env("RUST_LOG", "warn,weir=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn weir master");
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Asks this master alone (no leader following) for its view.
+    async fn metric(&self, name: &str) -> Option<u64> {
+        let body = reqwest_lite(&self.addr, "/metrics").await?;
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl Master {
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A minimal HTTP/1.0 GET over a TCP stream (keeps the test free of an
+/// HTTP client dependency).
+async fn reqwest_lite(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn cluster(root: &Path, n: u64) -> Vec<Master> {
+    let addrs: Vec<String> = (0..n)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let peers = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    addrs
+        .into_iter()
+        .enumerate()
+        .map(|(i, addr)| Master {
+            id: i as u64 + 1,
+            addr,
+            dir: root.join(format!("m{}", i + 1)),
+            peers: peers.clone(),
+            child: None,
+        })
+        .collect()
+}
+
+fn client(masters: &[Master]) -> MasterClient {
+    MasterClient::new(
+        masters.iter().map(|m| m.addr.clone()).collect(),
+        Duration::from_secs(20),
+    )
+    .unwrap()
+}
+
+async fn leader_of(masters: &[Master]) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for m in masters.iter().filter(|m| m.child.is_some()) {
+            if let Ok(mut c) = MasterServiceClient::connect(format!("http://{}", m.addr)).await
+                && let Ok(info) = c.get_leader(pb::Empty {}).await
+                && info.get_ref().known
+            {
+                return info.get_ref().leader_id;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader elected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn create(client: &MasterClient, path: &str) -> Result<(), ClientError> {
+    let req = pb::CreateRequest {
+        path: path.into(),
+        recursive: true,
+        ..Default::default()
+    };
+    match client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.create_file(r).await }
+        })
+        .await
+    {
+        Ok(_) => Ok(()),
+        // A create whose answer was lost in a failover was applied: the
+        // retry finds the file. That is the create succeeding.
+        Err(e) if e.code() == Some(Code::AlreadyExists) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn exists(client: &MasterClient, path: &str) -> bool {
+    let req = pb::PathRequest { path: path.into() };
+    client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.get_status(r).await }
+        })
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t10_failover_under_load_keeps_every_acknowledged_create() {
+    let root = tempfile::tempdir().unwrap();
+    let mut masters = cluster(root.path(), 3);
+    for m in masters.iter_mut() {
+        m.start();
+    }
+    let client = Arc::new(client(&masters));
+    let first_leader = leader_of(&masters).await;
+
+    const TASKS: usize = 16;
+    const PER_TASK: usize = 625;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let (client, acked) = (client.clone(), acked.clone());
+        handles.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            for i in 0..PER_TASK {
+                let path = format!("/load/t{t}/f{i}");
+                if create(&client, &path).await.is_ok() {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    done.push(path);
+                }
+            }
+            done
+        }));
+    }
+    // Kill the leader mid-run.
+    while acked.load(Ordering::Relaxed) < 3000 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed_at = Instant::now();
+    let before_kill = acked.load(Ordering::Relaxed);
+    masters[(first_leader - 1) as usize].kill9();
+    while acked.load(Ordering::Relaxed) <= before_kill + 10 {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(5),
+            "no new leader served within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let failover = killed_at.elapsed();
+    let mut all = BTreeSet::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    eprintln!(
+        "acknowledged {} creates; writes resumed {failover:?} after the leader was killed",
+        all.len()
+    );
+    assert_eq!(
+        all.len(),
+        TASKS * PER_TASK,
+        "every create was acknowledged in the end"
+    );
+    let new_leader = leader_of(&masters).await;
+    assert_ne!(new_leader, first_leader);
+
+    for path in &all {
+        assert!(
+            exists(&client, path).await,
+            "acknowledged {path} is missing"
+        );
+    }
+
+    // The old leader comes back and catches up with the log.
+    let old = (first_leader - 1) as usize;
+    masters[old].start();
+    let leader_applied = masters[(new_leader - 1) as usize]
+        .metric("weir_master_raft_last_applied")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let applied = masters[old]
+            .metric("weir_master_raft_last_applied")
+            .await
+            .unwrap_or(0);
+        if applied >= leader_applied {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restarted master stuck at {applied} < {leader_applied}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let inodes = 1 + 1 + TASKS as u64 + (TASKS * PER_TASK) as u64;
+    assert_eq!(
+        masters[(new_leader - 1) as usize]
+            .metric("weir_master_inodes")
+            .await,
+        Some(inodes)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while masters[old].metric("weir_master_inodes").await != Some(inodes) {
+        assert!(
+            Instant::now() < deadline,
+            "restarted master's namespace differs:\n{}",
+            masters[old].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t20_wiped_follower_rejoins_and_full_restart_keeps_everything() {
+    let root = tempfile::tempdir().unwrap();
+    let mut masters = cluster(root.path(), 3);
+    for m in masters.iter_mut() {
+        m.start();
+    }
+    let client = client(&masters);
+    let leader = leader_of(&masters).await;
+    // Enough entries that the log is snapshotted and purged (every 2000).
+    for i in 0..3000 {
+        create(&client, &format!("/snap/f{i}")).await.unwrap();
+    }
+    let mount = pb::MountRequest {
+        path: "/s3".into(),
+        ufs_uri: "s3://bucket/data".into(),
+        read_only: true,
+        ..Default::default()
+    };
+    client
+        .call(|mut c| {
+            let r = mount.clone();
+            async move { c.mount(r).await }
+        })
+        .await
+        .unwrap();
+    let pin = pb::SetAttributeRequest {
+        path: "/snap/f7".into(),
+        pinned: Some(true),
+        ..Default::default()
+    };
+    client
+        .call(|mut c| {
+            let r = pin.clone();
+            async move { c.set_attribute(r).await }
+        })
+        .await
+        .unwrap();
+
+    // Wipe a follower: it must come back through a snapshot.
+    let follower = masters.iter().position(|m| m.id != leader).unwrap();
+    masters[follower].kill9();
+    std::fs::remove_dir_all(&masters[follower].dir).unwrap();
+    masters[follower].start();
+    // root, /snap, /s3 and the files; gauges refresh every 500 ms.
+    let leader_inodes = 3003;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while masters[follower].metric("weir_master_inodes").await != Some(leader_inodes) {
+        assert!(
+            Instant::now() < deadline,
+            "wiped follower did not catch up ({:?} of {leader_inodes} inodes); its log:\n{}",
+            masters[follower].metric("weir_master_inodes").await,
+            masters[follower].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        masters[follower]
+            .dir
+            .join("snapshots/current.snap")
+            .exists(),
+        "caught up through a snapshot"
+    );
+
+    // Restart every master: namespace, mounts and pins survive.
+    for m in masters.iter_mut() {
+        m.terminate();
+    }
+    for m in masters.iter_mut() {
+        m.start();
+    }
+    leader_of(&masters).await;
+    assert!(exists(&client, "/snap/f2999").await);
+    let req = pb::PathRequest {
+        path: "/snap/f7".into(),
+    };
+    let f7 = client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.get_status(r).await }
+        })
+        .await
+        .unwrap();
+    assert!(f7.pinned, "pin survived the restart");
+    let table = client
+        .call(|mut c| async move { c.get_mount_table(pb::Empty {}).await })
+        .await
+        .unwrap();
+    assert_eq!(table.mounts.len(), 1);
+    assert_eq!(table.mounts[0].ufs_uri, "s3://bucket/data");
+    assert!(table.mounts[0].read_only);
+    let info = client
+        .call(|mut c| async move { c.get_cluster_info(pb::Empty {}).await })
+        .await
+        .unwrap();
+    assert_eq!(info.inode_count, leader_inodes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t30_followers_point_to_the_leader_and_bad_input_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let mut masters = cluster(root.path(), 3);
+    for m in masters.iter_mut() {
+        m.start();
+    }
+    let leader = leader_of(&masters).await;
+    let follower = masters.iter().find(|m| m.id != leader).unwrap();
+    let mut direct = MasterServiceClient::connect(format!("http://{}", follower.addr))
+        .await
+        .unwrap();
+    let err = direct
+        .get_status(pb::PathRequest { path: "/".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let hint = err
+        .metadata()
+        .get("x-weir-leader")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    assert_eq!(
+        hint.as_deref(),
+        Some(masters[(leader - 1) as usize].addr.as_str())
+    );
+
+    let client = client(&masters);
+    let cases: Vec<(&str, Code)> = vec![
+        ("relative/path", Code::InvalidArgument),
+        ("/a/../b", Code::InvalidArgument),
+        ("/a//b", Code::InvalidArgument),
+        ("/nul\0x", Code::InvalidArgument),
+    ];
+    for (path, code) in cases {
+        let req = pb::CreateRequest {
+            path: path.into(),
+            ..Default::default()
+        };
+        let err = client
+            .call(|mut c| {
+                let r = req.clone();
+                async move { c.create_file(r).await }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(code), "{path:?}: {err}");
+    }
+    let long = format!("/{}", "x".repeat(300));
+    let req = pb::CreateRequest {
+        path: long,
+        ..Default::default()
+    };
+    let err = client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.create_file(r).await }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument));
+    let req = pb::PathRequest {
+        path: "/missing".into(),
+    };
+    let err = client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.get_status(r).await }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::NotFound));
+    let req = pb::PathRequest {
+        path: "/nothing-mounted".into(),
+    };
+    let err = client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.unmount(r).await }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::NotFound));
+}
