@@ -8,6 +8,7 @@ pub mod master;
 pub mod metrics;
 pub mod path;
 pub mod telemetry;
+pub mod ufs;
 
 pub use error::{Error, Result};
 

@@ -488,3 +488,125 @@ async fn t30_followers_point_to_the_leader_and_bad_input_is_refused() {
         .unwrap_err();
     assert_eq!(err.code(), Some(Code::NotFound));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t40_huge_ufs_directory_serves_at_once_and_counts_in_the_background() {
+    const FILES: usize = 100_000;
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("ufs");
+    std::fs::create_dir_all(data.join("big")).unwrap();
+    for i in 0..FILES {
+        std::fs::write(data.join(format!("big/f{i:06}")), [b'x'; 3]).unwrap();
+    }
+    std::fs::write(data.join("top.txt"), b"hello").unwrap();
+    let mut masters = cluster(root.path(), 1);
+    masters[0].start();
+    let client = client(&masters);
+    leader_of(&masters).await;
+    let mount = pb::MountRequest {
+        path: "/data".into(),
+        ufs_uri: format!("local://{}", data.display()),
+        read_only: true,
+        ..Default::default()
+    };
+    client
+        .call(|mut c| {
+            let r = mount.clone();
+            async move { c.mount(r).await }
+        })
+        .await
+        .unwrap();
+
+    // A file deep in a directory that was never listed resolves at once.
+    let started = Instant::now();
+    let req = pb::PathRequest {
+        path: "/data/big/f054321".into(),
+    };
+    let f = client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.get_status(r).await }
+        })
+        .await
+        .unwrap();
+    let first = started.elapsed();
+    eprintln!("getStatus of an unloaded path in a {FILES}-file directory: {first:?}");
+    assert!(first < Duration::from_secs(1), "took {first:?}");
+    assert_eq!(
+        (f.length, f.is_dir, f.persist),
+        (3, false, pb::PersistState::Persisted as i32)
+    );
+    assert!(f.ufs_path.ends_with("/ufs/big/f054321"), "{}", f.ufs_path);
+    let req = pb::PathRequest {
+        path: "/data/big/missing".into(),
+    };
+    let err = client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.get_status(r).await }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::NotFound));
+
+    // The background count reports progress and converges.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let info = client
+            .call(|mut c| async move { c.get_cluster_info(pb::Empty {}).await })
+            .await
+            .unwrap();
+        let m = &info.mounts[0];
+        if m.count_complete {
+            assert_eq!(
+                (m.file_count, m.ufs_total_bytes),
+                (FILES as u64 + 1, FILES as u64 * 3 + 5)
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "count did not converge: {m:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The listing streams page by page, every entry once, in name order.
+    let started = Instant::now();
+    let req = pb::ListStatusRequest {
+        path: "/data/big".into(),
+        start_after: String::new(),
+        page_size: 5000,
+    };
+    let mut stream = client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.list_status(r).await }
+        })
+        .await
+        .unwrap();
+    let (mut pages, mut names) = (0, Vec::with_capacity(FILES));
+    while let Some(page) = stream.message().await.unwrap() {
+        pages += 1;
+        names.extend(page.entries.into_iter().map(|e| e.name));
+    }
+    eprintln!(
+        "listed {} entries in {pages} pages in {:?}",
+        names.len(),
+        started.elapsed()
+    );
+    assert_eq!(names.len(), FILES);
+    assert!(pages >= FILES / 5000);
+    assert!(names.windows(2).all(|w| w[0] < w[1]));
+
+    // Writes to a read-only mount are refused.
+    let req = pb::CreateRequest {
+        path: "/data/new".into(),
+        ..Default::default()
+    };
+    let err = client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.create_file(r).await }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::PermissionDenied));
+}

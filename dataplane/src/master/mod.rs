@@ -7,4 +7,5 @@ pub mod node;
 pub mod raft;
 pub mod server;
 pub mod service;
+pub mod sync;
 pub mod workers;

@@ -7,6 +7,7 @@ use super::raft::log_store::LogStore;
 use super::raft::network::Network;
 use super::raft::state_machine::{StateMachine, SyncFn};
 use super::raft::{NodeId, TypeConfig};
+use super::sync::MetadataSync;
 use super::workers::WorkerRegistry;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
@@ -48,6 +49,8 @@ pub enum MasterError {
     NotLeader { leader: Option<(NodeId, String)> },
     #[error("raft: {0}")]
     Raft(String),
+    #[error("under-storage: {0}")]
+    Ufs(String),
     #[error("starting the master: {0}")]
     Start(String),
 }
@@ -60,6 +63,7 @@ pub struct Master {
     pub raft: Raft<TypeConfig, StateMachine>,
     pub namespace: Namespace,
     pub workers: WorkerRegistry,
+    pub sync: Arc<MetadataSync>,
 }
 
 impl std::fmt::Debug for Master {
@@ -121,6 +125,7 @@ impl Master {
             raft,
             namespace,
             workers,
+            sync: Arc::new(MetadataSync::new()),
         }))
     }
 

@@ -118,6 +118,9 @@ pub async fn serve(
                 }
                 if master.is_leader() {
                     master.workers.expire();
+                    if let Ok(mounts) = master.namespace.mounts() {
+                        master.sync.start_counts(mounts);
+                    }
                 }
                 let m = master.raft.metrics().borrow_watched().clone();
                 gauges.term.set(m.current_term as i64);

@@ -50,6 +50,7 @@ impl From<MasterError> for Status {
                 status
             }
             MasterError::Raft(m) => Status::unavailable(m),
+            MasterError::Ufs(m) => Status::unavailable(format!("under-storage: {m}")),
             MasterError::Start(m) => Status::internal(m),
         }
     }
@@ -227,6 +228,7 @@ impl MasterService for MasterApi {
         self.observe("GetStatus", async {
             let path = parse(&request.get_ref().path)?;
             self.master.linearize().await?;
+            self.master.sync.resolve(&self.master, &path).await?;
             let inode = self
                 .master
                 .namespace
@@ -246,11 +248,15 @@ impl MasterService for MasterApi {
         let req = request.into_inner();
         let path = parse(&req.path)?;
         self.master.linearize().await?;
+        self.master.sync.resolve(&self.master, &path).await?;
         let dir = self
             .master
             .namespace
             .get(&path)
             .map_err(MasterError::from)?;
+        if dir.is_dir() {
+            self.master.sync.sync_dir(&self.master, &path).await?;
+        }
         let page_size = match req.page_size as usize {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
@@ -527,6 +533,7 @@ impl MasterService for MasterApi {
         self.observe("GetFileBlockInfo", async {
             let path = parse(&request.get_ref().path)?;
             self.master.linearize().await?;
+            self.master.sync.resolve(&self.master, &path).await?;
             let inode = self
                 .master
                 .namespace
@@ -745,16 +752,23 @@ impl MasterService for MasterApi {
                 .iter()
                 .flat_map(|w| &w.tiers)
                 .fold((0, 0), |(c, u), t| (c + t.capacity_bytes, u + t.used_bytes));
+            let counts = self.master.sync.counts();
             let mounts = self
                 .master
                 .namespace
                 .mounts()
                 .map_err(MasterError::from)?
                 .into_iter()
-                .map(|m| pb::MountStats {
-                    path: m.path,
-                    ufs_uri: m.ufs_uri,
-                    ..Default::default()
+                .map(|m| {
+                    let c = counts.get(&m.path).cloned().unwrap_or_default();
+                    pb::MountStats {
+                        path: m.path,
+                        ufs_uri: m.ufs_uri,
+                        cached_bytes: 0,
+                        ufs_total_bytes: c.bytes,
+                        file_count: c.files,
+                        count_complete: c.complete,
+                    }
                 })
                 .collect();
             Ok(pb::ClusterInfo {

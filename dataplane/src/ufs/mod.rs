@@ -1,0 +1,129 @@
+//! Under-storage: where a mount's data really lives. One trait; each
+//! store (local paths here; S3, HTTP and HDFS through OpenDAL) implements it.
+//! Paths given to a store are relative to the mount's root, `/`-separated,
+//! validated by [`UfsPath`] so no request can climb out of the root.
+
+mod local;
+
+pub use local::LocalUfs;
+
+use futures::stream::BoxStream;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UfsError {
+    #[error("{0} not found in the under-storage")]
+    NotFound(String),
+    #[error("invalid under-storage path {0:?}: {1}")]
+    InvalidPath(String, &'static str),
+    #[error("under-storage {uri}: {reason}")]
+    Unsupported { uri: String, reason: String },
+    #[error("under-storage I/O on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type UfsResult<T> = Result<T, UfsError>;
+
+/// A path below a mount's root: no `..`, `.`, NUL or empty components.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UfsPath(String);
+
+impl UfsPath {
+    pub fn root() -> Self {
+        Self(String::new())
+    }
+
+    pub fn parse(raw: &str) -> UfsResult<Self> {
+        let trimmed = raw.trim_matches('/');
+        if trimmed.is_empty() {
+            return Ok(Self::root());
+        }
+        for seg in trimmed.split('/') {
+            if seg.is_empty() || seg == "." || seg == ".." {
+                return Err(UfsError::InvalidPath(
+                    raw.to_owned(),
+                    "empty, `.` or `..` component",
+                ));
+            }
+            if seg.contains('\0') {
+                return Err(UfsError::InvalidPath(raw.to_owned(), "NUL byte"));
+            }
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> UfsResult<Self> {
+        if self.0.is_empty() {
+            Self::parse(name)
+        } else {
+            Self::parse(&format!("{}/{name}", self.0))
+        }
+    }
+}
+
+/// One object or directory as the under-storage reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UfsStatus {
+    pub name: String,
+    pub is_dir: bool,
+    pub length: u64,
+    pub mtime_ms: u64,
+}
+
+/// The operations the master needs of an under-storage (the workers' data
+/// path adds reads and writes).
+#[tonic::async_trait]
+pub trait Ufs: Send + Sync + std::fmt::Debug {
+    /// Status of one path; `None` when it does not exist.
+    async fn stat(&self, path: &UfsPath) -> UfsResult<Option<UfsStatus>>;
+    /// The entries of one directory, streamed as the store yields them
+    /// (never the whole tree, never buffered whole).
+    fn list<'a>(&'a self, dir: &'a UfsPath) -> BoxStream<'a, UfsResult<UfsStatus>>;
+}
+
+/// Opens the under-storage behind a mount URI.
+pub fn open(
+    uri: &str,
+    _options: &BTreeMap<String, String>,
+    _credential_files: &BTreeMap<String, String>,
+) -> UfsResult<Arc<dyn Ufs>> {
+    let (scheme, rest) = uri.split_once("://").ok_or_else(|| UfsError::Unsupported {
+        uri: uri.to_owned(),
+        reason: "no scheme".into(),
+    })?;
+    match scheme {
+        "local" | "file" => Ok(Arc::new(LocalUfs::new(std::path::PathBuf::from(format!(
+            "/{}",
+            rest.trim_start_matches('/')
+        ))))),
+        other => Err(UfsError::Unsupported {
+            uri: uri.to_owned(),
+            reason: format!("no {other} under-storage in this build yet"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ufs_paths_stay_below_the_root() {
+        assert_eq!(UfsPath::parse("/a/b/").unwrap().as_str(), "a/b");
+        assert_eq!(UfsPath::parse("").unwrap(), UfsPath::root());
+        assert_eq!(UfsPath::root().join("x").unwrap().as_str(), "x");
+        for bad in ["a/../b", "..", "a//b", "./a", "a/\0"] {
+            assert!(UfsPath::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(UfsPath::parse("a").unwrap().join("..").is_err());
+    }
+}
