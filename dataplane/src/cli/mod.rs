@@ -1,6 +1,7 @@
 //! The `weir` command line: argument types and what each subcommand runs.
 //! `main` only parses, starts telemetry and calls [`run`].
 
+mod bench;
 mod fs;
 
 use crate::client::master::{ClientError, MasterClient};
@@ -46,8 +47,21 @@ pub enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Benchmarks against a running cluster.
+    Bench {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Print the normalised form of namespace paths, or why each is invalid.
     CheckPath { paths: Vec<String> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Metadata operations per second (create, getStatus).
+    Meta(bench::MetaBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +229,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             conn,
             command: AdminCommand::Report { json },
         } => fs::report(&conn.client()?, json).await,
+        Command::Bench {
+            conn,
+            command: BenchCommand::Meta(args),
+        } => bench::meta(&conn, args).await,
         Command::CheckPath { paths } => {
             let mut bad = 0;
             for raw in paths {
