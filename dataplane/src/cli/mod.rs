@@ -94,8 +94,14 @@ impl ConnArgs {
     }
 }
 
+/// `weir master` settings. Each comes from its flag, else its environment
+/// variable, else the `--config` file (YAML, same names in snake_case), else
+/// the default shown.
 #[derive(Debug, Args)]
 pub struct MasterArgs {
+    /// YAML file with any of the settings below.
+    #[arg(long, env = "WEIR_MASTER_CONFIG")]
+    pub config: Option<PathBuf>,
     /// This master's id (unique in the group, never reused after removal).
     #[arg(long, env = "WEIR_MASTER_ID")]
     pub id: Option<u64>,
@@ -104,35 +110,50 @@ pub struct MasterArgs {
     #[arg(long, env = "WEIR_MASTER_ID_FROM_HOSTNAME")]
     pub id_from_hostname: bool,
     /// Every master as id=host:port, comma separated (this one included).
-    #[arg(
-        long,
-        env = "WEIR_MASTER_PEERS",
-        value_delimiter = ',',
-        required = true
-    )]
+    #[arg(long, env = "WEIR_MASTER_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
-    /// Address to serve gRPC and HTTP on.
-    #[arg(long, env = "WEIR_MASTER_LISTEN", default_value = "0.0.0.0:19200")]
-    pub listen: SocketAddr,
-    #[arg(
-        long,
-        env = "WEIR_MASTER_DATA_DIR",
-        default_value = "/var/lib/weir/master"
-    )]
-    pub data_dir: PathBuf,
-    #[arg(long, env = "WEIR_MASTER_METASTORE", value_enum, default_value_t)]
-    pub metastore: MetastoreKind,
-    /// Inodes (and as many directory entries) cached in front of RocksDB.
-    #[arg(long, env = "WEIR_MASTER_CACHE_ENTRIES", default_value_t = 200_000)]
-    pub cache_entries: usize,
-    #[arg(long, env = "WEIR_MASTER_HEARTBEAT_MS", default_value_t = 100)]
-    pub heartbeat_ms: u64,
-    #[arg(long, env = "WEIR_MASTER_ELECTION_MS", default_value_t = 600)]
-    pub election_ms: u64,
-    #[arg(long, env = "WEIR_WORKER_TIMEOUT_MS", default_value_t = 10_000)]
-    pub worker_timeout_ms: u64,
-    #[arg(long, env = "WEIR_MASTER_SNAPSHOT_EVERY", default_value_t = 50_000)]
-    pub snapshot_every: u64,
+    /// Address to serve gRPC and HTTP on [default: 0.0.0.0:19200].
+    #[arg(long, env = "WEIR_MASTER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// [default: /var/lib/weir/master]
+    #[arg(long, env = "WEIR_MASTER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// [default: rocks]
+    #[arg(long, env = "WEIR_MASTER_METASTORE", value_enum)]
+    pub metastore: Option<MetastoreKind>,
+    /// Inodes (and as many directory entries) cached in front of RocksDB
+    /// [default: 200000].
+    #[arg(long, env = "WEIR_MASTER_CACHE_ENTRIES")]
+    pub cache_entries: Option<usize>,
+    /// [default: 100]
+    #[arg(long, env = "WEIR_MASTER_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// [default: 600]
+    #[arg(long, env = "WEIR_MASTER_ELECTION_MS")]
+    pub election_ms: Option<u64>,
+    /// [default: 10000]
+    #[arg(long, env = "WEIR_WORKER_TIMEOUT_MS")]
+    pub worker_timeout_ms: Option<u64>,
+    /// Snapshot (and purge the log) every this many entries [default: 50000].
+    #[arg(long, env = "WEIR_MASTER_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+}
+
+/// The `--config` file of `weir master`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterFile {
+    pub id: Option<u64>,
+    #[serde(default)]
+    pub peers: Vec<String>,
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub metastore: Option<MetastoreKind>,
+    pub cache_entries: Option<usize>,
+    pub heartbeat_ms: Option<u64>,
+    pub election_ms: Option<u64>,
+    pub worker_timeout_ms: Option<u64>,
+    pub snapshot_every: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,18 +173,50 @@ pub enum CliError {
 }
 
 impl MasterArgs {
+    fn file(&self) -> Result<MasterFile, CliError> {
+        let Some(path) = &self.config else {
+            return Ok(MasterFile::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| CliError::Io {
+            what: format!("reading {}", path.display()),
+            source,
+        })?;
+        serde_yaml::from_str(&text).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
+    }
+
+    /// The listen address, after flags, environment and file.
+    pub fn listen(&self) -> Result<SocketAddr, CliError> {
+        Ok(self
+            .listen
+            .or(self.file()?.listen)
+            .unwrap_or_else(|| ([0, 0, 0, 0], 19200).into()))
+    }
+
     pub fn config(&self) -> Result<MasterConfig, CliError> {
+        let file = self.file()?;
+        let peer_list = if self.peers.is_empty() {
+            &file.peers
+        } else {
+            &self.peers
+        };
+        if peer_list.is_empty() {
+            return Err(CliError::Usage(
+                "give --peers (or peers: in --config)".into(),
+            ));
+        }
         let mut peers = BTreeMap::new();
-        for p in &self.peers {
+        for p in peer_list {
             let (id, addr) = p
                 .split_once('=')
                 .ok_or_else(|| CliError::Usage(format!("peer {p:?} is not id=host:port")))?;
             let id: u64 = id
                 .parse()
                 .map_err(|_| CliError::Usage(format!("peer id {id:?} is not a number")))?;
-            peers.insert(id, addr.to_owned());
+            if peers.insert(id, addr.to_owned()).is_some() {
+                return Err(CliError::Usage(format!("peer id {id} appears twice")));
+            }
         }
-        let id = match (self.id, self.id_from_hostname) {
+        let id = match (self.id.or(file.id), self.id_from_hostname) {
             (Some(id), _) => id,
             (None, true) => {
                 let host =
@@ -184,18 +237,34 @@ impl MasterArgs {
             (None, false) => return Err(CliError::Usage("give --id or --id-from-hostname".into())),
         };
         if !peers.contains_key(&id) {
-            return Err(CliError::Usage(format!("id {id} is not in --peers")));
+            return Err(CliError::Usage(format!("id {id} is not in the peer list")));
         }
         Ok(MasterConfig {
             id,
             peers,
-            data_dir: self.data_dir.clone(),
-            metastore: self.metastore,
-            cache_entries: self.cache_entries,
-            heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
-            election_timeout: Duration::from_millis(self.election_ms),
-            worker_timeout: Duration::from_millis(self.worker_timeout_ms),
-            snapshot_every: self.snapshot_every.max(10),
+            data_dir: self
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| "/var/lib/weir/master".into()),
+            metastore: self.metastore.or(file.metastore).unwrap_or_default(),
+            cache_entries: self.cache_entries.or(file.cache_entries).unwrap_or(200_000),
+            heartbeat_interval: Duration::from_millis(
+                self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100),
+            ),
+            election_timeout: Duration::from_millis(
+                self.election_ms.or(file.election_ms).unwrap_or(600),
+            ),
+            worker_timeout: Duration::from_millis(
+                self.worker_timeout_ms
+                    .or(file.worker_timeout_ms)
+                    .unwrap_or(10_000),
+            ),
+            snapshot_every: self
+                .snapshot_every
+                .or(file.snapshot_every)
+                .unwrap_or(50_000)
+                .max(10),
         })
     }
 }
@@ -221,7 +290,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Master(args) => {
             let config = args.config()?;
-            crate::master::server::run(config, args.listen, shutdown_signal()).await?;
+            crate::master::server::run(config, args.listen()?, shutdown_signal()).await?;
             Ok(())
         }
         Command::Fs { conn, command } => fs::run(&conn.client()?, command).await,
@@ -250,5 +319,57 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> MasterArgs {
+        let mut full = vec!["weir", "master"];
+        full.extend_from_slice(args);
+        match Cli::parse_from(full).command {
+            Command::Master(m) => m,
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_config_file_which_wins_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("master.yaml");
+        std::fs::write(
+            &file,
+            "id: 2\npeers: [\"1=a:1\", \"2=b:2\"]\nelection_ms: 900\ndata_dir: /data\n",
+        )
+        .unwrap();
+        let cfg = file.to_str().unwrap();
+        let c = parse(&["--config", cfg, "--election-ms", "700"])
+            .config()
+            .unwrap();
+        assert_eq!((c.id, c.peers.len()), (2, 2));
+        assert_eq!(c.election_timeout, Duration::from_millis(700), "flag wins");
+        assert_eq!(
+            c.data_dir,
+            PathBuf::from("/data"),
+            "file wins over the default"
+        );
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(100), "default");
+    }
+
+    #[test]
+    fn bad_master_settings_are_named() {
+        let err = |args: &[&str]| parse(args).config().unwrap_err().to_string();
+        assert!(err(&["--id", "1"]).contains("--peers"));
+        assert!(
+            err(&["--id", "3", "--peers", "1=a:1,2=b:2"]).contains("id 3 is not in the peer list")
+        );
+        assert!(err(&["--id", "1", "--peers", "1=a:1,1=b:2"]).contains("appears twice"));
+        assert!(err(&["--id", "1", "--peers", "x"]).contains("not id=host:port"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.yaml");
+        std::fs::write(&file, "electon_ms: 5\n").unwrap();
+        assert!(err(&["--config", file.to_str().unwrap()]).contains("unknown field `electon_ms`"));
     }
 }
