@@ -82,7 +82,7 @@ where
                 if op(client.clone(), c, i).await {
                     ok += 1;
                     // Sample latencies (1 in 8) to bound memory.
-                    if i % 8 == 0 {
+                    if i.is_multiple_of(8) {
                         lat.push(t.elapsed().as_micros() as u64);
                     }
                 } else {

@@ -290,7 +290,7 @@ impl MetadataSync {
                     Ok(Some(s)) => {
                         files += 1;
                         bytes += s.length;
-                        if files % 10_000 == 0 {
+                        if files.is_multiple_of(10_000) {
                             let (f, b) = (files, bytes);
                             update(&|c| {
                                 c.files += f;
