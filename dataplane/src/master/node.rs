@@ -64,6 +64,7 @@ pub struct Master {
     pub namespace: Namespace,
     pub workers: WorkerRegistry,
     pub sync: Arc<MetadataSync>,
+    pub apply_latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl std::fmt::Debug for Master {
@@ -104,6 +105,7 @@ impl Master {
         let sm = StateMachine::new(store, config.data_dir.join("snapshots"), sync)
             .map_err(|e| start_err(&e))?;
         let namespace = sm.namespace().clone();
+        let apply_latency = sm.apply_latency();
         let heartbeat = config.heartbeat_interval.as_millis() as u64;
         let election = config.election_timeout.as_millis() as u64;
         let raft_config = openraft::Config {
@@ -126,6 +128,7 @@ impl Master {
             namespace,
             workers,
             sync: Arc::new(MetadataSync::new()),
+            apply_latency,
         }))
     }
 

@@ -64,6 +64,11 @@ pub async fn serve(
     let rpc_metrics = Arc::new(RpcMetrics::new(&mut registry));
     let gauges = Arc::new(MasterGauges::default());
     gauges.register(&mut registry);
+    registry.register(
+        "weir_master_apply_latency_seconds",
+        "Time to apply one Raft entry to the namespace",
+        master.apply_latency.clone(),
+    );
     let exporter = Arc::new(Exporter::new(registry));
 
     let api = MasterApi::new(master.clone(), rpc_metrics);

@@ -87,6 +87,8 @@ pub struct StateMachine {
     /// Forces the store's buffered writes to disk (RocksDB WAL sync); called
     /// before a snapshot lets openraft purge the log behind it.
     sync: SyncFn,
+    /// Seconds to apply one entry (including its metadata write).
+    apply_latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -109,15 +111,24 @@ impl StateMachine {
     pub fn new(store: Arc<dyn MetaStore>, snapshot_dir: PathBuf, sync: SyncFn) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
         let ns = Namespace::open(store).map_err(io_err)?;
+        let apply_latency = prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.00001, 2.0, 18),
+        );
         Ok(Self {
             ns,
             snapshot_dir,
             sync,
+            apply_latency,
         })
     }
 
     pub fn namespace(&self) -> &Namespace {
         &self.ns
+    }
+
+    /// The apply-latency histogram, for registering with `/metrics`.
+    pub fn apply_latency(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.apply_latency.clone()
     }
 
     fn current_path(&self) -> PathBuf {
@@ -207,6 +218,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         while let Some((entry, responder)) = entries.try_next().await? {
             let entry: Entry = entry;
+            let started = std::time::Instant::now();
             let mut extra = vec![Op::PutMeta(
                 META_APPLIED.into(),
                 encode(&Some(entry.log_id))?,
@@ -225,6 +237,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if let Err(crate::master::namespace::FsError::Store(e)) = &reply {
                 return Err(io_err(e));
             }
+            self.apply_latency.observe(started.elapsed().as_secs_f64());
             if let Some(r) = responder {
                 r.send(Applied(reply));
             }
