@@ -175,6 +175,17 @@ pub enum Reply {
 #[derive(Clone)]
 pub struct Namespace {
     store: Arc<dyn MetaStore>,
+    /// The mount table, read on every path check; reloaded from the store
+    /// after a command that changes it or a snapshot install.
+    mount_cache: Arc<std::sync::RwLock<MountCache>>,
+}
+
+/// The cached mount table and a generation bumped by every invalidation,
+/// so a load that raced with a change is never cached.
+#[derive(Default)]
+struct MountCache {
+    generation: u64,
+    table: Option<Arc<Vec<MountInfo>>>,
 }
 
 impl std::fmt::Debug for Namespace {
@@ -343,7 +354,10 @@ impl Namespace {
             root.group = "root".into();
             store.write(vec![Op::PutInode(root), put_u64(META_INODE_COUNT, 1)])?;
         }
-        Ok(Self { store })
+        Ok(Self {
+            store,
+            mount_cache: Arc::default(),
+        })
     }
 
     pub fn store(&self) -> &Arc<dyn MetaStore> {
@@ -412,20 +426,45 @@ impl Namespace {
     }
 
     pub fn mounts(&self) -> FsResult<Vec<MountInfo>> {
-        Ok(self.store.mounts()?)
+        Ok(self.cached_mounts()?.as_ref().clone())
+    }
+
+    fn cached_mounts(&self) -> FsResult<Arc<Vec<MountInfo>>> {
+        let generation = {
+            let cache = self.mount_cache.read().expect("mount cache");
+            if let Some(m) = &cache.table {
+                return Ok(m.clone());
+            }
+            cache.generation
+        };
+        let loaded = Arc::new(self.store.mounts()?);
+        let mut cache = self.mount_cache.write().expect("mount cache");
+        if cache.generation == generation {
+            cache.table = Some(loaded.clone());
+        }
+        Ok(loaded)
+    }
+
+    /// Drops cached state after the store was replaced underneath (a
+    /// snapshot install).
+    pub fn reload(&self) {
+        let mut cache = self.mount_cache.write().expect("mount cache");
+        cache.generation += 1;
+        cache.table = None;
     }
 
     /// The mount that `path` is under (the longest mount path that is a
     /// prefix), if any.
     pub fn mount_of(&self, path: &WeirPath) -> FsResult<Option<MountInfo>> {
-        let mut best: Option<MountInfo> = None;
-        for m in self.store.mounts()? {
+        let mut best: Option<&MountInfo> = None;
+        let mounts = self.cached_mounts()?;
+        for m in mounts.iter() {
             let mp = WeirPath::parse(&m.path)?;
-            if path.starts_with(&mp) && best.as_ref().is_none_or(|b| b.path.len() < m.path.len()) {
+            if path.starts_with(&mp) && best.is_none_or(|b| b.path.len() < m.path.len()) {
                 best = Some(m);
             }
         }
-        Ok(best)
+        Ok(best.cloned())
     }
 
     fn writable(&self, path: &WeirPath) -> FsResult<()> {
@@ -444,7 +483,14 @@ impl Namespace {
         let mut change = Change::new(self.store.as_ref())?;
         match self.plan(cmd, &mut change) {
             Ok(reply) => {
+                let mounts_changed = change
+                    .ops
+                    .iter()
+                    .any(|op| matches!(op, Op::PutMount(_) | Op::DeleteMount(_)));
                 change.finish(extra)?;
+                if mounts_changed {
+                    self.reload();
+                }
                 Ok(reply)
             }
             Err(e) => {
@@ -580,7 +626,7 @@ impl Namespace {
                 }
                 self.writable(&path)?;
                 let inode = self.get(&path)?;
-                if self.store.mounts()?.iter().any(|m| {
+                if self.cached_mounts()?.iter().any(|m| {
                     WeirPath::parse(&m.path)
                         .map(|mp| mp.starts_with(&path))
                         .unwrap_or(false)
@@ -621,7 +667,7 @@ impl Namespace {
                         "{src} and {dst} are in different mounts"
                     )));
                 }
-                if self.store.mounts()?.iter().any(|m| m.path == src.as_str()) {
+                if self.cached_mounts()?.iter().any(|m| m.path == src.as_str()) {
                     return Err(FsError::FailedPrecondition(format!(
                         "{src} is a mount point"
                     )));
@@ -680,8 +726,8 @@ impl Namespace {
             Command::Mount(spec) => {
                 let path = Self::parse(&spec.path)?;
                 validate_ufs_uri(&spec.ufs_uri)?;
-                let mounts = self.store.mounts()?;
-                for m in &mounts {
+                let mounts = self.cached_mounts()?;
+                for m in mounts.iter() {
                     let mp = WeirPath::parse(&m.path)?;
                     if mp == path {
                         return Err(FsError::AlreadyExists(format!("mount at {path}")));
@@ -738,7 +784,11 @@ impl Namespace {
             }
             Command::Unmount { path } => {
                 let path = Self::parse(path)?;
-                if !self.store.mounts()?.iter().any(|m| m.path == path.as_str()) {
+                if !self
+                    .cached_mounts()?
+                    .iter()
+                    .any(|m| m.path == path.as_str())
+                {
                     return Err(FsError::NotFound(format!("no mount at {path}")));
                 }
                 c.ops.push(Op::DeleteMount(path.to_string()));

@@ -228,12 +228,12 @@ impl MasterService for MasterApi {
         self.observe("GetStatus", async {
             let path = parse(&request.get_ref().path)?;
             self.master.linearize().await?;
-            self.master.sync.resolve(&self.master, &path).await?;
             let inode = self
                 .master
-                .namespace
-                .get(&path)
-                .map_err(MasterError::from)?;
+                .sync
+                .resolve(&self.master, &path)
+                .await?
+                .ok_or_else(|| Status::not_found(path.to_string()))?;
             Ok(self.info(&path, &inode))
         })
         .await
@@ -248,12 +248,12 @@ impl MasterService for MasterApi {
         let req = request.into_inner();
         let path = parse(&req.path)?;
         self.master.linearize().await?;
-        self.master.sync.resolve(&self.master, &path).await?;
         let dir = self
             .master
-            .namespace
-            .get(&path)
-            .map_err(MasterError::from)?;
+            .sync
+            .resolve(&self.master, &path)
+            .await?
+            .ok_or_else(|| Status::not_found(path.to_string()))?;
         if dir.is_dir() {
             self.master.sync.sync_dir(&self.master, &path).await?;
         }
@@ -533,12 +533,12 @@ impl MasterService for MasterApi {
         self.observe("GetFileBlockInfo", async {
             let path = parse(&request.get_ref().path)?;
             self.master.linearize().await?;
-            self.master.sync.resolve(&self.master, &path).await?;
             let inode = self
                 .master
-                .namespace
-                .get(&path)
-                .map_err(MasterError::from)?;
+                .sync
+                .resolve(&self.master, &path)
+                .await?
+                .ok_or_else(|| Status::not_found(path.to_string()))?;
             if inode.is_dir() {
                 return Err(Status::failed_precondition(format!(
                     "{path} is a directory"

@@ -5,7 +5,7 @@
 //! use of a mount: paths load lazily on first access, and the background
 //! count of a mount's files and bytes only reports progress.
 
-use super::metastore::{MountInfo, PersistState};
+use super::metastore::{Inode, MountInfo, PersistState};
 use super::namespace::{Command, FsError, UfsEntry};
 use super::node::{Master, MasterError, MasterResult};
 use crate::path::WeirPath;
@@ -100,13 +100,14 @@ impl MetadataSync {
     /// Makes `path` known to the namespace if the under-storage has it:
     /// missing components are stat'ed one by one and proposed, so a path
     /// deep in a huge directory resolves without listing that directory.
-    pub async fn resolve(&self, master: &Master, path: &WeirPath) -> MasterResult<()> {
+    /// Returns the inode, or `None` when neither side has the path.
+    pub async fn resolve(&self, master: &Master, path: &WeirPath) -> MasterResult<Option<Inode>> {
         let ns = &master.namespace;
-        if ns.lookup(path)?.is_some() {
-            return Ok(());
+        if let Some(found) = ns.lookup(path)? {
+            return Ok(Some(found));
         }
         let Some(mount) = ns.mount_of(path)? else {
-            return Ok(());
+            return Ok(None);
         };
         let (mut at, mut dir) = ns.deepest_existing(path)?;
         let store = self.store(&mount)?;
@@ -119,15 +120,15 @@ impl MetadataSync {
         tracing::debug!(%path, %at, ?names, synced = ?dir.synced_ms, mount = %mount.path, "resolving from the under-storage");
         for name in names {
             if !dir.is_dir() {
-                return Ok(());
+                return Ok(None);
             }
             // A loaded, fresh listing is authoritative: the child is absent.
             if fresh(dir.synced_ms, mount.sync_interval_ms, now) {
-                return Ok(());
+                return Ok(None);
             }
             let next = at.child(&name).map_err(FsError::from)?;
             let Some(status) = store.stat(&ufs_path(&mount, &next)?).await? else {
-                return Ok(());
+                return Ok(None);
             };
             let status = UfsStatus {
                 name: name.clone(),
@@ -143,12 +144,12 @@ impl MetadataSync {
                 })
                 .await?;
             let Some(inode) = ns.lookup(&next)? else {
-                return Ok(());
+                return Ok(None);
             };
             at = next;
             dir = inode;
         }
-        Ok(())
+        Ok(Some(dir))
     }
 
     /// Loads (or re-validates, past the mount's sync interval) the listing

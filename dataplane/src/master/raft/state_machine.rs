@@ -265,6 +265,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             encode(&meta.last_membership)?,
         ));
         self.ns.store().replace_all(ops).map_err(io_err)?;
+        self.ns.reload();
         self.save_snapshot(&StoredSnapshot {
             meta: meta.clone(),
             ops: Vec::new(),
