@@ -15,8 +15,23 @@ pub enum MetaOp {
     GetStatus,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// One gRPC call per operation.
+    Unary,
+    /// Operations pipelined on metadata streams (one per 16 clients).
+    Stream,
+}
+
 #[derive(Debug, Args)]
 pub struct MetaBenchArgs {
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "unary,stream"
+    )]
+    pub transports: Vec<Transport>,
     #[arg(
         long,
         value_enum,
@@ -154,46 +169,74 @@ pub async fn meta(conn: &ConnArgs, args: MetaBenchArgs) -> Result<(), CliError> 
                 .is_ok()
         })
         .await?;
-        for &op in &args.ops {
-            let d = dir.clone();
-            let out = match op {
-                MetaOp::GetStatus => {
-                    run_clients(conn, clients, args.seconds, move |c, task, i| {
-                        let path = format!("{d}/stat/f{}", (task as u64 * 7919 + i) % STAT_FILES);
-                        async move {
-                            let req = pb::PathRequest { path };
-                            c.call(|mut m| {
-                                let r = req.clone();
-                                async move { m.get_status(r).await }
-                            })
-                            .await
-                            .is_ok()
-                        }
-                    })
-                    .await?
-                }
-                MetaOp::Create => {
-                    let run = std::process::id();
-                    run_clients(conn, clients, args.seconds, move |c, task, i| {
-                        let path = format!("{d}/create-{run}-{clients}/c{task}/f{i}");
-                        async move {
-                            let req = pb::CreateRequest {
-                                path,
-                                recursive: true,
-                                ..Default::default()
-                            };
-                            c.call(|mut m| {
-                                let r = req.clone();
-                                async move { m.create_file(r).await }
-                            })
-                            .await
-                            .is_ok()
-                        }
-                    })
-                    .await?
+        for &transport in &args.transports {
+            let sessions = match transport {
+                Transport::Unary => Arc::new(Vec::new()),
+                Transport::Stream => {
+                    let mut v = Vec::new();
+                    for _ in 0..clients.div_ceil(16) {
+                        v.push(admin.open_session().await?);
+                    }
+                    Arc::new(v)
                 }
             };
-            rows.push((op, clients, out, baseline.rate()));
+            for &op in &args.ops {
+                let d = dir.clone();
+                let sessions = sessions.clone();
+                let run = std::process::id();
+                let t = transport;
+                let out = run_clients(conn, clients, args.seconds, move |c, task, i| {
+                    let path = match op {
+                        MetaOp::GetStatus => {
+                            format!("{d}/stat/f{}", (task as u64 * 7919 + i) % STAT_FILES)
+                        }
+                        MetaOp::Create => format!("{d}/create-{run}-{clients}-{t:?}/c{task}/f{i}"),
+                    };
+                    let sessions = sessions.clone();
+                    async move {
+                        use pb::meta_request::Op;
+                        match (t, op) {
+                            (Transport::Stream, MetaOp::GetStatus) => sessions
+                                [task % sessions.len()]
+                            .call(Op::GetStatus(pb::PathRequest { path }))
+                            .await
+                            .is_ok(),
+                            (Transport::Stream, MetaOp::Create) => sessions[task % sessions.len()]
+                                .call(Op::CreateFile(pb::CreateRequest {
+                                    path,
+                                    recursive: true,
+                                    ..Default::default()
+                                }))
+                                .await
+                                .is_ok(),
+                            (Transport::Unary, MetaOp::GetStatus) => {
+                                let req = pb::PathRequest { path };
+                                c.call(|mut m| {
+                                    let r = req.clone();
+                                    async move { m.get_status(r).await }
+                                })
+                                .await
+                                .is_ok()
+                            }
+                            (Transport::Unary, MetaOp::Create) => {
+                                let req = pb::CreateRequest {
+                                    path,
+                                    recursive: true,
+                                    ..Default::default()
+                                };
+                                c.call(|mut m| {
+                                    let r = req.clone();
+                                    async move { m.create_file(r).await }
+                                })
+                                .await
+                                .is_ok()
+                            }
+                        }
+                    }
+                })
+                .await?;
+                rows.push((op, transport, clients, out, baseline.rate()));
+            }
         }
     }
     let rm = pb::DeleteRequest {
@@ -209,11 +252,12 @@ pub async fn meta(conn: &ConnArgs, args: MetaBenchArgs) -> Result<(), CliError> 
 
     if !args.json {
         println!(
-            "| op | clients | ops/s | p50 µs | p99 µs | errors | no-op RPC ops/s (baseline) | ratio |"
+            "| op | transport | clients | ops/s | p50 µs | p99 µs | errors | no-op RPC ops/s (baseline) | ratio |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     }
-    for (op, clients, out, base) in rows {
+    for (op, transport, clients, out, base) in rows {
+        let transport = format!("{transport:?}").to_lowercase();
         let name = match op {
             MetaOp::Create => "create",
             MetaOp::GetStatus => "getStatus",
@@ -221,12 +265,12 @@ pub async fn meta(conn: &ConnArgs, args: MetaBenchArgs) -> Result<(), CliError> 
         if args.json {
             println!(
                 "{}",
-                serde_json::json!({"op": name, "clients": clients, "opsPerSec": out.rate(), "p50Us": out.percentile(0.5),
+                serde_json::json!({"op": name, "transport": transport, "clients": clients, "opsPerSec": out.rate(), "p50Us": out.percentile(0.5),
                     "p99Us": out.percentile(0.99), "errors": out.errors, "baselineOpsPerSec": base, "ratio": out.rate() / base})
             );
         } else {
             println!(
-                "| {name} | {clients} | {:.0} | {} | {} | {} | {base:.0} | {:.2} |",
+                "| {name} | {transport} | {clients} | {:.0} | {} | {} | {} | {base:.0} | {:.2} |",
                 out.rate(),
                 out.percentile(0.5),
                 out.percentile(0.99),

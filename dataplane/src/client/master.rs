@@ -158,3 +158,95 @@ impl MasterClient {
         }
     }
 }
+
+/// A pipelined metadata stream to one master: many operations in flight on
+/// one HTTP/2 stream, answered out of order and matched by id. Open it on
+/// the leader (see [`MasterClient::open_session`]); a "not the leader"
+/// answer comes back as a [`ClientError::Status`] like any other error.
+#[derive(Debug)]
+pub struct MetaSession {
+    requests: tokio::sync::mpsc::Sender<crate::proto::master::MetaRequest>,
+    pending: std::sync::Arc<
+        Mutex<HashMap<u64, tokio::sync::oneshot::Sender<crate::proto::master::MetaResponse>>>,
+    >,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl MetaSession {
+    async fn open(channel: Channel) -> Result<Self, ClientError> {
+        use crate::proto::master::MetaResponse;
+        let (requests, rx) = tokio::sync::mpsc::channel(1024);
+        let mut client = MasterServiceClient::new(channel);
+        let mut responses = client
+            .meta_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(ClientError::Status)?
+            .into_inner();
+        let pending: std::sync::Arc<
+            Mutex<HashMap<u64, tokio::sync::oneshot::Sender<MetaResponse>>>,
+        > = std::sync::Arc::default();
+        let waiting = pending.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(resp)) = responses.message().await {
+                if let Some(tx) = waiting.lock().expect("pending").remove(&resp.id) {
+                    let _ = tx.send(resp);
+                }
+            }
+            // The stream ended: every waiter gets "unavailable".
+            waiting.lock().expect("pending").clear();
+        });
+        Ok(Self {
+            requests,
+            pending,
+            next_id: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    /// Sends one operation and waits for its answer.
+    pub async fn call(
+        &self,
+        op: crate::proto::master::meta_request::Op,
+    ) -> Result<crate::proto::master::meta_response::Result, ClientError> {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pending.lock().expect("pending").insert(id, tx);
+        let unavailable = || ClientError::Status(Status::unavailable("metadata stream closed"));
+        if self
+            .requests
+            .send(crate::proto::master::MetaRequest { id, op: Some(op) })
+            .await
+            .is_err()
+        {
+            self.pending.lock().expect("pending").remove(&id);
+            return Err(unavailable());
+        }
+        let resp = rx.await.map_err(|_| unavailable())?;
+        if resp.code != 0 {
+            let mut status = Status::new(Code::from_i32(resp.code), resp.message);
+            if let Ok(v) = resp.leader.parse() {
+                status.metadata_mut().insert(LEADER_HEADER, v);
+            }
+            return Err(ClientError::Status(status));
+        }
+        resp.result
+            .ok_or_else(|| ClientError::Status(Status::internal("answer without a result")))
+    }
+}
+
+impl MasterClient {
+    /// Opens a metadata stream on the current leader.
+    pub async fn open_session(&self) -> Result<MetaSession, ClientError> {
+        let leader = self
+            .call(|mut c| async move { c.get_leader(crate::proto::master::Empty {}).await })
+            .await?;
+        if !leader.known {
+            return Err(ClientError::NoLeader {
+                deadline: self.deadline,
+                last: "no leader known".into(),
+            });
+        }
+        MetaSession::open(self.channel(&leader.leader_address)?).await
+    }
+}

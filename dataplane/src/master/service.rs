@@ -215,10 +215,104 @@ impl MasterApi {
 }
 
 type PageStream = Pin<Box<dyn Stream<Item = Result<pb::ListStatusPage, Status>> + Send>>;
+type MetaResponses = Pin<Box<dyn Stream<Item = Result<pb::MetaResponse, Status>> + Send>>;
+
+/// Operations of one metadata stream served at once; more wait in the
+/// stream (HTTP/2 flow control pushes back on the client).
+const STREAM_IN_FLIGHT: usize = 512;
+
+fn meta_response<T>(
+    id: u64,
+    result: Result<Response<T>, Status>,
+    wrap: impl FnOnce(T) -> pb::meta_response::Result,
+) -> pb::MetaResponse {
+    match result {
+        Ok(r) => pb::MetaResponse {
+            id,
+            code: 0,
+            message: String::new(),
+            leader: String::new(),
+            result: Some(wrap(r.into_inner())),
+        },
+        Err(status) => pb::MetaResponse {
+            id,
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+            leader: status
+                .metadata()
+                .get(LEADER_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+            result: None,
+        },
+    }
+}
+
+impl MasterApi {
+    /// One operation of a metadata stream, through the same handler as its
+    /// unary call.
+    async fn serve_one(&self, req: pb::MetaRequest) -> pb::MetaResponse {
+        use pb::meta_request::Op;
+        use pb::meta_response::Result as R;
+        let id = req.id;
+        match req.op {
+            Some(Op::GetStatus(r)) => {
+                meta_response(id, self.get_status(Request::new(r)).await, R::File)
+            }
+            Some(Op::CreateFile(r)) => {
+                meta_response(id, self.create_file(Request::new(r)).await, R::File)
+            }
+            Some(Op::CreateDirectory(r)) => {
+                meta_response(id, self.create_directory(Request::new(r)).await, R::File)
+            }
+            Some(Op::CompleteFile(r)) => {
+                meta_response(id, self.complete_file(Request::new(r)).await, R::File)
+            }
+            Some(Op::Delete(r)) => {
+                meta_response(id, self.delete(Request::new(r)).await, R::Deleted)
+            }
+            Some(Op::Rename(r)) => meta_response(id, self.rename(Request::new(r)).await, R::File),
+            None => meta_response::<pb::FileInfo>(
+                id,
+                Err(Status::invalid_argument("empty operation")),
+                R::File,
+            ),
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl MasterService for MasterApi {
     type ListStatusStream = PageStream;
+    type MetaStreamStream = MetaResponses;
+
+    #[tracing::instrument(skip_all)]
+    async fn meta_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::MetaRequest>>,
+    ) -> Result<Response<Self::MetaStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT);
+        let api = self.clone();
+        let slots = Arc::new(tokio::sync::Semaphore::new(STREAM_IN_FLIGHT));
+        tokio::spawn(async move {
+            while let Ok(Some(req)) = inbound.message().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let (api, tx) = (api.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let response = api.serve_one(req).await;
+                    drop(slot);
+                    let _ = tx.send(Ok(response)).await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
 
     #[tracing::instrument(skip_all, fields(path = %request.get_ref().path))]
     async fn get_status(
