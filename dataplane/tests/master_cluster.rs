@@ -43,6 +43,8 @@ impl Master {
                 "100",
                 "--election-ms",
                 "500",
+                "--worker-timeout-ms",
+                "1500",
             ])
             .env("RUST_LOG", "warn,weir=info")
             .stdout(Stdio::null())
@@ -609,4 +611,142 @@ async fn t40_huge_ufs_directory_serves_at_once_and_counts_in_the_background() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(Code::PermissionDenied));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t50_workers_report_blocks_and_are_lost_when_silent() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("ufs");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("ten.bin"), b"0123456789").unwrap();
+    let mut masters = cluster(root.path(), 1);
+    masters[0].start();
+    let client = client(&masters);
+    leader_of(&masters).await;
+    let mount = pb::MountRequest {
+        path: "/d".into(),
+        ufs_uri: format!("local://{}", data.display()),
+        ..Default::default()
+    };
+    client
+        .call(|mut c| {
+            let r = mount.clone();
+            async move { c.mount(r).await }
+        })
+        .await
+        .unwrap();
+    let stat = pb::PathRequest {
+        path: "/d/ten.bin".into(),
+    };
+    let file = client
+        .call(|mut c| {
+            let r = stat.clone();
+            async move { c.get_status(r).await }
+        })
+        .await
+        .unwrap();
+    assert_eq!(file.cached_percent, 0);
+    let block = weir::master::namespace::block_id(file.id, 0);
+
+    let register = pb::RegisterWorkerRequest {
+        host: "127.0.0.1".into(),
+        rpc_port: 7000,
+        data_port: 7001,
+        tiers: vec![pb::TierUsage {
+            tier: "MEM".into(),
+            capacity_bytes: 1 << 30,
+            used_bytes: 10,
+        }],
+        block_ids: vec![block],
+        block_tiers: vec!["MEM".into()],
+        previous_id: 0,
+    };
+    let worker = client
+        .call(|mut c| {
+            let r = register.clone();
+            async move { c.register_worker(r).await }
+        })
+        .await
+        .unwrap()
+        .worker_id;
+    let file = client
+        .call(|mut c| {
+            let r = stat.clone();
+            async move { c.get_status(r).await }
+        })
+        .await
+        .unwrap();
+    assert_eq!(file.cached_percent, 100);
+    let blocks = client
+        .call(|mut c| {
+            let r = stat.clone();
+            async move { c.get_file_block_info(r).await }
+        })
+        .await
+        .unwrap();
+    assert_eq!(blocks.blocks.len(), 1);
+    assert_eq!(
+        blocks.blocks[0].locations[0]
+            .worker
+            .as_ref()
+            .unwrap()
+            .worker_id,
+        worker
+    );
+    let info = client
+        .call(|mut c| async move { c.get_cluster_info(pb::Empty {}).await })
+        .await
+        .unwrap();
+    assert_eq!(info.mounts[0].cached_bytes, 10);
+    assert_eq!(
+        (info.capacity_bytes, info.used_bytes, info.workers.len()),
+        (1 << 30, 10, 1)
+    );
+
+    // Heartbeats keep the worker; silence loses it and its blocks.
+    let beat = pb::HeartbeatRequest {
+        worker_id: worker,
+        removed_blocks: vec![],
+        ..Default::default()
+    };
+    for _ in 0..4 {
+        let r = client
+            .call(|mut c| {
+                let r = beat.clone();
+                async move { c.worker_heartbeat(r).await }
+            })
+            .await
+            .unwrap();
+        assert!(!r.reregister);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        client
+            .call(|mut c| async move { c.get_cluster_info(pb::Empty {}).await })
+            .await
+            .unwrap()
+            .workers
+            .len(),
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let info = client
+        .call(|mut c| async move { c.get_cluster_info(pb::Empty {}).await })
+        .await
+        .unwrap();
+    assert!(
+        info.workers.is_empty(),
+        "silent worker still listed: {:?}\n{}",
+        info.workers,
+        masters[0].log_tail()
+    );
+    assert_eq!(info.mounts[0].cached_bytes, 0);
+    let r = client
+        .call(|mut c| {
+            let r = beat.clone();
+            async move { c.worker_heartbeat(r).await }
+        })
+        .await
+        .unwrap();
+    assert!(r.reregister, "a lost worker is told to register again");
 }

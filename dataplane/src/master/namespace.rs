@@ -425,6 +425,50 @@ impl Namespace {
         Ok(out)
     }
 
+    /// Bytes of `blocks` held in cache, summed per mount path. Each block is
+    /// attributed by walking its file's parents up to a mount point (walks
+    /// are memoised per directory).
+    pub fn cached_bytes_per_mount(&self, blocks: &[u64]) -> FsResult<BTreeMap<String, u64>> {
+        let mut mount_of_dir: BTreeMap<InodeId, Option<String>> = BTreeMap::new();
+        for m in self.cached_mounts()?.iter() {
+            if let Some(i) = self.lookup(&WeirPath::parse(&m.path)?)? {
+                mount_of_dir.insert(i.id, Some(m.path.clone()));
+            }
+        }
+        mount_of_dir.entry(ROOT_ID).or_insert(None);
+        let mut totals = BTreeMap::new();
+        for &block in blocks {
+            let Some(file) = self.store.inode(block_file(block))? else {
+                continue;
+            };
+            let index = block & ((1 << BLOCK_INDEX_BITS) - 1);
+            let offset = index * file.block_size;
+            if file.is_dir() || offset >= file.length {
+                continue;
+            }
+            let len = file.block_size.min(file.length - offset);
+            let mut trail = Vec::new();
+            let mut dir = file.parent;
+            let mount = loop {
+                if let Some(found) = mount_of_dir.get(&dir) {
+                    break found.clone();
+                }
+                trail.push(dir);
+                match self.store.inode(dir)? {
+                    Some(d) => dir = d.parent,
+                    None => break None,
+                }
+            };
+            for d in trail {
+                mount_of_dir.insert(d, mount.clone());
+            }
+            if let Some(m) = mount {
+                *totals.entry(m).or_insert(0) += len;
+            }
+        }
+        Ok(totals)
+    }
+
     pub fn mounts(&self) -> FsResult<Vec<MountInfo>> {
         Ok(self.cached_mounts()?.as_ref().clone())
     }
@@ -1243,6 +1287,40 @@ mod tests {
         .unwrap();
         assert!(ns.mounts().unwrap().is_empty());
         assert!(ns.lookup(&p("/data/s3")).unwrap().is_none());
+    }
+
+    #[test]
+    fn cached_bytes_are_attributed_to_their_mounts() {
+        let ns = ns();
+        mount(&ns, "/m", false).unwrap();
+        let entry = |name: &str, length| UfsEntry {
+            name: name.into(),
+            is_dir: false,
+            length,
+            mtime_ms: 1,
+        };
+        let cmd = Command::LoadListing {
+            dir: "/m".into(),
+            entries: vec![entry("big", DEFAULT_BLOCK_SIZE + 10), entry("small", 5)],
+            vanished: vec![],
+            complete: true,
+            now_ms: 1,
+        };
+        ns.apply(&cmd, vec![]).unwrap();
+        touch(&ns, "/outside").unwrap();
+        let big = ns.get(&p("/m/big")).unwrap().id;
+        let small = ns.get(&p("/m/small")).unwrap().id;
+        let outside = ns.get(&p("/outside")).unwrap().id;
+        let blocks = [
+            block_id(big, 0),
+            block_id(big, 1),
+            block_id(small, 0),
+            block_id(outside, 0),
+            block_id(big, 9),
+        ];
+        let totals = ns.cached_bytes_per_mount(&blocks).unwrap();
+        assert_eq!(totals.get("/m"), Some(&(DEFAULT_BLOCK_SIZE + 10 + 5)));
+        assert_eq!(totals.len(), 1, "files outside mounts count nowhere");
     }
 
     #[test]

@@ -847,6 +847,11 @@ impl MasterService for MasterApi {
                 .flat_map(|w| &w.tiers)
                 .fold((0, 0), |(c, u), t| (c + t.capacity_bytes, u + t.used_bytes));
             let counts = self.master.sync.counts();
+            let cached = self
+                .master
+                .namespace
+                .cached_bytes_per_mount(&self.master.workers.cached_blocks())
+                .map_err(MasterError::from)?;
             let mounts = self
                 .master
                 .namespace
@@ -855,10 +860,11 @@ impl MasterService for MasterApi {
                 .into_iter()
                 .map(|m| {
                     let c = counts.get(&m.path).cloned().unwrap_or_default();
+                    let cached_bytes = cached.get(&m.path).copied().unwrap_or(0);
                     pb::MountStats {
                         path: m.path,
                         ufs_uri: m.ufs_uri,
-                        cached_bytes: 0,
+                        cached_bytes,
                         ufs_total_bytes: c.bytes,
                         file_count: c.files,
                         count_complete: c.complete,

@@ -214,6 +214,11 @@ impl WorkerRegistry {
         self.lock().locations.contains_key(&block)
     }
 
+    /// Every block some worker holds.
+    pub fn cached_blocks(&self) -> Vec<u64> {
+        self.lock().locations.keys().copied().collect()
+    }
+
     pub fn workers(&self) -> Vec<WorkerState> {
         self.lock().workers.values().cloned().collect()
     }
