@@ -336,6 +336,28 @@ fn new_inode(parent: InodeId, name: &str, kind: InodeKind, stamp: &Stamp) -> Ino
     }
 }
 
+/// An inode for an entry found in the under-storage, owned like its
+/// directory (the under-storage's own owners mean nothing here).
+fn ufs_inode(dir: &Inode, e: &UfsEntry) -> Inode {
+    let kind = if e.is_dir {
+        InodeKind::Directory
+    } else {
+        InodeKind::File
+    };
+    let stamp = Stamp {
+        mode: if e.is_dir { 0o755 } else { 0o644 },
+        owner: dir.owner.clone(),
+        group: dir.group.clone(),
+        now_ms: e.mtime_ms,
+    };
+    let mut i = new_inode(dir.id, &e.name, kind, &stamp);
+    i.length = if e.is_dir { 0 } else { e.length };
+    i.completed = true;
+    i.persist = PersistState::Persisted;
+    i.ufs_fingerprint = (!e.is_dir).then(|| e.fingerprint());
+    i
+}
+
 impl Namespace {
     /// Wraps `store`, creating the root directory if the store is new.
     pub fn open(store: Arc<dyn MetaStore>) -> FsResult<Self> {
@@ -885,18 +907,7 @@ impl Namespace {
                     };
                     match c.child(dir_inode.id, &e.name)? {
                         None => {
-                            let stamp = Stamp {
-                                mode: if e.is_dir { 0o755 } else { 0o644 },
-                                owner: dir_inode.owner.clone(),
-                                group: dir_inode.group.clone(),
-                                now_ms: e.mtime_ms,
-                            };
-                            let mut i = new_inode(dir_inode.id, &e.name, kind, &stamp);
-                            i.length = if e.is_dir { 0 } else { e.length };
-                            i.completed = true;
-                            i.persist = PersistState::Persisted;
-                            i.ufs_fingerprint = (!e.is_dir).then(|| e.fingerprint());
-                            c.create(i);
+                            c.create(ufs_inode(&dir_inode, e));
                             created += 1;
                         }
                         Some(id) => {
@@ -905,18 +916,7 @@ impl Namespace {
                             };
                             if existing.kind != kind {
                                 removed += c.remove_tree(&existing)?;
-                                let stamp = Stamp {
-                                    mode: 0o644,
-                                    owner: existing.owner.clone(),
-                                    group: existing.group.clone(),
-                                    now_ms: e.mtime_ms,
-                                };
-                                let mut i = new_inode(dir_inode.id, &e.name, kind, &stamp);
-                                i.length = if e.is_dir { 0 } else { e.length };
-                                i.completed = true;
-                                i.persist = PersistState::Persisted;
-                                i.ufs_fingerprint = (!e.is_dir).then(|| e.fingerprint());
-                                c.create(i);
+                                c.create(ufs_inode(&dir_inode, e));
                                 created += 1;
                             } else if !e.is_dir
                                 && existing.persist == PersistState::Persisted

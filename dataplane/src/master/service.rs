@@ -196,6 +196,19 @@ impl MasterApi {
         result.map(Response::new)
     }
 
+    /// Soft-state calls (heartbeats, block commits) need the leader but no
+    /// linearizable read: the leader's registry is the only one there is.
+    fn require_leader(&self) -> Result<(), Status> {
+        if self.master.is_leader() {
+            Ok(())
+        } else {
+            Err(MasterError::NotLeader {
+                leader: self.master.leader(),
+            }
+            .into())
+        }
+    }
+
     fn stamp(mode: u32, owner: String, group: String, default_mode: u32) -> Stamp {
         Stamp {
             owner: if owner.is_empty() {
@@ -702,12 +715,7 @@ impl MasterService for MasterApi {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         self.observe("WorkerHeartbeat", async {
-            if !self.master.is_leader() {
-                return Err(MasterError::NotLeader {
-                    leader: self.master.leader(),
-                }
-                .into());
-            }
+            self.require_leader()?;
             let r = request.into_inner();
             if r.added_blocks.len() != r.added_tiers.len() {
                 return Err(Status::invalid_argument(
@@ -736,12 +744,7 @@ impl MasterService for MasterApi {
         request: Request<pb::CommitBlockRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
         self.observe("CommitBlock", async {
-            if !self.master.is_leader() {
-                return Err(MasterError::NotLeader {
-                    leader: self.master.leader(),
-                }
-                .into());
-            }
+            self.require_leader()?;
             let r = request.into_inner();
             if !self
                 .master
