@@ -285,7 +285,12 @@ impl<'a> Change<'a> {
                     let page = self.store.children(node.id, cursor.as_deref(), 1024)?;
                     let Some((last, _)) = page.last() else { break };
                     cursor = Some(last.clone());
-                    for (_, id) in page {
+                    for (name, id) in page {
+                        // Skip what this command already unlinked: the
+                        // store does not show the batch being built.
+                        if self.child(node.id, &name)? != Some(id) {
+                            continue;
+                        }
                         if let Some(child) = self.inode(id)? {
                             stack.push(child);
                         }
@@ -860,21 +865,24 @@ impl Namespace {
                 c.ops.push(Op::DeleteMount(path.to_string()));
                 // The cached view of the under-storage goes with the mount.
                 let dir = self.get(&path)?;
-                let mut removed = 0;
-                let mut cursor: Option<String> = None;
-                loop {
-                    let page = self.store.children(dir.id, cursor.as_deref(), 1024)?;
-                    let Some((last, _)) = page.last() else { break };
-                    cursor = Some(last.clone());
-                    for (_, id) in page {
-                        if let Some(child) = c.inode(id)? {
-                            removed += c.remove_tree(&child)?;
+                let removed = if path.is_root() {
+                    // The root stays; everything under it goes.
+                    let mut removed = 0;
+                    let mut cursor: Option<String> = None;
+                    loop {
+                        let page = self.store.children(dir.id, cursor.as_deref(), 1024)?;
+                        let Some((last, _)) = page.last() else { break };
+                        cursor = Some(last.clone());
+                        for (_, id) in page {
+                            if let Some(child) = c.inode(id)? {
+                                removed += c.remove_tree(&child)?;
+                            }
                         }
                     }
-                }
-                if !path.is_root() {
-                    removed += c.remove_tree(&dir)?;
-                }
+                    removed
+                } else {
+                    c.remove_tree(&dir)?
+                };
                 Ok(Reply::Deleted { inodes: removed })
             }
             Command::LoadListing {
