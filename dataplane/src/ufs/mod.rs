@@ -3,9 +3,10 @@
 //! Paths given to a store are relative to the mount's root, `/`-separated,
 //! validated by [`UfsPath`] so no request can climb out of the root.
 
-mod local;
+pub mod conformance;
+mod opendal;
 
-pub use local::LocalUfs;
+pub use self::opendal::OpendalUfs;
 
 use futures::stream::BoxStream;
 use std::collections::BTreeMap;
@@ -79,37 +80,32 @@ pub struct UfsStatus {
     pub mtime_ms: u64,
 }
 
-/// The operations the master needs of an under-storage (the workers' data
-/// path adds reads and writes).
+/// What Weir needs of an under-storage.
 #[tonic::async_trait]
 pub trait Ufs: Send + Sync + std::fmt::Debug {
     /// Status of one path; `None` when it does not exist.
     async fn stat(&self, path: &UfsPath) -> UfsResult<Option<UfsStatus>>;
     /// The entries of one directory, streamed as the store yields them
-    /// (never the whole tree, never buffered whole).
+    /// (never the whole tree, never buffered whole). A missing directory
+    /// lists as empty: object stores cannot tell it from an empty one.
     fn list<'a>(&'a self, dir: &'a UfsPath) -> BoxStream<'a, UfsResult<UfsStatus>>;
+    /// Up to `len` bytes from `offset` (fewer at the end of the object).
+    async fn read(&self, path: &UfsPath, offset: u64, len: u64) -> UfsResult<bytes::Bytes>;
+    /// Creates or replaces an object whole (multipart where the store has it).
+    async fn write(&self, path: &UfsPath, data: bytes::Bytes) -> UfsResult<()>;
+    /// Removes an object; removing a missing one is not an error.
+    async fn delete(&self, path: &UfsPath) -> UfsResult<()>;
+    /// Renames where the store can (local paths); `Unsupported` elsewhere.
+    async fn rename(&self, from: &UfsPath, to: &UfsPath) -> UfsResult<()>;
 }
 
 /// Opens the under-storage behind a mount URI.
 pub fn open(
     uri: &str,
-    _options: &BTreeMap<String, String>,
-    _credential_files: &BTreeMap<String, String>,
+    options: &BTreeMap<String, String>,
+    credential_files: &BTreeMap<String, String>,
 ) -> UfsResult<Arc<dyn Ufs>> {
-    let (scheme, rest) = uri.split_once("://").ok_or_else(|| UfsError::Unsupported {
-        uri: uri.to_owned(),
-        reason: "no scheme".into(),
-    })?;
-    match scheme {
-        "local" | "file" => Ok(Arc::new(LocalUfs::new(std::path::PathBuf::from(format!(
-            "/{}",
-            rest.trim_start_matches('/')
-        ))))),
-        other => Err(UfsError::Unsupported {
-            uri: uri.to_owned(),
-            reason: format!("no {other} under-storage in this build yet"),
-        }),
-    }
+    Ok(Arc::new(OpendalUfs::open(uri, options, credential_files)?))
 }
 
 #[cfg(test)]

@@ -1,0 +1,226 @@
+//! The behaviour every under-storage must show. Tests call [`run_all`] with
+//! a store rooted at an empty location.
+
+use super::{Ufs, UfsError, UfsPath};
+use bytes::Bytes;
+use futures::TryStreamExt;
+
+fn p(s: &str) -> UfsPath {
+    UfsPath::parse(s).expect("valid test path")
+}
+
+async fn names(ufs: &dyn Ufs, dir: &str) -> Vec<(String, bool, u64)> {
+    let mut v: Vec<_> = ufs
+        .list(&p(dir))
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| (s.name, s.is_dir, s.length))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Runs every case; `can_rename` says whether the store supports rename.
+pub async fn run_all(ufs: &dyn Ufs, can_rename: bool) {
+    // Missing things.
+    assert!(ufs.stat(&p("nothing/here")).await.unwrap().is_none());
+    assert!(
+        names(ufs, "no-such-dir").await.is_empty(),
+        "a missing directory lists as empty"
+    );
+    assert!(matches!(
+        ufs.read(&p("nothing"), 0, 1).await,
+        Err(UfsError::NotFound(_))
+    ));
+
+    // Write, stat, read ranges.
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    ufs.write(&p("d/a.bin"), Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    ufs.write(&p("d/empty"), Bytes::new()).await.unwrap();
+    ufs.write(&p("d/sub/deep.txt"), Bytes::from_static(b"deep"))
+        .await
+        .unwrap();
+    let st = ufs
+        .stat(&p("d/a.bin"))
+        .await
+        .unwrap()
+        .expect("written object exists");
+    assert_eq!(
+        (st.name.as_str(), st.is_dir, st.length),
+        ("a.bin", false, 100_000)
+    );
+    assert!(st.mtime_ms > 0, "mtime is reported");
+    assert_eq!(ufs.read(&p("d/a.bin"), 0, 100_000).await.unwrap(), data);
+    assert_eq!(
+        ufs.read(&p("d/a.bin"), 12_345, 1000).await.unwrap(),
+        &data[12_345..13_345]
+    );
+    assert_eq!(
+        ufs.read(&p("d/a.bin"), 99_990, 10).await.unwrap(),
+        &data[99_990..]
+    );
+    assert_eq!(ufs.stat(&p("d/empty")).await.unwrap().unwrap().length, 0);
+    let dir = ufs
+        .stat(&p("d/sub"))
+        .await
+        .unwrap()
+        .expect("a prefix stats as a directory");
+    assert!(dir.is_dir);
+
+    // One level of a listing, directories marked.
+    assert_eq!(
+        names(ufs, "d").await,
+        vec![
+            ("a.bin".into(), false, 100_000),
+            ("empty".into(), false, 0),
+            ("sub".into(), true, 0)
+        ]
+    );
+    assert_eq!(
+        names(ufs, "d/sub").await,
+        vec![("deep.txt".into(), false, 4)]
+    );
+    assert!(
+        names(ufs, "").await.iter().any(|(n, d, _)| n == "d" && *d),
+        "the root lists too"
+    );
+
+    // Large objects go through multipart where the store has it.
+    let big: Vec<u8> = (0..(20u32 << 20)).map(|i| (i % 253) as u8).collect();
+    ufs.write(&p("big.bin"), Bytes::from(big.clone()))
+        .await
+        .unwrap();
+    let back = ufs.read(&p("big.bin"), 0, big.len() as u64).await.unwrap();
+    assert!(back == big, "20 MiB object read back differs");
+
+    // Overwrite replaces.
+    ufs.write(&p("d/empty"), Bytes::from_static(b"now full"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ufs.read(&p("d/empty"), 0, 100).await.unwrap(),
+        &b"now full"[..]
+    );
+
+    // Rename where supported.
+    let renamed = ufs.rename(&p("d/sub/deep.txt"), &p("d/moved.txt")).await;
+    if can_rename {
+        renamed.unwrap();
+        assert!(ufs.stat(&p("d/sub/deep.txt")).await.unwrap().is_none());
+        assert_eq!(
+            ufs.read(&p("d/moved.txt"), 0, 10).await.unwrap(),
+            &b"deep"[..]
+        );
+    } else {
+        assert!(
+            matches!(renamed, Err(UfsError::Unsupported { .. })),
+            "{renamed:?}"
+        );
+    }
+
+    // Delete, twice.
+    ufs.delete(&p("d/a.bin")).await.unwrap();
+    ufs.delete(&p("d/a.bin")).await.unwrap();
+    assert!(ufs.stat(&p("d/a.bin")).await.unwrap().is_none());
+    assert!(!names(ufs, "d").await.iter().any(|(n, _, _)| n == "a.bin"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_all;
+    use crate::ufs::OpendalUfs;
+    use std::collections::BTreeMap;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn local_paths_conform() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("local://{}", dir.path().display());
+        let ufs = OpendalUfs::open(&uri, &BTreeMap::new(), &BTreeMap::new()).unwrap();
+        run_all(&ufs, true).await;
+    }
+
+    /// A real S3-compatible server (moto) on loopback, stopped on drop.
+    struct Moto(Child);
+
+    impl Drop for Moto {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn moto_server() -> std::path::PathBuf {
+        if let Some(p) = std::env::var_os("WEIR_MOTO_SERVER") {
+            return p.into();
+        }
+        let home = std::env::var_os("HOME")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| "/root".into());
+        home.join(".cache/weir/venv/bin/moto_server")
+    }
+
+    async fn http(addr: &str, request: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to moto");
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn s3_conforms_against_a_real_server() {
+        let server = moto_server();
+        assert!(
+            server.exists(),
+            "{} missing: run e2e/cluster/install.sh",
+            server.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let _moto = Moto(
+            Command::new(&server)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start moto_server"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            assert!(Instant::now() < deadline, "moto did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let created = http(&addr, &format!("PUT /conformance HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")).await;
+        assert!(
+            created.starts_with("HTTP/1.1 200") || created.starts_with("HTTP/1.0 200"),
+            "{created}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let (key, secret) = (dir.path().join("key"), dir.path().join("secret"));
+        std::fs::write(&key, "testing\n").unwrap();
+        std::fs::write(&secret, "testing\n").unwrap();
+        let options: BTreeMap<String, String> =
+            [("endpoint".to_owned(), format!("http://{addr}"))].into();
+        let creds: BTreeMap<String, String> = [
+            ("accessKeyId".to_owned(), key.display().to_string()),
+            ("secretAccessKey".to_owned(), secret.display().to_string()),
+        ]
+        .into();
+        let ufs = OpendalUfs::open("s3://conformance/prefix", &options, &creds).unwrap();
+        run_all(&ufs, false).await;
+    }
+}

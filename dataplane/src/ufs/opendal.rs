@@ -1,0 +1,303 @@
+//! Under-storage through OpenDAL: S3 (any S3-compatible endpoint), HTTP(S)
+//! read-only, and local paths, behind the one [`Ufs`] trait.
+
+use super::{Ufs, UfsError, UfsPath, UfsResult, UfsStatus};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use opendal::{EntryMode, ErrorKind, Operator};
+use std::collections::BTreeMap;
+use std::sync::Once;
+
+/// An OpenDAL operator rooted at a mount's location.
+#[derive(Debug, Clone)]
+pub struct OpendalUfs {
+    op: Operator,
+    uri: String,
+    /// S3 and HTTP have no rename; writes go through whole objects.
+    can_rename: bool,
+}
+
+fn install_transport() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Weir uses one TLS provider (ring) everywhere; a second one
+        // installed by a dependency would make the first TLS use panic.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        opendal_http_transport_reqwest::install_default();
+    });
+}
+
+fn err(uri: &str, path: &str, e: opendal::Error) -> UfsError {
+    match e.kind() {
+        ErrorKind::NotFound => UfsError::NotFound(format!("{uri} {path}")),
+        ErrorKind::Unsupported => UfsError::Unsupported {
+            uri: uri.to_owned(),
+            reason: e.to_string(),
+        },
+        _ => UfsError::Io {
+            path: format!("{uri} {path}"),
+            source: std::io::Error::other(e.to_string()),
+        },
+    }
+}
+
+/// Reads a credential from the file a mount names for it (Secrets are
+/// mounted as files; their values never travel in options).
+fn credential(files: &BTreeMap<String, String>, key: &str) -> UfsResult<Option<String>> {
+    match files.get(key) {
+        None => Ok(None),
+        Some(path) => std::fs::read_to_string(path)
+            .map(|v| Some(v.trim().to_owned()))
+            .map_err(|source| UfsError::Io {
+                path: path.clone(),
+                source,
+            }),
+    }
+}
+
+impl OpendalUfs {
+    /// Builds the operator for `uri` (`s3://bucket/prefix`, `http(s)://host/path`,
+    /// `local:///path`) with `options` (endpoint, region, virtual_host_style)
+    /// and credentials read from `credential_files` (accessKeyId,
+    /// secretAccessKey), falling back to the AWS_* environment.
+    pub fn open(
+        uri: &str,
+        options: &BTreeMap<String, String>,
+        credential_files: &BTreeMap<String, String>,
+    ) -> UfsResult<Self> {
+        install_transport();
+        let unsupported = |reason: String| UfsError::Unsupported {
+            uri: uri.to_owned(),
+            reason,
+        };
+        let (scheme, rest) = uri
+            .split_once("://")
+            .ok_or_else(|| unsupported("no scheme".into()))?;
+        let built = match scheme {
+            "s3" => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(unsupported("no bucket".into()));
+                }
+                let mut b = opendal::services::S3::default()
+                    .bucket(bucket)
+                    .root(&format!("/{}", prefix.trim_matches('/')))
+                    .region(
+                        options
+                            .get("region")
+                            .map(String::as_str)
+                            .unwrap_or("us-east-1"),
+                    )
+                    .disable_config_load()
+                    .disable_ec2_metadata();
+                if let Some(endpoint) = options.get("endpoint") {
+                    b = b.endpoint(endpoint);
+                }
+                if options
+                    .get("virtual_host_style")
+                    .is_some_and(|v| v == "true")
+                {
+                    b = b.enable_virtual_host_style();
+                }
+                let key = credential(credential_files, "accessKeyId")?
+                    .or_else(|| std::env::var("AWS_ACCESS_KEY_ID").ok());
+                let secret = credential(credential_files, "secretAccessKey")?
+                    .or_else(|| std::env::var("AWS_SECRET_ACCESS_KEY").ok());
+                match (key, secret) {
+                    (Some(k), Some(s)) => b = b.access_key_id(&k).secret_access_key(&s),
+                    _ => b = b.skip_signature(),
+                }
+                Operator::new(b).map(|op| (op, false))
+            }
+            "http" | "https" => {
+                let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+                let b = opendal::services::Http::default()
+                    .endpoint(&format!("{scheme}://{host}"))
+                    .root(&format!("/{}", path.trim_matches('/')));
+                Operator::new(b).map(|op| (op, false))
+            }
+            "local" | "file" => {
+                let b =
+                    opendal::services::Fs::default().root(&format!("/{}", rest.trim_matches('/')));
+                Operator::new(b).map(|op| (op, true))
+            }
+            other => {
+                return Err(unsupported(format!(
+                    "no {other} under-storage in this build"
+                )));
+            }
+        };
+        let (op, can_rename) = built.map_err(|e| unsupported(e.to_string()))?;
+        let op = op.layer(opendal::layers::RetryLayer::new().with_max_times(3));
+        Ok(Self {
+            op,
+            uri: uri.to_owned(),
+            can_rename,
+        })
+    }
+
+    fn dir_path(path: &UfsPath) -> String {
+        if path.as_str().is_empty() {
+            "/".into()
+        } else {
+            format!("{}/", path.as_str())
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Ufs for OpendalUfs {
+    /// A whole range of an object; `len` bytes from `offset` (fewer at the end).
+    async fn read(&self, path: &UfsPath, offset: u64, len: u64) -> UfsResult<Bytes> {
+        match self
+            .op
+            .read_with(path.as_str())
+            .range(offset..offset + len)
+            .await
+        {
+            Ok(buf) => Ok(buf.to_bytes()),
+            // A range that runs past the end: stores differ (an error, or
+            // "too little data"), Weir's contract is the bytes that exist.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::RangeNotSatisfied | ErrorKind::Unexpected
+                ) =>
+            {
+                let size = self
+                    .op
+                    .stat(path.as_str())
+                    .await
+                    .map_err(|e| err(&self.uri, path.as_str(), e))?
+                    .content_length();
+                if offset >= size {
+                    return Ok(Bytes::new());
+                }
+                let buf = self
+                    .op
+                    .read_with(path.as_str())
+                    .range(offset..size)
+                    .await
+                    .map_err(|e| err(&self.uri, path.as_str(), e))?;
+                Ok(buf.to_bytes())
+            }
+            Err(e) => Err(err(&self.uri, path.as_str(), e)),
+        }
+    }
+
+    async fn write(&self, path: &UfsPath, data: Bytes) -> UfsResult<()> {
+        let mut w = self
+            .op
+            .writer_with(path.as_str())
+            .chunk(8 << 20)
+            .await
+            .map_err(|e| err(&self.uri, path.as_str(), e))?;
+        w.write(data)
+            .await
+            .map_err(|e| err(&self.uri, path.as_str(), e))?;
+        w.close()
+            .await
+            .map_err(|e| err(&self.uri, path.as_str(), e))?;
+        Ok(())
+    }
+
+    async fn delete(&self, path: &UfsPath) -> UfsResult<()> {
+        match self.op.delete(path.as_str()).await {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(err(&self.uri, path.as_str(), e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn rename(&self, from: &UfsPath, to: &UfsPath) -> UfsResult<()> {
+        if !self.can_rename {
+            return Err(UfsError::Unsupported {
+                uri: self.uri.clone(),
+                reason: "rename is not supported".into(),
+            });
+        }
+        self.op
+            .rename(from.as_str(), to.as_str())
+            .await
+            .map_err(|e| err(&self.uri, from.as_str(), e))
+    }
+
+    async fn stat(&self, path: &UfsPath) -> UfsResult<Option<UfsStatus>> {
+        let name = path
+            .as_str()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if path.as_str().is_empty() {
+            return Ok(Some(UfsStatus {
+                name,
+                is_dir: true,
+                length: 0,
+                mtime_ms: 0,
+            }));
+        }
+        // Object stores have no directories of their own: a "directory" is
+        // a prefix, so a missing object is retried as one.
+        for candidate in [path.as_str().to_owned(), Self::dir_path(path)] {
+            match self.op.stat(&candidate).await {
+                Ok(meta) => {
+                    let is_dir = meta.mode() == EntryMode::DIR;
+                    let mtime_ms = meta
+                        .last_modified()
+                        .map(|t| t.into_inner().as_millisecond().max(0) as u64)
+                        .unwrap_or(0);
+                    return Ok(Some(UfsStatus {
+                        name,
+                        is_dir,
+                        length: if is_dir { 0 } else { meta.content_length() },
+                        mtime_ms,
+                    }));
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(err(&self.uri, path.as_str(), e)),
+            }
+        }
+        Ok(None)
+    }
+
+    fn list<'a>(&'a self, dir: &'a UfsPath) -> BoxStream<'a, UfsResult<UfsStatus>> {
+        let prefix = Self::dir_path(dir);
+        let lister = async move {
+            match self.op.lister(&prefix).await {
+                Ok(l) => Ok(Some(l)),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(err(&self.uri, &prefix, e)),
+            }
+        };
+        futures::stream::once(lister)
+            .try_filter_map(|l| async move { Ok(l) })
+            .map_ok(move |lister| {
+                lister
+                    .map_err(move |e| err(&self.uri, dir.as_str(), e))
+                    .try_filter_map(move |entry| async move {
+                        let full = entry.path().trim_end_matches('/');
+                        let name = full.rsplit('/').next().unwrap_or_default().to_owned();
+                        // Listings include the directory itself.
+                        if name.is_empty() || full == dir.as_str().trim_end_matches('/') {
+                            return Ok(None);
+                        }
+                        let meta = entry.metadata();
+                        let is_dir = meta.mode() == EntryMode::DIR;
+                        let length = if is_dir { 0 } else { meta.content_length() };
+                        let mtime_ms = meta
+                            .last_modified()
+                            .map(|t| t.into_inner().as_millisecond().max(0) as u64)
+                            .unwrap_or(0);
+                        Ok(Some(UfsStatus {
+                            name,
+                            is_dir,
+                            length,
+                            mtime_ms,
+                        }))
+                    })
+            })
+            .try_flatten()
+            .boxed()
+    }
+}
