@@ -750,3 +750,170 @@ async fn t50_workers_report_blocks_and_are_lost_when_silent() {
         .unwrap();
     assert!(r.reregister, "a lost worker is told to register again");
 }
+
+/// A moto S3 server on loopback with one bucket, stopped on drop.
+struct S3Server {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn s3_server(bucket: &str) -> S3Server {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/root".into());
+    let server = std::env::var_os("WEIR_MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".cache/weir/venv/bin/moto_server"));
+    assert!(
+        server.exists(),
+        "{} missing: run e2e/cluster/install.sh",
+        server.display()
+    );
+    let port = free_port();
+    let child = Command::new(server)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start moto_server");
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        assert!(Instant::now() < deadline, "moto did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s3 = S3Server {
+        child,
+        endpoint: format!("http://{addr}"),
+    };
+    s3.request("PUT", &format!("/{bucket}"), b"").await;
+    s3
+}
+
+impl S3Server {
+    /// An unsigned request (moto accepts them); returns the status line.
+    async fn request(&self, method: &str, path: &str, body: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body).await.unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        let status = out.lines().next().unwrap_or_default().to_owned();
+        assert!(status.contains(" 200"), "{method} {path}: {status}");
+        status
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t60_s3_mount_loads_lazily_and_counts() {
+    let s3 = s3_server("data").await;
+    for i in 0..50 {
+        s3.request(
+            "PUT",
+            &format!("/data/train/part-{i:03}.bin"),
+            &vec![b'z'; 1000 + i],
+        )
+        .await;
+    }
+    s3.request("PUT", "/data/README", b"hello s3").await;
+    let root = tempfile::tempdir().unwrap();
+    let creds = root.path().join("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("key"), "testing").unwrap();
+    std::fs::write(creds.join("secret"), "testing").unwrap();
+    let mut masters = cluster(root.path(), 1);
+    masters[0].start();
+    let client = client(&masters);
+    leader_of(&masters).await;
+    let mount = pb::MountRequest {
+        path: "/s3".into(),
+        ufs_uri: "s3://data".into(),
+        read_only: true,
+        options: [("endpoint".to_owned(), s3.endpoint.clone())].into(),
+        credential_files: [
+            (
+                "accessKeyId".to_owned(),
+                creds.join("key").display().to_string(),
+            ),
+            (
+                "secretAccessKey".to_owned(),
+                creds.join("secret").display().to_string(),
+            ),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    client
+        .call(|mut c| {
+            let r = mount.clone();
+            async move { c.mount(r).await }
+        })
+        .await
+        .unwrap();
+
+    let req = pb::PathRequest {
+        path: "/s3/train/part-007.bin".into(),
+    };
+    let f = client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.get_status(r).await }
+        })
+        .await
+        .unwrap();
+    assert_eq!((f.length, f.is_dir), (1007, false));
+    assert_eq!(f.ufs_path, "s3://data/train/part-007.bin");
+    let req = pb::ListStatusRequest {
+        path: "/s3/train".into(),
+        ..Default::default()
+    };
+    let mut stream = client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.list_status(r).await }
+        })
+        .await
+        .unwrap();
+    let mut n = 0;
+    while let Some(page) = stream.message().await.unwrap() {
+        n += page.entries.len();
+    }
+    assert_eq!(n, 50);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = client
+            .call(|mut c| async move { c.get_cluster_info(pb::Empty {}).await })
+            .await
+            .unwrap();
+        let m = &info.mounts[0];
+        if m.count_complete {
+            let bytes: u64 = (0..50).map(|i| 1000 + i).sum::<u64>() + 8;
+            assert_eq!((m.file_count, m.ufs_total_bytes), (51, bytes));
+            break;
+        }
+        assert!(Instant::now() < deadline, "count did not converge: {m:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The secret's value is nowhere in what the master reports.
+    let table = client
+        .call(|mut c| async move { c.get_mount_table(pb::Empty {}).await })
+        .await
+        .unwrap();
+    assert!(
+        !format!("{table:?}").contains("testing"),
+        "a credential value leaked into the mount table"
+    );
+}
