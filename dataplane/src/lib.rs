@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod path;
 pub mod telemetry;
 pub mod ufs;
+pub mod worker;
 
 pub use error::{Error, Result};
 
