@@ -115,6 +115,17 @@ async fn reqwest_lite(addr: &str, path: &str) -> Option<String> {
     out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
 }
 
+/// One call through the leader-following client: `rpc!(client, method, request)`.
+macro_rules! rpc {
+    ($client:expr, $method:ident, $req:expr) => {{
+        let req = ($req).clone();
+        $client.call(move |mut c| {
+            let r = req.clone();
+            async move { c.$method(r).await }
+        })
+    }};
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -176,13 +187,7 @@ async fn create(client: &MasterClient, path: &str) -> Result<(), ClientError> {
         recursive: true,
         ..Default::default()
     };
-    match client
-        .call(|mut c| {
-            let r = req.clone();
-            async move { c.create_file(r).await }
-        })
-        .await
-    {
+    match rpc!(client, create_file, req).await {
         Ok(_) => Ok(()),
         // A create whose answer was lost in a failover was applied: the
         // retry finds the file. That is the create succeeding.
@@ -193,13 +198,7 @@ async fn create(client: &MasterClient, path: &str) -> Result<(), ClientError> {
 
 async fn exists(client: &MasterClient, path: &str) -> bool {
     let req = pb::PathRequest { path: path.into() };
-    client
-        .call(|mut c| {
-            let r = req.clone();
-            async move { c.get_status(r).await }
-        })
-        .await
-        .is_ok()
+    rpc!(client, get_status, req).await.is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -327,25 +326,13 @@ async fn t20_wiped_follower_rejoins_and_full_restart_keeps_everything() {
         read_only: true,
         ..Default::default()
     };
-    client
-        .call(|mut c| {
-            let r = mount.clone();
-            async move { c.mount(r).await }
-        })
-        .await
-        .unwrap();
+    rpc!(client, mount, mount).await.unwrap();
     let pin = pb::SetAttributeRequest {
         path: "/snap/f7".into(),
         pinned: Some(true),
         ..Default::default()
     };
-    client
-        .call(|mut c| {
-            let r = pin.clone();
-            async move { c.set_attribute(r).await }
-        })
-        .await
-        .unwrap();
+    rpc!(client, set_attribute, pin).await.unwrap();
 
     // Wipe a follower: it must come back through a snapshot.
     let follower = masters.iter().position(|m| m.id != leader).unwrap();
@@ -384,25 +371,13 @@ async fn t20_wiped_follower_rejoins_and_full_restart_keeps_everything() {
     let req = pb::PathRequest {
         path: "/snap/f7".into(),
     };
-    let f7 = client
-        .call(|mut c| {
-            let r = req.clone();
-            async move { c.get_status(r).await }
-        })
-        .await
-        .unwrap();
+    let f7 = rpc!(client, get_status, req).await.unwrap();
     assert!(f7.pinned, "pin survived the restart");
-    let table = client
-        .call(|mut c| async move { c.get_mount_table(pb::Empty {}).await })
-        .await
-        .unwrap();
+    let table = rpc!(client, get_mount_table, pb::Empty {}).await.unwrap();
     assert_eq!(table.mounts.len(), 1);
     assert_eq!(table.mounts[0].ufs_uri, "s3://bucket/data");
     assert!(table.mounts[0].read_only);
-    let info = client
-        .call(|mut c| async move { c.get_cluster_info(pb::Empty {}).await })
-        .await
-        .unwrap();
+    let info = rpc!(client, get_cluster_info, pb::Empty {}).await.unwrap();
     assert_eq!(info.inode_count, leader_inodes);
 }
 
@@ -445,13 +420,7 @@ async fn t30_followers_point_to_the_leader_and_bad_input_is_refused() {
             path: path.into(),
             ..Default::default()
         };
-        let err = client
-            .call(|mut c| {
-                let r = req.clone();
-                async move { c.create_file(r).await }
-            })
-            .await
-            .unwrap_err();
+        let err = rpc!(client, create_file, req).await.unwrap_err();
         assert_eq!(err.code(), Some(code), "{path:?}: {err}");
     }
     let long = format!("/{}", "x".repeat(300));
@@ -459,35 +428,17 @@ async fn t30_followers_point_to_the_leader_and_bad_input_is_refused() {
         path: long,
         ..Default::default()
     };
-    let err = client
-        .call(|mut c| {
-            let r = req.clone();
-            async move { c.create_file(r).await }
-        })
-        .await
-        .unwrap_err();
+    let err = rpc!(client, create_file, req).await.unwrap_err();
     assert_eq!(err.code(), Some(Code::InvalidArgument));
     let req = pb::PathRequest {
         path: "/missing".into(),
     };
-    let err = client
-        .call(|mut c| {
-            let r = req.clone();
-            async move { c.get_status(r).await }
-        })
-        .await
-        .unwrap_err();
+    let err = rpc!(client, get_status, req).await.unwrap_err();
     assert_eq!(err.code(), Some(Code::NotFound));
     let req = pb::PathRequest {
         path: "/nothing-mounted".into(),
     };
-    let err = client
-        .call(|mut c| {
-            let r = req.clone();
-            async move { c.unmount(r).await }
-        })
-        .await
-        .unwrap_err();
+    let err = rpc!(client, unmount, req).await.unwrap_err();
     assert_eq!(err.code(), Some(Code::NotFound));
 }
 
@@ -511,26 +462,14 @@ async fn t40_huge_ufs_directory_serves_at_once_and_counts_in_the_background() {
         read_only: true,
         ..Default::default()
     };
-    client
-        .call(|mut c| {
-            let r = mount.clone();
-            async move { c.mount(r).await }
-        })
-        .await
-        .unwrap();
+    rpc!(client, mount, mount).await.unwrap();
 
     // A file deep in a directory that was never listed resolves at once.
     let started = Instant::now();
     let req = pb::PathRequest {
         path: "/data/big/f054321".into(),
     };
-    let f = client
-        .call(|mut c| {
-            let r = req.clone();
-            async move { c.get_status(r).await }
-        })
-        .await
-        .unwrap();
+    let f = rpc!(client, get_status, req).await.unwrap();
     let first = started.elapsed();
     eprintln!("getStatus of an unloaded path in a {FILES}-file directory: {first:?}");
     assert!(first < Duration::from_secs(1), "took {first:?}");
@@ -542,22 +481,13 @@ async fn t40_huge_ufs_directory_serves_at_once_and_counts_in_the_background() {
     let req = pb::PathRequest {
         path: "/data/big/missing".into(),
     };
-    let err = client
-        .call(|mut c| {
-            let r = req.clone();
-            async move { c.get_status(r).await }
-        })
-        .await
-        .unwrap_err();
+    let err = rpc!(client, get_status, req).await.unwrap_err();
     assert_eq!(err.code(), Some(Code::NotFound));
 
     // The background count reports progress and converges.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let info = client
-            .call(|mut c| async move { c.get_cluster_info(pb::Empty {}).await })
-            .await
-            .unwrap();
+        let info = rpc!(client, get_cluster_info, pb::Empty {}).await.unwrap();
         let m = &info.mounts[0];
         if m.count_complete {
             assert_eq!(
@@ -577,13 +507,7 @@ async fn t40_huge_ufs_directory_serves_at_once_and_counts_in_the_background() {
         start_after: String::new(),
         page_size: 5000,
     };
-    let mut stream = client
-        .call(|mut c| {
-            let r = req.clone();
-            async move { c.list_status(r).await }
-        })
-        .await
-        .unwrap();
+    let mut stream = rpc!(client, list_status, req).await.unwrap();
     let (mut pages, mut names) = (0, Vec::with_capacity(FILES));
     while let Some(page) = stream.message().await.unwrap() {
         pages += 1;
@@ -603,13 +527,7 @@ async fn t40_huge_ufs_directory_serves_at_once_and_counts_in_the_background() {
         path: "/data/new".into(),
         ..Default::default()
     };
-    let err = client
-        .call(|mut c| {
-            let r = req.clone();
-            async move { c.create_file(r).await }
-        })
-        .await
-        .unwrap_err();
+    let err = rpc!(client, create_file, req).await.unwrap_err();
     assert_eq!(err.code(), Some(Code::PermissionDenied));
 }
 
@@ -628,23 +546,11 @@ async fn t50_workers_report_blocks_and_are_lost_when_silent() {
         ufs_uri: format!("local://{}", data.display()),
         ..Default::default()
     };
-    client
-        .call(|mut c| {
-            let r = mount.clone();
-            async move { c.mount(r).await }
-        })
-        .await
-        .unwrap();
+    rpc!(client, mount, mount).await.unwrap();
     let stat = pb::PathRequest {
         path: "/d/ten.bin".into(),
     };
-    let file = client
-        .call(|mut c| {
-            let r = stat.clone();
-            async move { c.get_status(r).await }
-        })
-        .await
-        .unwrap();
+    let file = rpc!(client, get_status, stat).await.unwrap();
     assert_eq!(file.cached_percent, 0);
     let block = weir::master::namespace::block_id(file.id, 0);
 
@@ -661,29 +567,13 @@ async fn t50_workers_report_blocks_and_are_lost_when_silent() {
         block_tiers: vec!["MEM".into()],
         previous_id: 0,
     };
-    let worker = client
-        .call(|mut c| {
-            let r = register.clone();
-            async move { c.register_worker(r).await }
-        })
+    let worker = rpc!(client, register_worker, register)
         .await
         .unwrap()
         .worker_id;
-    let file = client
-        .call(|mut c| {
-            let r = stat.clone();
-            async move { c.get_status(r).await }
-        })
-        .await
-        .unwrap();
+    let file = rpc!(client, get_status, stat).await.unwrap();
     assert_eq!(file.cached_percent, 100);
-    let blocks = client
-        .call(|mut c| {
-            let r = stat.clone();
-            async move { c.get_file_block_info(r).await }
-        })
-        .await
-        .unwrap();
+    let blocks = rpc!(client, get_file_block_info, stat).await.unwrap();
     assert_eq!(blocks.blocks.len(), 1);
     assert_eq!(
         blocks.blocks[0].locations[0]
@@ -693,10 +583,7 @@ async fn t50_workers_report_blocks_and_are_lost_when_silent() {
             .worker_id,
         worker
     );
-    let info = client
-        .call(|mut c| async move { c.get_cluster_info(pb::Empty {}).await })
-        .await
-        .unwrap();
+    let info = rpc!(client, get_cluster_info, pb::Empty {}).await.unwrap();
     assert_eq!(info.mounts[0].cached_bytes, 10);
     assert_eq!(
         (info.capacity_bytes, info.used_bytes, info.workers.len()),
@@ -710,19 +597,12 @@ async fn t50_workers_report_blocks_and_are_lost_when_silent() {
         ..Default::default()
     };
     for _ in 0..4 {
-        let r = client
-            .call(|mut c| {
-                let r = beat.clone();
-                async move { c.worker_heartbeat(r).await }
-            })
-            .await
-            .unwrap();
+        let r = rpc!(client, worker_heartbeat, beat).await.unwrap();
         assert!(!r.reregister);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(
-        client
-            .call(|mut c| async move { c.get_cluster_info(pb::Empty {}).await })
+        rpc!(client, get_cluster_info, pb::Empty {})
             .await
             .unwrap()
             .workers
@@ -730,10 +610,7 @@ async fn t50_workers_report_blocks_and_are_lost_when_silent() {
         1
     );
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let info = client
-        .call(|mut c| async move { c.get_cluster_info(pb::Empty {}).await })
-        .await
-        .unwrap();
+    let info = rpc!(client, get_cluster_info, pb::Empty {}).await.unwrap();
     assert!(
         info.workers.is_empty(),
         "silent worker still listed: {:?}\n{}",
@@ -741,13 +618,7 @@ async fn t50_workers_report_blocks_and_are_lost_when_silent() {
         masters[0].log_tail()
     );
     assert_eq!(info.mounts[0].cached_bytes, 0);
-    let r = client
-        .call(|mut c| {
-            let r = beat.clone();
-            async move { c.worker_heartbeat(r).await }
-        })
-        .await
-        .unwrap();
+    let r = rpc!(client, worker_heartbeat, beat).await.unwrap();
     assert!(r.reregister, "a lost worker is told to register again");
 }
 
@@ -856,37 +727,19 @@ async fn t60_s3_mount_loads_lazily_and_counts() {
         .into(),
         ..Default::default()
     };
-    client
-        .call(|mut c| {
-            let r = mount.clone();
-            async move { c.mount(r).await }
-        })
-        .await
-        .unwrap();
+    rpc!(client, mount, mount).await.unwrap();
 
     let req = pb::PathRequest {
         path: "/s3/train/part-007.bin".into(),
     };
-    let f = client
-        .call(|mut c| {
-            let r = req.clone();
-            async move { c.get_status(r).await }
-        })
-        .await
-        .unwrap();
+    let f = rpc!(client, get_status, req).await.unwrap();
     assert_eq!((f.length, f.is_dir), (1007, false));
     assert_eq!(f.ufs_path, "s3://data/train/part-007.bin");
     let req = pb::ListStatusRequest {
         path: "/s3/train".into(),
         ..Default::default()
     };
-    let mut stream = client
-        .call(|mut c| {
-            let r = req.clone();
-            async move { c.list_status(r).await }
-        })
-        .await
-        .unwrap();
+    let mut stream = rpc!(client, list_status, req).await.unwrap();
     let mut n = 0;
     while let Some(page) = stream.message().await.unwrap() {
         n += page.entries.len();
@@ -894,10 +747,7 @@ async fn t60_s3_mount_loads_lazily_and_counts() {
     assert_eq!(n, 50);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let info = client
-            .call(|mut c| async move { c.get_cluster_info(pb::Empty {}).await })
-            .await
-            .unwrap();
+        let info = rpc!(client, get_cluster_info, pb::Empty {}).await.unwrap();
         let m = &info.mounts[0];
         if m.count_complete {
             let bytes: u64 = (0..50).map(|i| 1000 + i).sum::<u64>() + 8;
@@ -908,10 +758,7 @@ async fn t60_s3_mount_loads_lazily_and_counts() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The secret's value is nowhere in what the master reports.
-    let table = client
-        .call(|mut c| async move { c.get_mount_table(pb::Empty {}).await })
-        .await
-        .unwrap();
+    let table = rpc!(client, get_mount_table, pb::Empty {}).await.unwrap();
     assert!(
         !format!("{table:?}").contains("testing"),
         "a credential value leaked into the mount table"
