@@ -196,6 +196,17 @@ impl MasterApi {
         result.map(Response::new)
     }
 
+    /// The inode at `path` as of a linearizable read, loading it from the
+    /// under-storage when the namespace does not have it yet.
+    async fn linearized_inode(&self, path: &WeirPath) -> Result<Inode, Status> {
+        self.master.linearize().await?;
+        self.master
+            .sync
+            .resolve(&self.master, path)
+            .await?
+            .ok_or_else(|| Status::not_found(path.to_string()))
+    }
+
     /// Soft-state calls (heartbeats, block commits) need the leader but no
     /// linearizable read: the leader's registry is the only one there is.
     fn require_leader(&self) -> Result<(), Status> {
@@ -334,13 +345,7 @@ impl MasterService for MasterApi {
     ) -> Result<Response<pb::FileInfo>, Status> {
         self.observe("GetStatus", async {
             let path = parse(&request.get_ref().path)?;
-            self.master.linearize().await?;
-            let inode = self
-                .master
-                .sync
-                .resolve(&self.master, &path)
-                .await?
-                .ok_or_else(|| Status::not_found(path.to_string()))?;
+            let inode = self.linearized_inode(&path).await?;
             Ok(self.info(&path, &inode))
         })
         .await
@@ -354,13 +359,7 @@ impl MasterService for MasterApi {
         let started = Instant::now();
         let req = request.into_inner();
         let path = parse(&req.path)?;
-        self.master.linearize().await?;
-        let dir = self
-            .master
-            .sync
-            .resolve(&self.master, &path)
-            .await?
-            .ok_or_else(|| Status::not_found(path.to_string()))?;
+        let dir = self.linearized_inode(&path).await?;
         if dir.is_dir() {
             self.master.sync.sync_dir(&self.master, &path).await?;
         }
@@ -639,13 +638,7 @@ impl MasterService for MasterApi {
     ) -> Result<Response<pb::FileBlockInfo>, Status> {
         self.observe("GetFileBlockInfo", async {
             let path = parse(&request.get_ref().path)?;
-            self.master.linearize().await?;
-            let inode = self
-                .master
-                .sync
-                .resolve(&self.master, &path)
-                .await?
-                .ok_or_else(|| Status::not_found(path.to_string()))?;
+            let inode = self.linearized_inode(&path).await?;
             if inode.is_dir() {
                 return Err(Status::failed_precondition(format!(
                     "{path} is a directory"
