@@ -1,6 +1,7 @@
 //! Runs a master: gRPC (client API and Raft) and HTTP (`/metrics`,
 //! `/healthz`, `/readyz`) on one port, plus the background loops.
 
+use super::namespace::{BLOCK_INDEX_BITS, block_file};
 use super::node::{Master, MasterConfig, MasterError};
 use super::raft::network::{MAX_RAFT_MESSAGE, RaftServer};
 use super::service::MasterApi;
@@ -116,7 +117,9 @@ pub async fn serve(
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut ticks = 0u64;
             loop {
+                ticks += 1;
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = stop.changed() => return,
@@ -125,6 +128,9 @@ pub async fn serve(
                     master.workers.expire();
                     if let Ok(mounts) = master.namespace.mounts() {
                         master.sync.start_counts(mounts);
+                    }
+                    if ticks % 4 == 0 {
+                        sweep_blocks(&master);
                     }
                 }
                 let m = master.raft.metrics().borrow_watched().clone();
@@ -170,4 +176,32 @@ pub async fn serve(
     let _ = background.await;
     master.shutdown().await;
     served.map_err(|e| MasterError::Start(format!("serving: {e}")))
+}
+
+/// Blocks of deleted files (or of a file's old, longer content) are still
+/// on workers: tell their holders to drop them. Blocks of pinned files:
+/// tell their holders to keep them.
+fn sweep_blocks(master: &Master) {
+    let store = master.namespace.store();
+    let mut orphans = Vec::new();
+    let mut pinned = std::collections::BTreeSet::new();
+    for block in master.workers.cached_blocks() {
+        match store.inode(block_file(block)) {
+            Ok(Some(inode)) => {
+                let index = block & ((1 << BLOCK_INDEX_BITS) - 1);
+                if inode.is_dir() || (inode.completed && index * inode.block_size >= inode.length) {
+                    orphans.push(block);
+                } else if inode.pinned {
+                    pinned.insert(block);
+                }
+            }
+            Ok(None) => orphans.push(block),
+            Err(_) => {}
+        }
+    }
+    master.workers.set_pinned_blocks(&pinned);
+    if !orphans.is_empty() {
+        let copies = master.workers.schedule_free(orphans);
+        tracing::debug!(copies, "freeing blocks of deleted files");
+    }
 }

@@ -2,7 +2,7 @@
 //! one place; followers answer FAILED_PRECONDITION with the leader's address
 //! in `x-weir-leader`, so clients switch at once.
 
-use super::metastore::{Inode, PersistState, WriteType};
+use super::metastore::{Inode, PersistState, StoreError, WriteType};
 use super::namespace::{
     AttrUpdate, Command, DEFAULT_BLOCK_SIZE, FsError, MountSpec, Reply, Stamp, block_id,
 };
@@ -133,7 +133,7 @@ impl MasterApi {
                 .sum();
             (cached * 100 / inode.length) as u32
         };
-        let ufs_path = self
+        let (ufs_path, mount_id, ufs_relative) = self
             .master
             .namespace
             .mount_of(path)
@@ -142,11 +142,14 @@ impl MasterApi {
             .map(|m| {
                 let rest = WeirPath::parse(&m.path)
                     .ok()
-                    .and_then(|mp| path.strip_prefix(&mp).map(str::to_owned));
-                match rest {
-                    Some(r) if !r.is_empty() => format!("{}/{r}", m.ufs_uri.trim_end_matches('/')),
-                    _ => m.ufs_uri.clone(),
-                }
+                    .and_then(|mp| path.strip_prefix(&mp).map(str::to_owned))
+                    .unwrap_or_default();
+                let full = if rest.is_empty() {
+                    m.ufs_uri.clone()
+                } else {
+                    format!("{}/{rest}", m.ufs_uri.trim_end_matches('/'))
+                };
+                (full, m.mount_id, rest)
             })
             .unwrap_or_default();
         pb::FileInfo {
@@ -167,6 +170,8 @@ impl MasterApi {
             persist: persist_to_pb(inode.persist) as i32,
             cached_percent,
             ufs_path,
+            mount_id,
+            ufs_relative,
         }
     }
 
@@ -548,7 +553,17 @@ impl MasterService for MasterApi {
                 mode: r.mode,
                 owner: r.owner,
                 group: r.group,
-                persist: None,
+                persist: r
+                    .persist
+                    .map(|p| match pb::PersistState::try_from(p) {
+                        Ok(pb::PersistState::Persisted) => Ok(PersistState::Persisted),
+                        Ok(pb::PersistState::ToBePersisted) => Ok(PersistState::ToBePersisted),
+                        Ok(pb::PersistState::NotPersisted) => Ok(PersistState::NotPersisted),
+                        Err(_) => Err(Status::invalid_argument(format!(
+                            "persist: unknown state {p}"
+                        ))),
+                    })
+                    .transpose()?,
             };
             self.write_inode(
                 &path,
@@ -725,7 +740,9 @@ impl MasterService for MasterApi {
             );
             Ok(pb::HeartbeatResponse {
                 reregister: answer.reregister,
-                free_blocks: vec![],
+                free_blocks: answer.free_blocks,
+                pinned_update: answer.pinned_blocks.is_some(),
+                pinned_blocks: answer.pinned_blocks.unwrap_or_default(),
             })
         })
         .await
@@ -750,6 +767,50 @@ impl MasterService for MasterApi {
                 )));
             }
             Ok(pb::Empty {})
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(path = %request.get_ref().path))]
+    async fn free(
+        &self,
+        request: Request<pb::FreeRequest>,
+    ) -> Result<Response<pb::FreeResponse>, Status> {
+        self.observe("Free", async {
+            let r = request.into_inner();
+            let path = parse(&r.path)?;
+            let root = self.linearized_inode(&path).await?;
+            if root.is_dir() && !r.recursive {
+                return Err(Status::failed_precondition(format!(
+                    "{path} is a directory: free it with recursive"
+                )));
+            }
+            let mut blocks = Vec::new();
+            let mut stack = vec![root];
+            while let Some(inode) = stack.pop() {
+                if inode.pinned {
+                    continue;
+                }
+                if inode.is_dir() {
+                    let store = self.master.namespace.store();
+                    let internal = |e: StoreError| Status::internal(e.to_string());
+                    let mut after: Option<String> = None;
+                    loop {
+                        let page = store
+                            .children(inode.id, after.as_deref(), 1000)
+                            .map_err(internal)?;
+                        let Some((last, _)) = page.last() else { break };
+                        after = Some(last.clone());
+                        for (_, id) in page {
+                            stack.extend(store.inode(id).map_err(internal)?);
+                        }
+                    }
+                } else {
+                    blocks.extend(blocks_of(&inode).map(|(b, _, _)| b));
+                }
+            }
+            let copies = self.master.workers.schedule_free(blocks);
+            Ok(pb::FreeResponse { blocks: copies })
         })
         .await
     }

@@ -3,7 +3,7 @@
 //! they register and in heartbeats, so a new leader rebuilds it within one
 //! heartbeat interval.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,10 @@ struct Inner {
     hits: u64,
     misses: u64,
     lost: u64,
+    /// Blocks each worker is to drop, handed over with its next heartbeat.
+    pending_free: HashMap<WorkerId, Vec<u64>>,
+    /// Each worker's pinned blocks, and whether it has been told.
+    pinned: HashMap<WorkerId, (BTreeSet<u64>, bool)>,
 }
 
 /// Registry of live workers and block locations.
@@ -54,6 +58,9 @@ pub struct WorkerRegistry {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct HeartbeatAnswer {
     pub reregister: bool,
+    pub free_blocks: Vec<u64>,
+    /// The worker's pinned blocks, when they changed since it was last told.
+    pub pinned_blocks: Option<Vec<u64>>,
 }
 
 impl WorkerRegistry {
@@ -124,7 +131,10 @@ impl WorkerRegistry {
     ) -> HeartbeatAnswer {
         let mut inner = self.lock();
         if !inner.workers.contains_key(&id) {
-            return HeartbeatAnswer { reregister: true };
+            return HeartbeatAnswer {
+                reregister: true,
+                ..HeartbeatAnswer::default()
+            };
         }
         let (added_n, removed_n) = (added.len() as u64, removed.len() as u64);
         for (block, tier) in added {
@@ -144,7 +154,66 @@ impl WorkerRegistry {
         w.tiers = tiers;
         w.last_heartbeat = Instant::now();
         w.block_count = (w.block_count + added_n).saturating_sub(removed_n);
-        HeartbeatAnswer::default()
+        let pinned_blocks = inner.pinned.get_mut(&id).and_then(|(set, told)| {
+            (!*told).then(|| {
+                *told = true;
+                set.iter().copied().collect()
+            })
+        });
+        HeartbeatAnswer {
+            reregister: false,
+            free_blocks: inner.pending_free.remove(&id).unwrap_or_default(),
+            pinned_blocks,
+        }
+    }
+
+    /// Replaces the set of pinned blocks (blocks of pinned files); each
+    /// worker whose share changed hears it with its next heartbeat.
+    pub fn set_pinned_blocks(&self, blocks: &BTreeSet<u64>) {
+        let mut inner = self.lock();
+        let mut per_worker: HashMap<WorkerId, BTreeSet<u64>> = inner
+            .workers
+            .keys()
+            .map(|id| (*id, BTreeSet::new()))
+            .collect();
+        for block in blocks {
+            if let Some(holders) = inner.locations.get(block) {
+                for w in holders.keys() {
+                    per_worker.entry(*w).or_default().insert(*block);
+                }
+            }
+        }
+        for (w, set) in per_worker {
+            let entry = inner
+                .pinned
+                .entry(w)
+                .or_insert_with(|| (BTreeSet::new(), true));
+            if entry.0 != set {
+                *entry = (set, false);
+            }
+        }
+    }
+
+    /// Tells every holder of each block to drop it on its next heartbeat;
+    /// returns how many copies that is.
+    pub fn schedule_free(&self, blocks: impl IntoIterator<Item = u64>) -> u64 {
+        let mut inner = self.lock();
+        let mut copies = 0;
+        for block in blocks {
+            let holders: Vec<WorkerId> = inner
+                .locations
+                .get(&block)
+                .map(|h| h.keys().copied().collect())
+                .unwrap_or_default();
+            for w in holders {
+                let pending = inner.pending_free.entry(w).or_default();
+                if !pending.contains(&block) {
+                    pending.push(block);
+                    copies += 1;
+                }
+            }
+        }
+        copies
     }
 
     pub fn commit_block(&self, id: WorkerId, block: u64, tier: String) -> bool {
@@ -161,6 +230,8 @@ impl WorkerRegistry {
 
     fn drop_worker(inner: &mut Inner, id: WorkerId) {
         inner.workers.remove(&id);
+        inner.pending_free.remove(&id);
+        inner.pinned.remove(&id);
         inner.locations.retain(|_, holders| {
             holders.remove(&id);
             !holders.is_empty()

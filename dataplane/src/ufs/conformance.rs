@@ -97,6 +97,41 @@ pub async fn run_all(ufs: &dyn Ufs, can_rename: bool) {
     let back = ufs.read(&p("big.bin"), 0, big.len() as u64).await.unwrap();
     assert!(back == big, "20 MiB object read back differs");
 
+    // Streamed ranged reads: exact bytes, and a range past the end fails
+    // rather than returning fewer bytes silently.
+    let streamed: Vec<u8> = ufs
+        .read_stream(&p("big.bin"), 1 << 20, 10 << 20)
+        .await
+        .unwrap()
+        .try_collect::<Vec<Bytes>>()
+        .await
+        .unwrap()
+        .concat();
+    assert!(streamed == big[1 << 20..11 << 20], "streamed range differs");
+    let past_end = async {
+        ufs.read_stream(&p("big.bin"), (20 << 20) - 10, 20)
+            .await?
+            .try_collect::<Vec<Bytes>>()
+            .await
+    };
+    assert!(past_end.await.is_err(), "a short stream is an error");
+
+    // A streaming writer: nothing visible until close; abort leaves nothing.
+    let mut w = ufs.writer(&p("w/streamed.bin")).await.unwrap();
+    for chunk in big.chunks(3 << 20) {
+        w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    w.close().await.unwrap();
+    let back = ufs
+        .read(&p("w/streamed.bin"), 0, big.len() as u64)
+        .await
+        .unwrap();
+    assert!(back == big, "streamed write read back differs");
+    let mut w = ufs.writer(&p("w/aborted.bin")).await.unwrap();
+    w.write(Bytes::from_static(b"never")).await.unwrap();
+    w.abort().await.unwrap();
+    assert!(ufs.stat(&p("w/aborted.bin")).await.unwrap().is_none());
+
     // Overwrite replaces.
     ufs.write(&p("d/empty"), Bytes::from_static(b"now full"))
         .await

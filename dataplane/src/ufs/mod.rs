@@ -91,12 +91,31 @@ pub trait Ufs: Send + Sync + std::fmt::Debug {
     fn list<'a>(&'a self, dir: &'a UfsPath) -> BoxStream<'a, UfsResult<UfsStatus>>;
     /// Up to `len` bytes from `offset` (fewer at the end of the object).
     async fn read(&self, path: &UfsPath, offset: u64, len: u64) -> UfsResult<bytes::Bytes>;
+    /// Exactly the bytes `offset..offset + len` as one request streamed in
+    /// the chunks the store yields; a stream that ends early is an error.
+    async fn read_stream(
+        &self,
+        path: &UfsPath,
+        offset: u64,
+        len: u64,
+    ) -> UfsResult<BoxStream<'static, UfsResult<bytes::Bytes>>>;
     /// Creates or replaces an object whole (multipart where the store has it).
     async fn write(&self, path: &UfsPath, data: bytes::Bytes) -> UfsResult<()>;
+    /// A streaming writer: the object appears (whole) when it is closed and
+    /// not at all when it is aborted. Multipart on S3.
+    async fn writer(&self, path: &UfsPath) -> UfsResult<Box<dyn UfsWriter>>;
     /// Removes an object; removing a missing one is not an error.
     async fn delete(&self, path: &UfsPath) -> UfsResult<()>;
     /// Renames where the store can (local paths); `Unsupported` elsewhere.
     async fn rename(&self, from: &UfsPath, to: &UfsPath) -> UfsResult<()>;
+}
+
+/// An object being written; see [`Ufs::writer`].
+#[tonic::async_trait]
+pub trait UfsWriter: Send {
+    async fn write(&mut self, data: bytes::Bytes) -> UfsResult<()>;
+    async fn close(&mut self) -> UfsResult<()>;
+    async fn abort(&mut self) -> UfsResult<()>;
 }
 
 /// Opens the under-storage behind a mount URI.

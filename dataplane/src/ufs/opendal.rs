@@ -1,13 +1,17 @@
 //! Under-storage through OpenDAL: S3 (any S3-compatible endpoint), HTTP(S)
 //! read-only, and local paths, behind the one [`Ufs`] trait.
 
-use super::{Ufs, UfsError, UfsPath, UfsResult, UfsStatus};
+use super::{Ufs, UfsError, UfsPath, UfsResult, UfsStatus, UfsWriter};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use opendal::{EntryMode, ErrorKind, Operator};
 use std::collections::BTreeMap;
 use std::sync::Once;
+
+/// Where a local under-storage keeps files being written (hidden from
+/// listings).
+const WRITING_DIR: &str = ".weir-writing";
 
 /// An OpenDAL operator rooted at a mount's location.
 #[derive(Debug, Clone)]
@@ -118,8 +122,12 @@ impl OpendalUfs {
                 Operator::new(b).map(|op| (op, false))
             }
             "local" | "file" => {
-                let b =
-                    opendal::services::Fs::default().root(&format!("/{}", rest.trim_matches('/')));
+                let root = format!("/{}", rest.trim_matches('/'));
+                // Writes land in a side directory and are renamed into
+                // place when closed, so readers never see half a file.
+                let b = opendal::services::Fs::default()
+                    .root(&root)
+                    .atomic_write_dir(&format!("{}/{WRITING_DIR}", root.trim_end_matches('/')));
                 Operator::new(b).map(|op| (op, true))
             }
             other => {
@@ -184,6 +192,69 @@ impl Ufs for OpendalUfs {
             }
             Err(e) => Err(err(&self.uri, path.as_str(), e)),
         }
+    }
+
+    async fn read_stream(
+        &self,
+        path: &UfsPath,
+        offset: u64,
+        len: u64,
+    ) -> UfsResult<BoxStream<'static, UfsResult<Bytes>>> {
+        let wrap = |e| err(&self.uri, path.as_str(), e);
+        if len == 0 {
+            return Ok(futures::stream::empty().boxed());
+        }
+        let stream = self
+            .op
+            .reader(path.as_str())
+            .await
+            .map_err(wrap)?
+            .into_bytes_stream(offset..offset + len)
+            .await
+            .map_err(wrap)?;
+        let name = format!("{} {}", self.uri, path.as_str());
+        let mut seen = 0u64;
+        let checked = stream
+            .map(move |chunk| {
+                chunk.map_err(|source| UfsError::Io {
+                    path: name.clone(),
+                    source,
+                })
+            })
+            .chain(futures::stream::once(async { Ok(Bytes::new()) }))
+            .filter_map(move |chunk| {
+                let out = match chunk {
+                    // The end marker: a short object or a cut connection.
+                    Ok(c) if c.is_empty() && seen < len => Some(Err(UfsError::Io {
+                        path: String::new(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("under-storage stream ended after {seen} of {len} bytes"),
+                        ),
+                    })),
+                    Ok(c) if c.is_empty() => None,
+                    Ok(c) => {
+                        seen += c.len() as u64;
+                        Some(Ok(c))
+                    }
+                    Err(e) => Some(Err(e)),
+                };
+                std::future::ready(out)
+            });
+        Ok(checked.boxed())
+    }
+
+    async fn writer(&self, path: &UfsPath) -> UfsResult<Box<dyn UfsWriter>> {
+        let w = self
+            .op
+            .writer_with(path.as_str())
+            .chunk(8 << 20)
+            .await
+            .map_err(|e| err(&self.uri, path.as_str(), e))?;
+        Ok(Box::new(OpendalWriter {
+            inner: w,
+            name: format!("{} {}", self.uri, path.as_str()),
+        }))
     }
 
     async fn write(&self, path: &UfsPath, data: Bytes) -> UfsResult<()> {
@@ -279,7 +350,10 @@ impl Ufs for OpendalUfs {
                         let full = entry.path().trim_end_matches('/');
                         let name = full.rsplit('/').next().unwrap_or_default().to_owned();
                         // Listings include the directory itself.
-                        if name.is_empty() || full == dir.as_str().trim_end_matches('/') {
+                        if name.is_empty()
+                            || full == dir.as_str().trim_end_matches('/')
+                            || (dir.as_str().is_empty() && name == WRITING_DIR)
+                        {
                             return Ok(None);
                         }
                         let meta = entry.metadata();
@@ -299,5 +373,38 @@ impl Ufs for OpendalUfs {
             })
             .try_flatten()
             .boxed()
+    }
+}
+
+struct OpendalWriter {
+    inner: opendal::Writer,
+    name: String,
+}
+
+impl OpendalWriter {
+    fn err(&self, e: opendal::Error) -> UfsError {
+        UfsError::Io {
+            path: self.name.clone(),
+            source: std::io::Error::other(e.to_string()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl UfsWriter for OpendalWriter {
+    async fn write(&mut self, data: Bytes) -> UfsResult<()> {
+        self.inner.write(data).await.map_err(|e| self.err(e))
+    }
+
+    async fn close(&mut self) -> UfsResult<()> {
+        self.inner
+            .close()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    async fn abort(&mut self) -> UfsResult<()> {
+        self.inner.abort().await.map_err(|e| self.err(e))
     }
 }

@@ -52,11 +52,30 @@ pub struct TierConfig {
     pub low: f64,
 }
 
+/// Which blocks a full tier gives up first.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EvictionPolicy {
+    /// Least recently used.
+    #[default]
+    Lru,
+    /// Least recently/frequently used: each access adds 1 to a score that
+    /// halves every `1/lambda` accesses to the store, so often-read blocks
+    /// outlive a one-off scan.
+    Lrfu,
+}
+
+/// LRFU's decay per store access; 1/128 keeps a block read 10 times
+/// ahead of a scan of ~500 blocks.
+const LRFU_LAMBDA: f64 = 1.0 / 128.0;
+
 #[derive(Debug, Clone)]
 struct BlockMeta {
     tier: usize,
     len: u64,
     last_access: u64,
+    /// LRFU's combined recency and frequency at `last_access`.
+    crf: f64,
     pinned: bool,
     leases: u32,
     /// Written through ASYNC_THROUGH and not persisted yet.
@@ -66,6 +85,15 @@ struct BlockMeta {
 impl BlockMeta {
     fn evictable(&self) -> bool {
         !self.pinned && self.leases == 0 && !self.unpersisted
+    }
+
+    fn touch(&mut self, clock: u64) {
+        self.crf = 1.0 + self.decayed_crf(clock);
+        self.last_access = clock;
+    }
+
+    fn decayed_crf(&self, clock: u64) -> f64 {
+        self.crf * 0.5f64.powf(LRFU_LAMBDA * clock.saturating_sub(self.last_access) as f64)
     }
 }
 
@@ -83,7 +111,65 @@ struct State {
 #[derive(Debug, Clone)]
 pub struct BlockStore {
     tiers: Arc<Vec<TierConfig>>,
+    policy: EvictionPolicy,
     state: Arc<Mutex<State>>,
+}
+
+fn next_tmp_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A block being written; see [`BlockStore::begin`].
+#[derive(Debug)]
+pub struct BlockWriter {
+    store: BlockStore,
+    block: u64,
+    tier: usize,
+    tmp: PathBuf,
+    file: Option<fs::File>,
+    reserved: u64,
+    written: u64,
+    unpersisted: bool,
+}
+
+impl BlockWriter {
+    pub fn write(&mut self, data: &[u8]) -> StoreResult<()> {
+        if self.written + data.len() as u64 > self.reserved {
+            return Err(StoreError::Config(format!(
+                "block {} is longer than the {} bytes reserved for it",
+                self.block, self.reserved
+            )));
+        }
+        let file = self.file.as_mut().expect("not committed");
+        file.write_all(data).map_err(|e| io(&self.tmp, e))?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub fn tier(&self) -> &str {
+        &self.store.tiers[self.tier].name
+    }
+
+    /// Makes the block visible; returns the tier it went to.
+    pub fn commit(mut self) -> StoreResult<String> {
+        let store = self.store.clone();
+        store.finish(&mut self)
+    }
+}
+
+impl Drop for BlockWriter {
+    fn drop(&mut self) {
+        if self.file.is_some() || self.reserved > 0 {
+            self.file = None;
+            let _ = fs::remove_file(&self.tmp);
+            self.store.state.lock().expect("block store").used[self.tier] -= self.reserved;
+        }
+    }
 }
 
 /// A read lease: while held, the block is not evicted. Dropping it ends the
@@ -113,7 +199,7 @@ fn block_path(dir: &Path, block: u64) -> PathBuf {
 impl BlockStore {
     /// Opens the tiers, removing leftovers of interrupted writes and
     /// re-registering every complete block found.
-    pub fn open(tiers: Vec<TierConfig>) -> StoreResult<Self> {
+    pub fn open(tiers: Vec<TierConfig>, policy: EvictionPolicy) -> StoreResult<Self> {
         if tiers.is_empty() {
             return Err(StoreError::Config("at least one tier is needed".into()));
         }
@@ -150,6 +236,7 @@ impl BlockStore {
                         tier: i,
                         len,
                         last_access: 0,
+                        crf: 0.0,
                         pinned: false,
                         leases: 0,
                         unpersisted: false,
@@ -159,6 +246,7 @@ impl BlockStore {
         }
         Ok(Self {
             tiers: Arc::new(tiers),
+            policy,
             state: Arc::new(Mutex::new(state)),
         })
     }
@@ -166,43 +254,72 @@ impl BlockStore {
     /// Writes a whole block: a temporary file, synced, then renamed into
     /// the highest tier with room (evicting there first if needed).
     pub fn put(&self, block: u64, data: &[u8], unpersisted: bool) -> StoreResult<String> {
-        let len = data.len() as u64;
+        let mut w = self.begin(block, data.len() as u64, unpersisted)?;
+        w.write(data)?;
+        w.commit()
+    }
+
+    /// Starts writing a block of at most `len` bytes: the space is reserved
+    /// in the highest tier with room and the bytes go to a temporary file
+    /// that [`BlockWriter::commit`] renames into place. Dropping the writer
+    /// uncommitted removes the file and the reservation.
+    pub fn begin(&self, block: u64, len: u64, unpersisted: bool) -> StoreResult<BlockWriter> {
         let tier = self.place(len)?;
-        let dir = &self.tiers[tier].dir;
-        let tmp = dir.join(format!("{block}.{}.tmp", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(data)?;
-            f.sync_data()
+        let tmp = self.tiers[tier].dir.join(format!(
+            "{block}.{}.{}.tmp",
+            std::process::id(),
+            next_tmp_id()
+        ));
+        let file = match fs::File::create(&tmp) {
+            Ok(f) => f,
+            Err(e) => {
+                self.state.lock().expect("block store").used[tier] -= len;
+                return Err(io(&tmp, e));
+            }
         };
-        if let Err(e) = write() {
-            let _ = fs::remove_file(&tmp);
-            self.state.lock().expect("block store").used[tier] -= len;
-            return Err(io(&tmp, e));
-        }
-        let path = block_path(dir, block);
-        fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+        Ok(BlockWriter {
+            store: self.clone(),
+            block,
+            tier,
+            tmp,
+            file: Some(file),
+            reserved: len,
+            written: 0,
+            unpersisted,
+        })
+    }
+
+    fn finish(&self, w: &mut BlockWriter) -> StoreResult<String> {
+        let file = w.file.take().expect("committed once");
+        file.sync_data().map_err(|e| io(&w.tmp, e))?;
+        drop(file);
+        let path = block_path(&self.tiers[w.tier].dir, w.block);
+        fs::rename(&w.tmp, &path).map_err(|e| io(&path, e))?;
         let mut st = self.state.lock().expect("block store");
+        // Give back what was reserved but not written.
+        st.used[w.tier] -= w.reserved - w.written;
         st.clock += 1;
         let clock = st.clock;
         if let Some(old) = st.blocks.insert(
-            block,
+            w.block,
             BlockMeta {
-                tier,
-                len,
+                tier: w.tier,
+                len: w.written,
                 last_access: clock,
+                crf: 1.0,
                 pinned: false,
                 leases: 0,
-                unpersisted,
+                unpersisted: w.unpersisted,
             },
         ) {
             // Replaced: release the old copy's space (and file, if elsewhere).
             st.used[old.tier] -= old.len;
-            if old.tier != tier {
-                let _ = fs::remove_file(block_path(&self.tiers[old.tier].dir, block));
+            if old.tier != w.tier {
+                let _ = fs::remove_file(block_path(&self.tiers[old.tier].dir, w.block));
             }
         }
-        Ok(self.tiers[tier].name.clone())
+        w.reserved = 0;
+        Ok(self.tiers[w.tier].name.clone())
     }
 
     /// Reserves `len` bytes in the highest tier that has (or can make)
@@ -239,13 +356,19 @@ impl BlockStore {
             .min(((t.quota as f64 * t.high) as u64).saturating_sub(extra));
         let victims: Vec<(u64, u64)> = {
             let st = self.state.lock().expect("block store");
-            let mut candidates: Vec<(u64, u64, u64)> = st
+            let mut candidates: Vec<(f64, u64, u64)> = st
                 .blocks
                 .iter()
                 .filter(|(_, m)| m.tier == i && m.evictable())
-                .map(|(b, m)| (m.last_access, *b, m.len))
+                .map(|(b, m)| {
+                    let rank = match self.policy {
+                        EvictionPolicy::Lru => m.last_access as f64,
+                        EvictionPolicy::Lrfu => m.decayed_crf(st.clock),
+                    };
+                    (rank, *b, m.len)
+                })
                 .collect();
-            candidates.sort_unstable();
+            candidates.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             let mut used = st.used[i];
             let mut out = Vec::new();
             for (_, b, len) in candidates {
@@ -318,7 +441,7 @@ impl BlockStore {
         let clock = st.clock;
         let m = st.blocks.get_mut(&block)?;
         m.leases += 1;
-        m.last_access = clock;
+        m.touch(clock);
         let tier = &self.tiers[m.tier];
         Some(Lease {
             store: self.clone(),
@@ -406,11 +529,11 @@ mod tests {
     fn blocks_survive_a_restart_and_half_writes_do_not() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = BlockStore::open(tiers(dir.path(), 1000, 1000)).unwrap();
+            let s = BlockStore::open(tiers(dir.path(), 1000, 1000), EvictionPolicy::Lru).unwrap();
             assert_eq!(s.put(7, b"hello", false).unwrap(), "MEM");
             std::fs::write(dir.path().join("mem/8.123.tmp"), b"half").unwrap();
         }
-        let s = BlockStore::open(tiers(dir.path(), 1000, 1000)).unwrap();
+        let s = BlockStore::open(tiers(dir.path(), 1000, 1000), EvictionPolicy::Lru).unwrap();
         let lease = s.lease(7).expect("block 7 kept");
         assert_eq!(std::fs::read(&lease.path).unwrap(), b"hello");
         assert_eq!((lease.len, lease.tier.as_str()), (5, "MEM"));
@@ -425,7 +548,7 @@ mod tests {
     #[test]
     fn a_full_tier_evicts_lru_to_its_low_watermark_by_demotion() {
         let dir = tempfile::tempdir().unwrap();
-        let s = BlockStore::open(tiers(dir.path(), 1000, 10_000)).unwrap();
+        let s = BlockStore::open(tiers(dir.path(), 1000, 10_000), EvictionPolicy::Lru).unwrap();
         for b in 0..9 {
             assert_eq!(s.put(b, &[b as u8; 100], false).unwrap(), "MEM");
         }
@@ -447,13 +570,16 @@ mod tests {
     #[test]
     fn pinned_leased_and_unpersisted_blocks_are_never_evicted() {
         let dir = tempfile::tempdir().unwrap();
-        let s = BlockStore::open(vec![TierConfig {
-            name: "MEM".into(),
-            dir: dir.path().join("mem"),
-            quota: 1000,
-            high: 0.9,
-            low: 0.3,
-        }])
+        let s = BlockStore::open(
+            vec![TierConfig {
+                name: "MEM".into(),
+                dir: dir.path().join("mem"),
+                quota: 1000,
+                high: 0.9,
+                low: 0.3,
+            }],
+            EvictionPolicy::Lru,
+        )
         .unwrap();
         s.put(1, &[1; 200], false).unwrap();
         s.put(2, &[2; 200], false).unwrap();
@@ -484,7 +610,60 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut t = tiers(dir.path(), 10, 10);
         t[1].low = 0.95;
-        let err = BlockStore::open(t).unwrap_err().to_string();
+        let err = BlockStore::open(t, EvictionPolicy::Lru)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("tier SSD"), "{err}");
+    }
+
+    #[test]
+    fn lrfu_keeps_a_hot_block_through_a_scan_that_lru_would_evict_it_for() {
+        for (policy, hot_survives) in [(EvictionPolicy::Lru, false), (EvictionPolicy::Lrfu, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = BlockStore::open(
+                vec![TierConfig {
+                    name: "MEM".into(),
+                    dir: dir.path().join("mem"),
+                    quota: 1000,
+                    high: 1.0,
+                    low: 0.8,
+                }],
+                policy,
+            )
+            .unwrap();
+            s.put(0, &[0; 100], false).unwrap();
+            for _ in 0..20 {
+                drop(s.lease(0));
+            }
+            // A scan: each new block read once, pushing the store past full.
+            for b in 1..=10 {
+                s.put(b, &[1; 100], false).unwrap();
+                drop(s.lease(b));
+            }
+            assert_eq!(s.lease(0).is_some(), hot_survives, "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn an_abandoned_block_write_leaves_no_file_and_no_reservation() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlockStore::open(tiers(dir.path(), 1000, 1000), EvictionPolicy::Lru).unwrap();
+        let mut w = s.begin(5, 600, false).unwrap();
+        w.write(&[5; 300]).unwrap();
+        assert!(w.write(&[5; 400]).is_err(), "longer than reserved");
+        assert_eq!(s.usage()[0].2, 600, "reserved while writing");
+        drop(w);
+        assert_eq!(s.usage()[0].2, 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("mem")).unwrap().count(),
+            0
+        );
+        assert!(s.lease(5).is_none());
+        // A committed short block gives back the unused reservation.
+        let mut w = s.begin(6, 600, false).unwrap();
+        w.write(&[6; 250]).unwrap();
+        assert_eq!(w.commit().unwrap(), "MEM");
+        assert_eq!(s.usage()[0].2, 250);
+        assert_eq!(s.lease(6).unwrap().len, 250);
     }
 }
