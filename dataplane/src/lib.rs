@@ -4,11 +4,13 @@
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod fuse;
 pub mod master;
 pub mod metrics;
 pub mod path;
 pub mod telemetry;
 pub mod ufs;
+pub mod wire;
 pub mod worker;
 
 pub use error::{Error, Result};

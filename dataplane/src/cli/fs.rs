@@ -1,10 +1,17 @@
 //! `weir fs ...` and `weir admin report`: thin wrappers over the master API.
 
-use super::CliError;
+use super::worker::DataArgs;
+use super::{CliError, ConnArgs};
+use crate::client::fs::FileSystem;
 use crate::client::master::MasterClient;
 use crate::proto::master as pb;
+use crate::wire::WriteMode;
 use clap::Subcommand;
 use serde_json::json;
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Subcommand)]
 pub enum FsCommand {
@@ -72,9 +79,30 @@ pub enum FsCommand {
     Unpin {
         path: String,
     },
+    /// Print a file (read through the cache).
+    Cat {
+        path: String,
+    },
+    /// Copy a file between Weir and this machine; `file:` marks the local
+    /// side (`weir fs cp file:/tmp/a /data/a`, `weir fs cp /data/a file:/tmp/a`).
+    Cp {
+        src: String,
+        dst: String,
+        /// For copies into Weir; the mount's write type otherwise.
+        #[arg(long, value_parser = ["MUST_CACHE", "CACHE_THROUGH", "THROUGH", "ASYNC_THROUGH"])]
+        write_type: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop a path's cached blocks from every worker (pinned files stay).
+    Free {
+        path: String,
+        #[arg(short, long)]
+        recursive: bool,
+    },
 }
 
-fn parse_kv(raw: &str) -> Result<(String, String), String> {
+pub(super) fn parse_kv(raw: &str) -> Result<(String, String), String> {
     raw.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("{raw:?} is not key=value"))
@@ -102,8 +130,84 @@ fn info_line(f: &pb::FileInfo) -> String {
     )
 }
 
-pub async fn run(client: &MasterClient, command: FsCommand) -> Result<(), CliError> {
+pub async fn run(conn: &ConnArgs, data: &DataArgs, command: FsCommand) -> Result<(), CliError> {
+    let client = &conn.client()?;
+    let filesystem = || {
+        FileSystem::new(
+            data.client_config(conn.masters.clone(), Duration::from_secs(conn.timeout_secs)),
+        )
+    };
     match command {
+        FsCommand::Cat { path } => {
+            let fs = filesystem()?;
+            let mut reader = fs.open(&path).await?;
+            let mut out = std::io::stdout().lock();
+            reader.copy_to(&mut out, 4 << 20, |_| {}).await?;
+            out.flush().map_err(|source| CliError::Io {
+                what: "writing to stdout".into(),
+                source,
+            })?;
+            Ok(())
+        }
+        FsCommand::Cp {
+            src,
+            dst,
+            write_type: wt,
+            json,
+        } => {
+            let fs = filesystem()?;
+            let started = Instant::now();
+            let bytes = match (src.strip_prefix("file:"), dst.strip_prefix("file:")) {
+                (Some(local), None) => {
+                    let mode = wt.as_deref().map(write_mode);
+                    copy_in(&fs, Path::new(local), &dst, mode).await?
+                }
+                (None, Some(local)) => {
+                    let mut reader = fs.open(&src).await?;
+                    let mut progress = Progress::new(reader.len());
+                    let file = std::fs::File::create(local).map_err(|source| CliError::Io {
+                        what: format!("creating {local}"),
+                        source,
+                    })?;
+                    let mut out = std::io::BufWriter::with_capacity(4 << 20, file);
+                    let n = reader
+                        .copy_to(&mut out, 4 << 20, |done| progress.update(done))
+                        .await?;
+                    out.flush().map_err(|source| CliError::Io {
+                        what: format!("writing {local}"),
+                        source,
+                    })?;
+                    progress.finish();
+                    n
+                }
+                _ => {
+                    return Err(CliError::Usage(
+                        "exactly one side of cp is local, marked file: (file:/tmp/a)".into(),
+                    ));
+                }
+            };
+            let secs = started.elapsed().as_secs_f64();
+            if json {
+                println!("{}", json!({"bytes": bytes, "seconds": secs}));
+            } else {
+                eprintln!(
+                    "copied {bytes} bytes in {secs:.2} s ({:.1} MiB/s)",
+                    bytes as f64 / (1 << 20) as f64 / secs.max(1e-9)
+                );
+            }
+            Ok(())
+        }
+        FsCommand::Free { path, recursive } => {
+            let req = pb::FreeRequest { path, recursive };
+            let r = client
+                .call(|mut c| {
+                    let r = req.clone();
+                    async move { c.free(r).await }
+                })
+                .await?;
+            eprintln!("freeing {} cached block copies", r.blocks);
+            Ok(())
+        }
         FsCommand::Ls { path, json } => {
             let mut cursor = String::new();
             loop {
@@ -338,4 +442,97 @@ pub async fn report(client: &MasterClient, as_json: bool) -> Result<(), CliError
         println!("  {} -> {}", m.path, m.ufs_uri);
     }
     Ok(())
+}
+
+fn write_mode(name: &str) -> WriteMode {
+    match name {
+        "MUST_CACHE" => WriteMode::MustCache,
+        "THROUGH" => WriteMode::Through,
+        "ASYNC_THROUGH" => WriteMode::AsyncThrough,
+        _ => WriteMode::CacheThrough,
+    }
+}
+
+async fn copy_in(
+    fs: &Arc<FileSystem>,
+    local: &Path,
+    dst: &str,
+    mode: Option<WriteMode>,
+) -> Result<u64, CliError> {
+    let io = |source| CliError::Io {
+        what: format!("reading {}", local.display()),
+        source,
+    };
+    let mut file = std::fs::File::open(local).map_err(io)?;
+    let total = file.metadata().map_err(io)?.len();
+    let mut progress = Progress::new(total);
+    let mut writer = fs.create(dst, mode).await?;
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                writer.abort().await;
+                return Err(io(e));
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        if let Err(e) = writer.write(&buf[..n]).await {
+            writer.abort().await;
+            return Err(e.into());
+        }
+        progress.update(writer.written());
+    }
+    let info = writer.close().await?;
+    progress.finish();
+    Ok(info.length)
+}
+
+/// A one-line progress bar on stderr, drawn only on a terminal.
+struct Progress {
+    total: u64,
+    started: Instant,
+    drawn: Instant,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        Self {
+            total,
+            started: Instant::now(),
+            drawn: Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn update(&mut self, done: u64) {
+        if !self.tty || self.drawn.elapsed() < Duration::from_millis(200) {
+            return;
+        }
+        self.drawn = Instant::now();
+        let frac = if self.total == 0 {
+            1.0
+        } else {
+            done as f64 / self.total as f64
+        };
+        let width = 30;
+        let filled = (frac * width as f64) as usize;
+        let rate = done as f64 / (1 << 20) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        eprint!(
+            "\r[{}{}] {:>5.1}% {:.1} MiB/s ",
+            "#".repeat(filled.min(width)),
+            " ".repeat(width - filled.min(width)),
+            frac * 100.0,
+            rate
+        );
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
 }

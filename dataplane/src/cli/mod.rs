@@ -3,6 +3,8 @@
 
 mod bench;
 mod fs;
+mod local;
+mod worker;
 
 use crate::client::master::{ClientError, MasterClient};
 use crate::master::node::{MasterConfig, MasterError, MetastoreKind};
@@ -33,10 +35,21 @@ pub struct Cli {
 pub enum Command {
     /// Run a master (one member of the Raft group).
     Master(MasterArgs),
+    /// Run a worker: tiered block storage and the block data server.
+    Worker(worker::WorkerArgs),
+    /// Mount the namespace (or a sub-path) with FUSE.
+    Fuse(worker::FuseArgs),
+    /// A master, a worker and a FUSE mount on this machine.
+    Local {
+        #[command(subcommand)]
+        command: local::LocalCommand,
+    },
     /// File system commands against a running cluster.
     Fs {
         #[command(flatten)]
         conn: ConnArgs,
+        #[command(flatten)]
+        data: worker::DataArgs,
         #[command(subcommand)]
         command: fs::FsCommand,
     },
@@ -73,7 +86,7 @@ pub enum AdminCommand {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct ConnArgs {
     /// Masters as host:port, comma separated.
     #[arg(
@@ -162,6 +175,10 @@ pub enum CliError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Master(#[from] MasterError),
+    #[error(transparent)]
+    Worker(#[from] crate::worker::WorkerError),
+    #[error(transparent)]
+    Fuse(#[from] crate::fuse::FuseError),
     #[error("{0}")]
     Usage(String),
     #[error("{what}: {source}")]
@@ -293,7 +310,20 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             crate::master::server::run(config, args.listen()?, shutdown_signal()).await?;
             Ok(())
         }
-        Command::Fs { conn, command } => fs::run(&conn.client()?, command).await,
+        Command::Worker(args) => {
+            crate::worker::run(args.config()?, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Fuse(args) => {
+            crate::fuse::run(args.config(), shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Local { command } => local::run(command).await,
+        Command::Fs {
+            conn,
+            data,
+            command,
+        } => fs::run(&conn, &data, command).await,
         Command::Admin {
             conn,
             command: AdminCommand::Report { json },

@@ -21,6 +21,17 @@ pub enum ClientError {
     NoLeader { deadline: Duration, last: String },
     #[error("{:?}: {}", .0.code(), .0.message())]
     Status(Status),
+    /// A worker answered with an error that retrying elsewhere cannot fix.
+    #[error("{message}")]
+    Worker {
+        kind: crate::wire::ErrorKind,
+        message: String,
+    },
+    /// Every worker that could serve a block failed.
+    #[error("reading {path}: {reason}")]
+    Data { path: String, reason: String },
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl ClientError {

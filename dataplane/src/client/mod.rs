@@ -1,3 +1,4 @@
 //! Clients of Weir's services.
 
+pub mod fs;
 pub mod master;

@@ -129,7 +129,7 @@ pub async fn serve(
                     if let Ok(mounts) = master.namespace.mounts() {
                         master.sync.start_counts(mounts);
                     }
-                    if ticks % 4 == 0 {
+                    if ticks.is_multiple_of(4) {
                         sweep_blocks(&master);
                     }
                 }

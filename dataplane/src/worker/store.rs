@@ -382,9 +382,12 @@ impl BlockStore {
         };
         for (block, len) in victims {
             let from = block_path(&t.dir, block);
+            // Demote to a lower tier (not to another directory of this one).
             let lower = (i + 1..self.tiers.len()).find(|&j| {
-                let st = self.state.lock().expect("block store");
-                st.used[j] + len <= (self.tiers[j].quota as f64 * self.tiers[j].high) as u64
+                self.tiers[j].name != t.name && {
+                    let st = self.state.lock().expect("block store");
+                    st.used[j] + len <= (self.tiers[j].quota as f64 * self.tiers[j].high) as u64
+                }
             });
             let mut st = self.state.lock().expect("block store");
             // It may have been leased or pinned since the scan.
@@ -475,6 +478,64 @@ impl BlockStore {
             let path = block_path(&self.tiers[m.tier].dir, block);
             Self::drop_block(&mut st, block, &path, m.len, m.tier);
         }
+    }
+
+    /// Drops a block the master says is no longer wanted (its file is gone,
+    /// or a user freed it) unless it is being read or not yet persisted.
+    pub fn free(&self, block: u64) {
+        let mut st = self.state.lock().expect("block store");
+        if let Some(m) = st.blocks.get(&block).cloned()
+            && m.leases == 0
+            && !m.unpersisted
+        {
+            let path = block_path(&self.tiers[m.tier].dir, block);
+            Self::drop_block(&mut st, block, &path, m.len, m.tier);
+        }
+    }
+
+    /// Exactly `pinned` (of the blocks held) are pinned afterwards.
+    pub fn set_pinned_set(&self, pinned: &std::collections::HashSet<u64>) {
+        let mut st = self.state.lock().expect("block store");
+        for (b, m) in st.blocks.iter_mut() {
+            m.pinned = pinned.contains(b);
+        }
+    }
+
+    /// Marks a block written through ASYNC_THROUGH (after a restart, from
+    /// the persist journal) so it is not evicted before it is persisted.
+    pub fn mark_unpersisted(&self, block: u64) -> StoreResult<()> {
+        let mut st = self.state.lock().expect("block store");
+        st.blocks
+            .get_mut(&block)
+            .map(|m| m.unpersisted = true)
+            .ok_or(StoreError::NotFound(block))
+    }
+
+    /// Puts back removals a failed heartbeat did not deliver.
+    pub fn requeue_removed(&self, blocks: Vec<u64>) {
+        self.state
+            .lock()
+            .expect("block store")
+            .removed
+            .extend(blocks);
+    }
+
+    /// Blocks held per tier.
+    pub fn block_counts(&self) -> Vec<u64> {
+        let st = self.state.lock().expect("block store");
+        let mut counts = vec![0; self.tiers.len()];
+        for m in st.blocks.values() {
+            counts[m.tier] += 1;
+        }
+        counts
+    }
+
+    pub fn contains(&self, block: u64) -> bool {
+        self.state
+            .lock()
+            .expect("block store")
+            .blocks
+            .contains_key(&block)
     }
 
     /// Every block held, with its tier name (a full block report).

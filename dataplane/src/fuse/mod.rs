@@ -1,0 +1,766 @@
+//! `weir fuse`: the namespace (or a sub-path of it) as a FUSE file system
+//! over the client. Inode numbers are Weir's inode ids (the mounted
+//! sub-path's id shows as 1). Completed files never change under one id, so
+//! the kernel keeps their pages across opens; a file cached as one block on
+//! this machine is handed to the kernel as a passthrough file, which then
+//! reads the worker's block file itself. New files are written once,
+//! sequentially, and committed when closed.
+
+use crate::client::fs::{ClientConfig, FileReader, FileSystem, FileWriter, LocalBlock};
+use crate::client::master::ClientError;
+use crate::proto::master as pb;
+use fuser::{
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FuseError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("mounting {path}: {source}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct FuseConfig {
+    pub client: ClientConfig,
+    pub mount_point: PathBuf,
+    /// The namespace path shown at the mount point.
+    pub sub_path: String,
+    pub read_only: bool,
+    pub allow_other: bool,
+    /// Attribute and entry TTL given to the kernel.
+    pub attr_ttl: Duration,
+    pub threads: usize,
+    /// Let the kernel read locally cached single-block files directly.
+    pub passthrough: bool,
+}
+
+/// Entries fetched per listing page.
+const DIR_PAGE: u32 = 1000;
+/// Largest read the kernel is asked to send, and its readahead window.
+const MAX_READ: u32 = 1 << 20;
+const READAHEAD: u32 = 8 << 20;
+
+enum Handle {
+    Read {
+        reader: FileReader,
+        /// Passthrough: the kernel reads this leased block file itself.
+        _backing: Option<(BackingId, LocalBlock)>,
+    },
+    Write(Option<FileWriter>),
+    Dir {
+        path: String,
+        entries: Vec<(u64, FileType, String)>,
+        cursor: String,
+        done: bool,
+    },
+}
+
+struct WeirFuse {
+    rt: tokio::runtime::Handle,
+    fs: Arc<FileSystem>,
+    root: String,
+    read_only: bool,
+    ttl: Duration,
+    passthrough: AtomicBool,
+    /// Inode number -> namespace path, learnt from lookups.
+    paths: Mutex<HashMap<u64, String>>,
+    root_id: AtomicU64,
+    handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
+    next_fh: AtomicU64,
+}
+
+fn errno(e: &ClientError) -> Errno {
+    use tonic::Code;
+    match e {
+        ClientError::Status(s) => match s.code() {
+            Code::NotFound => Errno::ENOENT,
+            Code::AlreadyExists => Errno::EEXIST,
+            Code::InvalidArgument => Errno::EINVAL,
+            Code::PermissionDenied if s.message().contains("read-only") => Errno::EROFS,
+            Code::PermissionDenied => Errno::EACCES,
+            Code::FailedPrecondition => {
+                let m = s.message();
+                if m.contains("not empty") {
+                    Errno::ENOTEMPTY
+                } else if m.contains("not a directory") || m.contains("is a file") {
+                    Errno::ENOTDIR
+                } else if m.contains("is a directory") {
+                    Errno::EISDIR
+                } else {
+                    Errno::EPERM
+                }
+            }
+            _ => Errno::EIO,
+        },
+        ClientError::Worker {
+            kind: crate::wire::ErrorKind::NotFound,
+            ..
+        } => Errno::ENOENT,
+        ClientError::Worker {
+            kind: crate::wire::ErrorKind::NoSpace,
+            ..
+        } => Errno::ENOSPC,
+        ClientError::Invalid(_) => Errno::EINVAL,
+        _ => Errno::EIO,
+    }
+}
+
+fn time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+impl WeirFuse {
+    fn ino_of(&self, info: &pb::FileInfo) -> u64 {
+        if info.id == self.root_id.load(Ordering::Relaxed) {
+            1
+        } else if info.id == 1 {
+            // Weir's root is only reachable when it is the mounted path.
+            self.root_id.load(Ordering::Relaxed)
+        } else {
+            info.id
+        }
+    }
+
+    fn attr(&self, info: &pb::FileInfo) -> FileAttr {
+        let kind = if info.is_dir {
+            FileType::Directory
+        } else {
+            FileType::RegularFile
+        };
+        let t = time(info.mtime_ms);
+        FileAttr {
+            ino: INodeNo(self.ino_of(info)),
+            size: info.length,
+            blocks: info.length.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind,
+            perm: (info.mode & 0o7777) as u16,
+            nlink: if info.is_dir { 2 } else { 1 },
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: MAX_READ,
+            flags: 0,
+        }
+    }
+
+    fn path_of(&self, ino: INodeNo) -> Option<String> {
+        if ino.0 == 1 {
+            return Some(self.root.clone());
+        }
+        self.paths.lock().expect("paths").get(&ino.0).cloned()
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<String, Errno> {
+        let dir = self.path_of(parent).ok_or(Errno::ENOENT)?;
+        let name = name.to_str().ok_or(Errno::EINVAL)?;
+        Ok(if dir == "/" {
+            format!("/{name}")
+        } else {
+            format!("{dir}/{name}")
+        })
+    }
+
+    fn remember(&self, info: &pb::FileInfo) {
+        let ino = self.ino_of(info);
+        if ino != 1 {
+            self.paths
+                .lock()
+                .expect("paths")
+                .insert(ino, info.path.clone());
+        }
+    }
+
+    fn handle(&self, fh: FileHandle) -> Option<Arc<Mutex<Handle>>> {
+        self.handles.lock().expect("handles").get(&fh.0).cloned()
+    }
+
+    fn add_handle(&self, h: Handle) -> FileHandle {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .expect("handles")
+            .insert(fh, Arc::new(Mutex::new(h)));
+        FileHandle(fh)
+    }
+
+    fn writable(&self) -> Result<(), Errno> {
+        if self.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Commits a writer; errors reach the application's close().
+    fn commit(&self, writer: FileWriter) -> Result<(), Errno> {
+        let path = writer.written();
+        self.rt.block_on(writer.close()).map(|_| ()).map_err(|e| {
+            tracing::warn!(bytes = path, error = %e, "committing a file failed");
+            errno(&e)
+        })
+    }
+}
+
+impl Filesystem for WeirFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_readahead(READAHEAD);
+        let _ = config.set_max_write(MAX_READ);
+        if self.passthrough.load(Ordering::Relaxed) {
+            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(2).is_ok();
+            if !ok {
+                tracing::info!("kernel has no FUSE passthrough; reading through the daemon");
+            }
+            self.passthrough.store(ok, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match self.rt.block_on(self.fs.status(&path)) {
+            Ok(info) => {
+                self.remember(&info);
+                reply.entry(&self.ttl, &self.attr(&info), Generation(0));
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        // A file being written: its size is what has been written so far.
+        if let Some(h) = fh.and_then(|fh| self.handle(fh))
+            && let Handle::Write(Some(w)) = &*h.lock().expect("handle")
+        {
+            let mut attr = self.attr(&pb::FileInfo {
+                id: ino.0,
+                length: w.written(),
+                mode: 0o644,
+                ..Default::default()
+            });
+            attr.ino = ino;
+            return reply.attr(&Duration::ZERO, &attr);
+        }
+        let Some(path) = self.path_of(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.rt.block_on(self.fs.status(&path)) {
+            Ok(info) => reply.attr(&self.ttl, &self.attr(&info)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        // Only no-op truncations are possible on write-once files
+        // (O_TRUNC on a fresh file, `truncate` to the current size).
+        if let Some(h) = fh.and_then(|fh| self.handle(fh))
+            && let Handle::Write(Some(w)) = &*h.lock().expect("handle")
+        {
+            if size.is_some_and(|s| s != w.written()) {
+                return reply.error(Errno::EPERM);
+            }
+            let mut attr = self.attr(&pb::FileInfo {
+                length: w.written(),
+                mode: 0o644,
+                ..Default::default()
+            });
+            attr.ino = ino;
+            return reply.attr(&Duration::ZERO, &attr);
+        }
+        let Some(path) = self.path_of(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.rt.block_on(self.fs.status(&path)) {
+            Ok(info) if size.is_some_and(|s| s != info.length) => reply.error(if self.read_only {
+                Errno::EROFS
+            } else {
+                Errno::EPERM
+            }),
+            Ok(info) => reply.attr(&self.ttl, &self.attr(&info)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let path = match self.writable().and_then(|()| self.child(parent, name)) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match self
+            .rt
+            .block_on(self.fs.mkdir(&path, mode & !umask & 0o7777))
+        {
+            Ok(info) => {
+                self.remember(&info);
+                reply.entry(&self.ttl, &self.attr(&info), Generation(0));
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let path = match self.writable().and_then(|()| self.child(parent, name)) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let result = self.rt.block_on(async {
+            if self.fs.status(&path).await?.is_dir {
+                return Ok(false);
+            }
+            self.fs.delete(&path, false).await.map(|()| true)
+        });
+        match result {
+            Ok(true) => reply.ok(),
+            Ok(false) => reply.error(Errno::EISDIR),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let path = match self.writable().and_then(|()| self.child(parent, name)) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let result = self.rt.block_on(async {
+            if !self.fs.status(&path).await?.is_dir {
+                return Ok(false);
+            }
+            self.fs.delete(&path, false).await.map(|()| true)
+        });
+        match result {
+            Ok(true) => reply.ok(),
+            Ok(false) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let paths = self
+            .writable()
+            .and_then(|()| Ok((self.child(parent, name)?, self.child(newparent, newname)?)));
+        let (src, dst) = match paths {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match self.rt.block_on(self.fs.rename(&src, &dst)) {
+            Ok(info) => {
+                self.remember(&info);
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let Some(path) = self.path_of(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            // Files are written once, through create.
+            return reply.error(if self.read_only {
+                Errno::EROFS
+            } else {
+                Errno::EPERM
+            });
+        }
+        let reader = match self.rt.block_on(self.fs.open(&path)) {
+            Ok(r) => r,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        if self.passthrough.load(Ordering::Relaxed)
+            && reader.info().length > 0
+            && let [block] = reader.blocks()
+            && let Some(local) = self.rt.block_on(self.fs.lease_local(block))
+        {
+            match reply.open_backing(&local.file) {
+                Ok(id) => {
+                    let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                    self.handles.lock().expect("handles").insert(
+                        fh,
+                        Arc::new(Mutex::new(Handle::Read {
+                            reader,
+                            _backing: Some((id, local)),
+                        })),
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "passthrough refused; reading through the daemon");
+                    self.passthrough.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+        let fh = self.add_handle(Handle::Read {
+            reader,
+            _backing: None,
+        });
+        reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(h) = self.handle(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut h = h.lock().expect("handle");
+        let Handle::Read { reader, .. } = &mut *h else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut buf = vec![0u8; size as usize];
+        match self.rt.block_on(reader.read_at(offset, &mut buf)) {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => {
+                tracing::warn!(error = %e, "read failed");
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let path = match self.writable().and_then(|()| self.child(parent, name)) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let created = self.rt.block_on(async {
+            let w = self.fs.create(&path, None).await?;
+            let info = self.fs.status(&path).await?;
+            Ok::<_, ClientError>((w, info))
+        });
+        match created {
+            Ok((w, mut info)) => {
+                info.mode = mode & !umask & 0o7777;
+                self.remember(&info);
+                let fh = self.add_handle(Handle::Write(Some(w)));
+                reply.created(
+                    &Duration::ZERO,
+                    &self.attr(&info),
+                    Generation(0),
+                    fh,
+                    FopenFlags::empty(),
+                );
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(h) = self.handle(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut h = h.lock().expect("handle");
+        let Handle::Write(Some(w)) = &mut *h else {
+            return reply.error(Errno::EBADF);
+        };
+        if offset != w.written() {
+            // Write-once files are written front to back.
+            return reply.error(Errno::EINVAL);
+        }
+        match self.rt.block_on(w.write(data)) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let Some(h) = self.handle(fh) else {
+            return reply.ok();
+        };
+        // A flush comes with every close of a duplicate descriptor too (a
+        // shell's redirection flushes before anything is written): commit
+        // once there is data, so close() reports a failed commit.
+        let writer = match &mut *h.lock().expect("handle") {
+            Handle::Write(w) if w.as_ref().is_some_and(|w| w.written() > 0) => w.take(),
+            _ => None,
+        };
+        match writer.map(|w| self.commit(w)) {
+            Some(Err(e)) => reply.error(e),
+            _ => reply.ok(),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let h = self.handles.lock().expect("handles").remove(&fh.0);
+        if let Some(h) = h
+            && let Handle::Write(w) = &mut *h.lock().expect("handle")
+            && let Some(w) = w.take()
+            && let Err(e) = self.commit(w)
+        {
+            return reply.error(e);
+        }
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let Some(path) = self.path_of(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let fh = self.add_handle(Handle::Dir {
+            path,
+            entries: Vec::new(),
+            cursor: String::new(),
+            done: false,
+        });
+        reply.opened(fh, FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(h) = self.handle(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut h = h.lock().expect("handle");
+        let Handle::Dir {
+            path,
+            entries,
+            cursor,
+            done,
+        } = &mut *h
+        else {
+            return reply.error(Errno::EBADF);
+        };
+        // Offsets 0 and 1 are "." and ".."; entry i is at offset i + 2.
+        let mut next = offset;
+        loop {
+            if next < 2 {
+                let name = if next == 0 { "." } else { ".." };
+                next += 1;
+                if reply.add(ino, next, FileType::Directory, name) {
+                    return reply.ok();
+                }
+                continue;
+            }
+            let i = (next - 2) as usize;
+            if i >= entries.len() {
+                if *done {
+                    return reply.ok();
+                }
+                // Stream the next page only when the kernel gets this far.
+                match self.rt.block_on(self.fs.list_page(path, cursor, DIR_PAGE)) {
+                    Ok((page, c)) => {
+                        if page.is_empty() {
+                            *done = true;
+                        }
+                        for info in &page {
+                            self.remember(info);
+                            let kind = if info.is_dir {
+                                FileType::Directory
+                            } else {
+                                FileType::RegularFile
+                            };
+                            entries.push((self.ino_of(info), kind, info.name.clone()));
+                        }
+                        *cursor = if c.is_empty() {
+                            page.last().map(|i| i.name.clone()).unwrap_or_default()
+                        } else {
+                            c
+                        };
+                        if page.len() < DIR_PAGE as usize {
+                            *done = true;
+                        }
+                        continue;
+                    }
+                    Err(e) => return reply.error(errno(&e)),
+                }
+            }
+            let (child, kind, name) = &entries[i];
+            next += 1;
+            if reply.add(INodeNo(*child), next, *kind, name) {
+                return reply.ok();
+            }
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.lock().expect("handles").remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        const BSIZE: u64 = 4096;
+        match self.rt.block_on(self.fs.capacity()) {
+            Ok((capacity, used)) => {
+                let blocks = capacity / BSIZE;
+                let free = capacity.saturating_sub(used) / BSIZE;
+                reply.statfs(blocks, free, free, 0, 0, BSIZE as u32, 255, BSIZE as u32);
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+/// Mounts and serves until `shutdown` resolves, then unmounts.
+pub async fn run(
+    config: FuseConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), FuseError> {
+    let fs = FileSystem::new(config.client.clone())?;
+    let root = crate::path::WeirPath::parse(&config.sub_path)
+        .map_err(|e| ClientError::Invalid(e.to_string()))?
+        .to_string();
+    let root_info = fs.status(&root).await?;
+    if !root_info.is_dir {
+        return Err(ClientError::Invalid(format!("{root} is not a directory")).into());
+    }
+    let weir = WeirFuse {
+        rt: tokio::runtime::Handle::current(),
+        fs,
+        root,
+        read_only: config.read_only,
+        ttl: config.attr_ttl,
+        passthrough: AtomicBool::new(config.passthrough),
+        paths: Mutex::new(HashMap::new()),
+        root_id: AtomicU64::new(root_info.id),
+        handles: Mutex::new(HashMap::new()),
+        next_fh: AtomicU64::new(1),
+    };
+    let mount_err = |source| FuseError::Mount {
+        path: config.mount_point.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&config.mount_point).map_err(mount_err)?;
+    let mut fc = fuser::Config::default();
+    fc.mount_options.extend([
+        MountOption::FSName("weir".into()),
+        MountOption::Subtype("weir".into()),
+        MountOption::DefaultPermissions,
+    ]);
+    if config.read_only {
+        fc.mount_options.push(MountOption::RO);
+    }
+    if config.allow_other {
+        fc.mount_options
+            .push(MountOption::CUSTOM("allow_other".into()));
+    }
+    fc.n_threads = Some(config.threads.max(1));
+    fc.clone_fd = config.threads > 1;
+    let mount_point = config.mount_point.clone();
+    // Mounting blocks on the kernel's INIT, which needs the runtime the
+    // file system calls into: mount off the runtime's threads.
+    let session = tokio::task::spawn_blocking(move || fuser::spawn_mount(weir, &mount_point, &fc))
+        .await
+        .map_err(|e| mount_err(std::io::Error::other(e.to_string())))?
+        .map_err(mount_err)?;
+    tracing::info!(mount_point = %config.mount_point.display(), sub_path = %config.sub_path, "mounted");
+    shutdown.await;
+    tokio::task::spawn_blocking(move || session.umount_and_join())
+        .await
+        .map_err(|e| mount_err(std::io::Error::other(e.to_string())))?
+        .map_err(mount_err)?;
+    tracing::info!(mount_point = %config.mount_point.display(), "unmounted");
+    Ok(())
+}

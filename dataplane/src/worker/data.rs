@@ -1,0 +1,588 @@
+//! The worker's data server (see [`crate::wire`]): cached blocks from the
+//! tier files, misses from the under-storage (streamed to the client while
+//! the block is cached, one fetch per block however many readers miss it),
+//! whole-block caching after partial reads, short-circuit leases, and file
+//! writes with the four write types.
+
+use super::persist::PersistTask;
+use super::store::{BlockWriter, Lease};
+use super::{SourceLabels, Worker, WorkerError, WorkerResult};
+use crate::master::namespace::block_id;
+use crate::ufs::{UfsPath, UfsWriter};
+use crate::wire::{
+    self, ErrorKind, ReadRequest, Request, Response, UfsSource, WriteMode, WriteRequest,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::Instrument;
+
+/// Bytes moved per read or write call on the data path.
+const CHUNK: usize = 4 << 20;
+
+pub(super) async fn serve(
+    worker: Arc<Worker>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((sock, _)) => {
+                    let _ = sock.set_nodelay(true);
+                    tokio::spawn(connection(worker.clone(), sock));
+                }
+                Err(e) => tracing::warn!(error = %e, "accepting a data connection"),
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+fn kind_of(e: &WorkerError) -> ErrorKind {
+    match e {
+        WorkerError::Store(super::store::StoreError::NoSpace { .. }) => ErrorKind::NoSpace,
+        WorkerError::Store(super::store::StoreError::NotFound(_)) => ErrorKind::NotFound,
+        WorkerError::Ufs(crate::ufs::UfsError::NotFound(_)) => ErrorKind::NotFound,
+        WorkerError::Ufs(crate::ufs::UfsError::InvalidPath(..)) | WorkerError::Invalid(_) => {
+            ErrorKind::Invalid
+        }
+        WorkerError::Ufs(_) | WorkerError::NoMount(_) => ErrorKind::Ufs,
+        _ => ErrorKind::Internal,
+    }
+}
+
+async fn reply_err<W: AsyncWrite + Unpin>(out: &mut W, e: &WorkerError) -> WorkerResult<()> {
+    wire::send(
+        out,
+        &Response::Error {
+            kind: kind_of(e),
+            message: e.to_string(),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn connection(worker: Arc<Worker>, sock: tokio::net::TcpStream) {
+    let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let (rd, mut out) = sock.into_split();
+    let mut rd = BufReader::with_capacity(256 << 10, rd);
+    // Short-circuit leases end with the connection at the latest.
+    let mut leases: HashMap<u64, Vec<Lease>> = HashMap::new();
+    loop {
+        let req: Request = match wire::recv(&mut rd).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "data connection ended");
+                return;
+            }
+        };
+        let outcome = match req {
+            Request::Read(r) => {
+                let span = tracing::debug_span!(
+                    "read_block",
+                    block = r.block,
+                    offset = r.offset,
+                    len = r.len
+                );
+                read(&worker, r, &mut out).instrument(span).await
+            }
+            Request::Lease { block } => match worker.store.lease(block) {
+                Some(lease) => {
+                    let resp = Response::Leased {
+                        path: lease.path.to_string_lossy().into_owned(),
+                        len: lease.len,
+                    };
+                    leases.entry(block).or_default().push(lease);
+                    worker.hits.fetch_add(1, Ordering::Relaxed);
+                    wire::send(&mut out, &resp).await.map_err(Into::into)
+                }
+                None => {
+                    reply_err(
+                        &mut out,
+                        &WorkerError::Store(super::store::StoreError::NotFound(block)),
+                    )
+                    .await
+                }
+            },
+            Request::Release { block } => {
+                if let Some(held) = leases.get_mut(&block) {
+                    held.pop();
+                    if held.is_empty() {
+                        leases.remove(&block);
+                    }
+                }
+                wire::send(&mut out, &Response::Released)
+                    .await
+                    .map_err(Into::into)
+            }
+            Request::Write(w) => {
+                let span = tracing::info_span!("write_file", file = w.file_id, mode = ?w.mode);
+                write(&worker, w, &mut rd, &mut out).instrument(span).await
+            }
+        };
+        if let Err(e) = outcome {
+            // The reply stream is no longer in step with the requests.
+            tracing::debug!(%peer, error = %e, "closing data connection");
+            return;
+        }
+    }
+}
+
+/// Sends `len` bytes of a cached block from `offset`.
+async fn serve_cached(
+    worker: &Worker,
+    lease: Lease,
+    offset: u64,
+    len: u64,
+    out: &mut OwnedWriteHalf,
+) -> WorkerResult<()> {
+    let len = len.min(lease.len.saturating_sub(offset));
+    let mut file = match tokio::fs::File::open(&lease.path).await {
+        Ok(f) => f,
+        Err(e) => {
+            return reply_err(
+                out,
+                &WorkerError::Invalid(format!("opening cached block: {e}")),
+            )
+            .await;
+        }
+    };
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(wire::WireError::Io)?;
+    wire::send(out, &Response::Data { len }).await?;
+    let mut buf = vec![0u8; CHUNK.min(len as usize).max(1)];
+    let mut left = len;
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let n = file
+            .read(&mut buf[..want])
+            .await
+            .map_err(wire::WireError::Io)?;
+        if n == 0 {
+            return Err(WorkerError::Invalid(format!(
+                "cached block {} shorter than recorded",
+                lease.path.display()
+            )));
+        }
+        out.write_all(&buf[..n])
+            .await
+            .map_err(wire::WireError::Io)?;
+        left -= n as u64;
+    }
+    worker.hits.fetch_add(1, Ordering::Relaxed);
+    let l = SourceLabels { source: "cache" };
+    worker.metrics.block_reads.get_or_create(&l).inc();
+    worker.metrics.bytes_served.get_or_create(&l).inc_by(len);
+    Ok(())
+}
+
+async fn read(worker: &Arc<Worker>, r: ReadRequest, out: &mut OwnedWriteHalf) -> WorkerResult<()> {
+    if let Some(lease) = worker.store.lease(r.block) {
+        return serve_cached(worker, lease, r.offset, r.len, out).await;
+    }
+    let Some(src) = r.source else {
+        return reply_err(
+            out,
+            &WorkerError::Store(super::store::StoreError::NotFound(r.block)),
+        )
+        .await;
+    };
+    let len = r.len.min(src.block_len.saturating_sub(r.offset));
+    worker.misses.fetch_add(1, Ordering::Relaxed);
+    if r.cache && r.offset == 0 && len == src.block_len {
+        return fetch_block(worker, r.block, &src, Some(out)).await;
+    }
+    if r.cache {
+        worker.queue_cache(r.block, src.clone());
+    }
+    stream_from_ufs(worker, &src, r.offset, len, out).await
+}
+
+/// A range straight from the under-storage, not cached.
+async fn stream_from_ufs(
+    worker: &Worker,
+    src: &UfsSource,
+    offset: u64,
+    len: u64,
+    out: &mut OwnedWriteHalf,
+) -> WorkerResult<()> {
+    let opened = async {
+        let ufs = worker.mounts.get(src.mount_id).await?;
+        let path = UfsPath::parse(&src.path)?;
+        Ok::<_, WorkerError>(
+            ufs.read_stream(&path, src.block_offset + offset, len)
+                .await?,
+        )
+    };
+    let mut stream = match opened.await {
+        Ok(s) => s,
+        Err(e) => return reply_err(out, &e).await,
+    };
+    wire::send(out, &Response::Data { len }).await?;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        worker.metrics.ufs_bytes_read.inc_by(chunk.len() as u64);
+        out.write_all(&chunk).await.map_err(wire::WireError::Io)?;
+    }
+    let l = SourceLabels { source: "ufs" };
+    worker.metrics.block_reads.get_or_create(&l).inc();
+    worker.metrics.bytes_served.get_or_create(&l).inc_by(len);
+    Ok(())
+}
+
+/// Removes an in-flight fetch and wakes its waiters however the fetch ends.
+struct Inflight<'a> {
+    worker: &'a Worker,
+    block: u64,
+    tx: watch::Sender<Option<bool>>,
+    cached: bool,
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.worker
+            .inflight
+            .lock()
+            .expect("inflight")
+            .remove(&self.block);
+        let _ = self.tx.send(Some(self.cached));
+    }
+}
+
+/// Fetches a whole block from the under-storage into the cache, streaming
+/// it to `out` as it arrives. Concurrent misses of one block wait for the
+/// first fetch and are then served from the cache.
+async fn fetch_block(
+    worker: &Arc<Worker>,
+    block: u64,
+    src: &UfsSource,
+    out: Option<&mut OwnedWriteHalf>,
+) -> WorkerResult<()> {
+    let waiting = {
+        let mut inflight = worker.inflight.lock().expect("inflight");
+        match inflight.get(&block) {
+            Some(rx) => Err(rx.clone()),
+            None => {
+                let (tx, rx) = watch::channel(None);
+                inflight.insert(block, rx);
+                Ok(tx)
+            }
+        }
+    };
+    let tx = match waiting {
+        Ok(tx) => tx,
+        Err(mut rx) => {
+            let _ = rx.wait_for(|v| v.is_some()).await;
+            let Some(out) = out else { return Ok(()) };
+            return match worker.store.lease(block) {
+                Some(lease) => serve_cached(worker, lease, 0, src.block_len, out).await,
+                // The first fetch could not cache it: read it directly.
+                None => stream_from_ufs(worker, src, 0, src.block_len, out).await,
+            };
+        }
+    };
+    let mut guard = Inflight {
+        worker,
+        block,
+        tx,
+        cached: false,
+    };
+    let mut out = out;
+    let opened = async {
+        let ufs = worker.mounts.get(src.mount_id).await?;
+        let path = UfsPath::parse(&src.path)?;
+        Ok::<_, WorkerError>(
+            ufs.read_stream(&path, src.block_offset, src.block_len)
+                .await?,
+        )
+    };
+    let mut stream = match opened.await {
+        Ok(s) => s,
+        Err(e) => {
+            return match out {
+                Some(o) => reply_err(o, &e).await,
+                None => Err(e),
+            };
+        }
+    };
+    let mut writer: Option<BlockWriter> = match worker.store.begin(block, src.block_len, false) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(block, error = %e, "serving without caching");
+            None
+        }
+    };
+    if let Some(o) = out.as_mut()
+        && wire::send(*o, &Response::Data { len: src.block_len })
+            .await
+            .is_err()
+    {
+        out = None;
+    }
+    while let Some(chunk) = stream.next().await {
+        // A broken fetch drops the writer: no partial block is ever kept.
+        let chunk = chunk?;
+        worker.metrics.ufs_bytes_read.inc_by(chunk.len() as u64);
+        if let Some(w) = writer.as_mut()
+            && let Err(e) = w.write(&chunk)
+        {
+            tracing::warn!(block, error = %e, "caching failed; still serving");
+            writer = None;
+        }
+        if let Some(o) = out.as_mut()
+            && o.write_all(&chunk).await.is_err()
+        {
+            // The reader left; finish caching for the next one.
+            out = None;
+        }
+    }
+    let l = SourceLabels { source: "ufs" };
+    worker.metrics.block_reads.get_or_create(&l).inc();
+    worker
+        .metrics
+        .bytes_served
+        .get_or_create(&l)
+        .inc_by(src.block_len);
+    if let Some(w) = writer {
+        let tier = w.commit()?;
+        worker.commit_block(block, src.block_len, tier).await;
+        guard.cached = true;
+    }
+    Ok(())
+}
+
+impl Worker {
+    /// Queues a whole-block cache after a partial read; a full queue drops
+    /// the request (the next partial read asks again).
+    fn queue_cache(&self, block: u64, src: UfsSource) {
+        if self.store.contains(block) {
+            return;
+        }
+        let mut queued = self.queued.lock().expect("queued");
+        if !queued.insert(block) {
+            return;
+        }
+        if self.cache_queue.try_send((block, src)).is_err() {
+            queued.remove(&block);
+            self.metrics.async_cache_dropped.inc();
+        }
+    }
+}
+
+pub(super) async fn async_cacher(
+    worker: Arc<Worker>,
+    mut queue: mpsc::Receiver<(u64, UfsSource)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(worker.config.async_cache_threads.max(1)));
+    loop {
+        let (block, src) = tokio::select! {
+            next = queue.recv() => match next {
+                Some(x) => x,
+                None => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            if !worker.store.contains(block)
+                && let Err(e) = fetch_block(&worker, block, &src, None).await
+            {
+                tracing::warn!(block, error = %e, "caching a whole block failed");
+            }
+            worker.queued.lock().expect("queued").remove(&block);
+            drop(permit);
+        });
+    }
+}
+
+/// A file arriving on a data connection: cut into blocks for the cache
+/// and/or streamed to the under-storage, as the write type says.
+struct FileSink<'a> {
+    worker: &'a Arc<Worker>,
+    req: &'a WriteRequest,
+    ufs: Option<Box<dyn UfsWriter>>,
+    current: Option<BlockWriter>,
+    index: u64,
+    length: u64,
+    committed: Vec<(u64, String, u64)>,
+}
+
+impl FileSink<'_> {
+    async fn push(&mut self, data: &[u8]) -> WorkerResult<()> {
+        if let Some(u) = self.ufs.as_mut() {
+            u.write(Bytes::copy_from_slice(data)).await?;
+            self.worker
+                .metrics
+                .ufs_bytes_written
+                .inc_by(data.len() as u64);
+        }
+        self.length += data.len() as u64;
+        if !self.req.mode.caches() {
+            return Ok(());
+        }
+        let size = self.req.block_size;
+        let mut rest = data;
+        while !rest.is_empty() {
+            if self.current.is_none() {
+                self.current = Some(self.worker.store.begin(
+                    block_id(self.req.file_id, self.index),
+                    size,
+                    self.req.mode == WriteMode::AsyncThrough,
+                )?);
+            }
+            let w = self.current.as_mut().expect("just set");
+            let n = ((size - w.written()) as usize).min(rest.len());
+            w.write(&rest[..n])?;
+            rest = &rest[n..];
+            if w.written() == size {
+                self.seal()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn seal(&mut self) -> WorkerResult<()> {
+        if let Some(w) = self.current.take() {
+            let len = w.written();
+            let tier = w.commit()?;
+            self.committed
+                .push((block_id(self.req.file_id, self.index), tier, len));
+            self.index += 1;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> WorkerResult<()> {
+        self.seal()?;
+        if let Some(u) = self.ufs.as_mut() {
+            u.close().await?;
+        }
+        Ok(())
+    }
+
+    async fn abort(&mut self) {
+        self.current = None;
+        if let Some(u) = self.ufs.as_mut() {
+            let _ = u.abort().await;
+        }
+        for (block, _, _) in self.committed.drain(..) {
+            self.worker.store.remove(block);
+        }
+    }
+}
+
+async fn write(
+    worker: &Arc<Worker>,
+    req: WriteRequest,
+    rd: &mut BufReader<OwnedReadHalf>,
+    out: &mut OwnedWriteHalf,
+) -> WorkerResult<()> {
+    let opened = async {
+        if req.block_size == 0 {
+            return Err(WorkerError::Invalid("block size 0".into()));
+        }
+        if !req.mode.writes_through() && req.mode != WriteMode::AsyncThrough {
+            return Ok(None);
+        }
+        let (mount, path) = req.ufs.as_ref().ok_or_else(|| {
+            WorkerError::Invalid(format!(
+                "{:?} needs an under-storage: {} is not under a mount",
+                req.mode, req.path
+            ))
+        })?;
+        let ufs = worker.mounts.get(*mount).await?;
+        let path = UfsPath::parse(path)?;
+        if req.mode.writes_through() {
+            Ok(Some(ufs.writer(&path).await?))
+        } else {
+            Ok(None)
+        }
+    };
+    let (ufs, mut failed) = match opened.await {
+        Ok(u) => (u, None),
+        Err(e) => (None, Some(e)),
+    };
+    let mut sink = FileSink {
+        worker,
+        req: &req,
+        ufs,
+        current: None,
+        index: 0,
+        length: 0,
+        committed: Vec::new(),
+    };
+    let mut buf = Vec::with_capacity(CHUNK);
+    // Frames are read to the end even after a failure, so the connection
+    // stays in step and the client gets the reason.
+    loop {
+        match wire::recv_frame(rd, &mut buf).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                // The client went away mid-file: nothing of it stays.
+                sink.abort().await;
+                return Err(e.into());
+            }
+        }
+        if failed.is_none()
+            && let Err(e) = sink.push(&buf).await
+        {
+            failed = Some(e);
+        }
+    }
+    if failed.is_none()
+        && let Err(e) = sink.finish().await
+    {
+        failed = Some(e);
+    }
+    if let Some(e) = failed {
+        sink.abort().await;
+        tracing::warn!(file = req.file_id, error = %e, "write failed");
+        return reply_err(out, &e).await;
+    }
+    for (block, tier, len) in &sink.committed {
+        worker.commit_block(*block, *len, tier.clone()).await;
+    }
+    if req.mode == WriteMode::AsyncThrough
+        && let Some((mount_id, ufs_path)) = &req.ufs
+    {
+        let task = PersistTask {
+            seq: 0,
+            file_id: req.file_id,
+            path: req.path.clone(),
+            mount_id: *mount_id,
+            ufs_path: ufs_path.clone(),
+            blocks: sink.committed.iter().map(|(b, _, _)| *b).collect(),
+            length: sink.length,
+        };
+        if let Err(e) = worker.persister.enqueue(task) {
+            let blocks: Vec<u64> = sink.committed.iter().map(|(b, _, _)| *b).collect();
+            for b in blocks {
+                let _ = worker.store.set_persisted(b);
+                worker.store.remove(b);
+            }
+            return reply_err(out, &e).await;
+        }
+    }
+    let blocks = sink
+        .committed
+        .iter()
+        .map(|(b, t, _)| (*b, t.clone()))
+        .collect();
+    wire::send(out, &Response::Written { blocks }).await?;
+    Ok(())
+}
