@@ -1,8 +1,10 @@
 //! Real `weir master` processes on loopback: elections, failover under
 //! load, catch-up, snapshot install on a wiped follower, full restarts.
 
+mod common;
+
+use common::{free_port, s3_server};
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -124,14 +126,6 @@ macro_rules! rpc {
             async move { c.$method(r).await }
         })
     }};
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn cluster(root: &Path, n: u64) -> Vec<Master> {
@@ -620,72 +614,6 @@ async fn t50_workers_report_blocks_and_are_lost_when_silent() {
     assert_eq!(info.mounts[0].cached_bytes, 0);
     let r = rpc!(client, worker_heartbeat, beat).await.unwrap();
     assert!(r.reregister, "a lost worker is told to register again");
-}
-
-/// A moto S3 server on loopback with one bucket, stopped on drop.
-struct S3Server {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn s3_server(bucket: &str) -> S3Server {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/root".into());
-    let server = std::env::var_os("WEIR_MOTO_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join(".cache/weir/venv/bin/moto_server"));
-    assert!(
-        server.exists(),
-        "{} missing: run e2e/cluster/install.sh",
-        server.display()
-    );
-    let port = free_port();
-    let child = Command::new(server)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start moto_server");
-    let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(&addr).await.is_err() {
-        assert!(Instant::now() < deadline, "moto did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let s3 = S3Server {
-        child,
-        endpoint: format!("http://{addr}"),
-    };
-    s3.request("PUT", &format!("/{bucket}"), b"").await;
-    s3
-}
-
-impl S3Server {
-    /// An unsigned request (moto accepts them); returns the status line.
-    async fn request(&self, method: &str, path: &str, body: &[u8]) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = self.endpoint.trim_start_matches("http://");
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).await.unwrap();
-        s.write_all(body).await.unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out).await;
-        let status = out.lines().next().unwrap_or_default().to_owned();
-        assert!(status.contains(" 200"), "{method} {path}: {status}");
-        status
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

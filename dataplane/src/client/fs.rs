@@ -31,6 +31,10 @@ const READ_ATTEMPTS: usize = 6;
 const WRITE_FRAME: usize = 1 << 20;
 /// Idle data connections kept per worker.
 const POOL_PER_WORKER: usize = 8;
+/// How far ahead of an open stream a read may land and still use it: the
+/// kernel's readahead arrives out of order from several FUSE threads, and
+/// the bytes skipped are kept for the read that comes late.
+const SKIP_AHEAD: u64 = 8 << 20;
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -297,6 +301,7 @@ impl FileSystem {
             stream: None,
             local: None,
             last_end: 0,
+            skipped: std::collections::VecDeque::new(),
         })
     }
 
@@ -541,6 +546,9 @@ pub struct FileReader {
     stream: Option<BlockStream>,
     local: Option<LocalBlock>,
     last_end: u64,
+    /// Bytes read past on a stream to reach a later read: `(block, offset
+    /// in block, bytes)`, at most `SKIP_AHEAD` in all.
+    skipped: std::collections::VecDeque<(u64, u64, Vec<u8>)>,
 }
 
 enum Attempt {
@@ -675,7 +683,39 @@ impl FileReader {
                 }
             }
         }
-        // 2. The open stream, if it is where this read starts.
+        // 2. Bytes skipped earlier, or the open stream if this read starts
+        // where it is or a little ahead.
+        if let Some((_, start, bytes)) = self.skipped.iter().find(|(b, start, bytes)| {
+            *b == block.block_id && *start <= off && off + out.len() as u64 <= start + bytes.len() as u64
+        }) {
+            let from = (off - start) as usize;
+            out.copy_from_slice(&bytes[from..from + out.len()]);
+            return Ok(Attempt::Done);
+        }
+        if let Some(s) = self.stream.as_mut()
+            && s.block == block.block_id
+            && off > s.pos
+            && off - s.pos <= SKIP_AHEAD
+            && s.remaining >= off - s.pos + out.len() as u64
+        {
+            let mut gap = vec![0u8; (off - s.pos) as usize];
+            if s.conn.read_exact(&mut gap).await.is_ok() {
+                s.pos += gap.len() as u64;
+                s.remaining -= gap.len() as u64;
+                let mut kept: u64 = self.skipped.iter().map(|(_, _, b)| b.len() as u64).sum();
+                while kept + gap.len() as u64 > SKIP_AHEAD
+                    && let Some((_, _, old)) = self.skipped.pop_front()
+                {
+                    kept -= old.len() as u64;
+                }
+                self.skipped.push_back((block.block_id, off - gap.len() as u64, gap));
+            } else {
+                let addr = s.addr.clone();
+                self.stream = None;
+                self.fs.mark_failed(&addr);
+                return Ok(Attempt::Retry(format!("{addr}: stream cut")));
+            }
+        }
         if let Some(s) = self.stream.take()
             && s.block == block.block_id
             && s.pos == off

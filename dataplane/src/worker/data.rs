@@ -202,6 +202,20 @@ async fn read(worker: &Arc<Worker>, r: ReadRequest, out: &mut OwnedWriteHalf) ->
     if r.cache && r.offset == 0 && len == src.block_len {
         return fetch_block(worker, r.block, &src, Some(out)).await;
     }
+    // A fetch of this block under way will have it soon: wait and serve
+    // from the cache rather than read the range from the under-storage too.
+    let fetching = worker
+        .inflight
+        .lock()
+        .expect("inflight")
+        .get(&r.block)
+        .cloned();
+    if let Some(mut rx) = fetching {
+        let _ = rx.wait_for(|v| v.is_some()).await;
+        if let Some(lease) = worker.store.lease(r.block) {
+            return serve_cached(worker, lease, r.offset, len, out).await;
+        }
+    }
     if r.cache {
         worker.queue_cache(r.block, src.clone());
     }
@@ -438,8 +452,9 @@ impl FileSink<'_> {
         let mut rest = data;
         while !rest.is_empty() {
             if self.current.is_none() {
-                self.current = Some(self.worker.store.begin(
+                self.current = Some(self.worker.store.begin_growable(
                     block_id(self.req.file_id, self.index),
+                    rest.len() as u64,
                     size,
                     self.req.mode == WriteMode::AsyncThrough,
                 )?);

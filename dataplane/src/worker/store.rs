@@ -129,17 +129,27 @@ pub struct BlockWriter {
     tmp: PathBuf,
     file: Option<fs::File>,
     reserved: u64,
+    limit: u64,
     written: u64,
     unpersisted: bool,
 }
 
 impl BlockWriter {
     pub fn write(&mut self, data: &[u8]) -> StoreResult<()> {
-        if self.written + data.len() as u64 > self.reserved {
+        let needed = self.written + data.len() as u64;
+        if needed > self.limit {
             return Err(StoreError::Config(format!(
-                "block {} is longer than the {} bytes reserved for it",
-                self.block, self.reserved
+                "block {} is longer than its {} byte limit",
+                self.block, self.limit
             )));
+        }
+        if needed > self.reserved {
+            // Grow in steps of at least 4 MiB, within the limit.
+            let extra = (needed - self.reserved)
+                .max(4 << 20)
+                .min(self.limit - self.reserved);
+            self.store.grow(self.tier, extra)?;
+            self.reserved += extra;
         }
         let file = self.file.as_mut().expect("not committed");
         file.write_all(data).map_err(|e| io(&self.tmp, e))?;
@@ -264,6 +274,20 @@ impl BlockStore {
     /// that [`BlockWriter::commit`] renames into place. Dropping the writer
     /// uncommitted removes the file and the reservation.
     pub fn begin(&self, block: u64, len: u64, unpersisted: bool) -> StoreResult<BlockWriter> {
+        self.begin_growable(block, len, len, unpersisted)
+    }
+
+    /// Like [`BlockStore::begin`] for a block of unknown length up to
+    /// `limit`: `initial` bytes are reserved now, more as they are written
+    /// (a small file written to a small tier does not need a whole block).
+    pub fn begin_growable(
+        &self,
+        block: u64,
+        initial: u64,
+        limit: u64,
+        unpersisted: bool,
+    ) -> StoreResult<BlockWriter> {
+        let len = initial.min(limit);
         let tier = self.place(len)?;
         let tmp = self.tiers[tier].dir.join(format!(
             "{block}.{}.{}.tmp",
@@ -284,6 +308,7 @@ impl BlockStore {
             tmp,
             file: Some(file),
             reserved: len,
+            limit,
             written: 0,
             unpersisted,
         })
@@ -320,6 +345,25 @@ impl BlockStore {
         }
         w.reserved = 0;
         Ok(self.tiers[w.tier].name.clone())
+    }
+
+    /// Reserves `extra` more bytes in tier `i` (evicting there if needed).
+    fn grow(&self, i: usize, extra: u64) -> StoreResult<()> {
+        let t = &self.tiers[i];
+        let fits = |st: &State| st.used[i] + extra <= (t.quota as f64 * t.high) as u64;
+        for attempt in 0..2 {
+            {
+                let mut st = self.state.lock().expect("block store");
+                if fits(&st) {
+                    st.used[i] += extra;
+                    return Ok(());
+                }
+            }
+            if attempt == 0 {
+                self.evict_tier(i, extra)?;
+            }
+        }
+        Err(StoreError::NoSpace { needed: extra })
     }
 
     /// Reserves `len` bytes in the highest tier that has (or can make)
@@ -711,7 +755,7 @@ mod tests {
         let s = BlockStore::open(tiers(dir.path(), 1000, 1000), EvictionPolicy::Lru).unwrap();
         let mut w = s.begin(5, 600, false).unwrap();
         w.write(&[5; 300]).unwrap();
-        assert!(w.write(&[5; 400]).is_err(), "longer than reserved");
+        assert!(w.write(&[5; 400]).is_err(), "longer than its limit");
         assert_eq!(s.usage()[0].2, 600, "reserved while writing");
         drop(w);
         assert_eq!(s.usage()[0].2, 0);

@@ -1,0 +1,252 @@
+//! Helpers shared by the process-level tests: free ports, a moto S3 server,
+//! a byte-counting proxy in front of it, and `weir` processes.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A moto S3 server on loopback with one bucket, stopped on drop.
+pub struct S3Server {
+    child: Option<Child>,
+    pub port: u16,
+    pub endpoint: String,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn moto_path() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/root".into());
+    std::env::var_os("WEIR_MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".cache/weir/venv/bin/moto_server"))
+}
+
+pub async fn s3_server(bucket: &str) -> S3Server {
+    let server = moto_path();
+    assert!(
+        server.exists(),
+        "{} missing: run e2e/cluster/install.sh",
+        server.display()
+    );
+    let port = free_port();
+    let child = Command::new(server)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start moto_server");
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        assert!(Instant::now() < deadline, "moto did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s3 = S3Server {
+        child: Some(child),
+        port,
+        endpoint: format!("http://{addr}"),
+    };
+    s3.request("PUT", &format!("/{bucket}"), b"").await;
+    s3
+}
+
+impl S3Server {
+    /// An unsigned request (moto accepts them); returns the status line.
+    pub async fn request(&self, method: &str, path: &str, body: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body).await.unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        let status = out.lines().next().unwrap_or_default().to_owned();
+        assert!(
+            status.contains(" 200") || status.contains(" 204"),
+            "{method} {path}: {status}"
+        );
+        status
+    }
+
+    /// Whether an object exists (HEAD).
+    pub async fn exists(&self, path: &str) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!("HEAD {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200")
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A TCP proxy that counts the bytes the server sends back: a flat count
+/// means the server was not read from.
+pub struct CountingProxy {
+    pub addr: String,
+    pub bytes: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl CountingProxy {
+    pub async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (counter, stopped) = (bytes.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if stopped.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.split();
+                    let (mut sr, mut sw) = server.split();
+                    let up = tokio::io::copy(&mut cr, &mut sw);
+                    let down = async {
+                        let mut buf = vec![0u8; 256 << 10];
+                        loop {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let n = sr.read(&mut buf).await?;
+                            if n == 0 {
+                                return cw.shutdown().await;
+                            }
+                            counter.fetch_add(n as u64, Ordering::Relaxed);
+                            cw.write_all(&buf[..n]).await?;
+                        }
+                    };
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        Self { addr, bytes, stop }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+pub fn weir_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_weir")
+}
+
+/// A `weir` process, killed on drop.
+pub struct Proc {
+    pub name: String,
+    pub args: Vec<String>,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    pub fn start(name: &str, args: Vec<String>, log_dir: &Path) -> Self {
+        let mut p = Self {
+            name: name.into(),
+            args,
+            log: log_dir.join(format!("{name}.log")),
+            child: None,
+        };
+        p.restart();
+        p
+    }
+
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(weir_bin())
+            .args(&self.args)
+            .env("RUST_LOG", "warn,weir=info")
+            .env("WEIR_LOG_FORMAT", "text")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn weir");
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn is_mounted(mount_point: &Path) -> bool {
+    let target = mount_point.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&*target)))
+        .unwrap_or(false)
+}

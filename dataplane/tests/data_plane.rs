@@ -1,0 +1,794 @@
+//! The data plane as a user runs it: real `weir master`, `weir worker` and
+//! `weir fuse` processes on loopback, a real S3-compatible server (moto),
+//! real FUSE mounts.
+
+mod common;
+
+use common::{CountingProxy, Proc, free_port, is_mounted, s3_server};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weir::client::fs::{ClientConfig, FileSystem};
+use weir::client::master::ClientError;
+use weir::proto::master as pb;
+use weir::ufs::{OpendalUfs, Ufs, UfsPath};
+use weir::wire::WriteMode;
+
+const BLOCK: u64 = 64 << 20;
+
+/// File contents that differ at every MiB: a random MiB, rotated by the
+/// MiB's index, so a block served at the wrong offset cannot match.
+struct Pattern(Vec<u8>);
+
+impl Pattern {
+    fn new(seed: u64) -> Self {
+        let mut x = seed | 1;
+        Self(
+            (0..1 << 20)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect(),
+        )
+    }
+
+    fn fill(&self, mut offset: u64, buf: &mut [u8]) {
+        let mut done = 0;
+        while done < buf.len() {
+            let mib = offset >> 20;
+            let within = (offset & ((1 << 20) - 1)) as usize;
+            let start = (within + (mib as usize * 7919)) % (1 << 20);
+            let n = ((1 << 20) - within)
+                .min((1 << 20) - start)
+                .min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&self.0[start..start + n]);
+            done += n;
+            offset += n as u64;
+        }
+    }
+
+    fn bytes(&self, offset: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        self.fill(offset, &mut v);
+        v
+    }
+
+    fn sha256(&self, len: u64) -> String {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 4 << 20];
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(buf.len() as u64) as usize;
+            self.fill(off, &mut buf[..n]);
+            h.update(&buf[..n]);
+            off += n as u64;
+        }
+        hex(&h.finalize())
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn upload(ufs: &dyn Ufs, path: &str, p: &Pattern, len: u64) {
+    let mut w = ufs.writer(&UfsPath::parse(path).unwrap()).await.unwrap();
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(8 << 20) as usize;
+        w.write(p.bytes(off, n).into()).await.unwrap();
+        off += n as u64;
+    }
+    w.close().await.unwrap();
+}
+
+fn creds(dir: &Path) -> BTreeMap<String, String> {
+    std::fs::write(dir.join("key"), "testing").unwrap();
+    std::fs::write(dir.join("secret"), "testing").unwrap();
+    [
+        ("accessKeyId".to_owned(), dir.join("key").display().to_string()),
+        (
+            "secretAccessKey".to_owned(),
+            dir.join("secret").display().to_string(),
+        ),
+    ]
+    .into()
+}
+
+fn s3_ufs(endpoint: &str, bucket: &str, creds: &BTreeMap<String, String>) -> Arc<dyn Ufs> {
+    let opts = [("endpoint".to_owned(), endpoint.to_owned())].into();
+    Arc::new(OpendalUfs::open(&format!("s3://{bucket}"), &opts, creds).unwrap())
+}
+
+/// A master and workers (MEM tiers on tmpfs), killed and cleaned up on drop.
+struct Cluster {
+    dir: tempfile::TempDir,
+    master_addr: String,
+    master: Proc,
+    workers: Vec<Proc>,
+    tiers: Vec<PathBuf>,
+    fuses: Vec<(Proc, PathBuf)>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (f, mp) in &mut self.fuses {
+            f.terminate();
+            if is_mounted(mp) {
+                let _ = std::process::Command::new("umount").arg("-l").arg(&*mp).status();
+            }
+        }
+        for w in &mut self.workers {
+            w.kill9();
+        }
+        self.master.kill9();
+        for t in &self.tiers {
+            let _ = std::fs::remove_dir_all(t);
+        }
+    }
+}
+
+impl Cluster {
+    async fn start(workers: usize, tier: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let master_addr = format!("127.0.0.1:{port}");
+        let master = Proc::start(
+            "master",
+            vec![
+                "master".into(),
+                "--id=1".into(),
+                format!("--peers=1={master_addr}"),
+                format!("--listen={master_addr}"),
+                format!("--data-dir={}", dir.path().join("master").display()),
+                "--worker-timeout-ms=3000".into(),
+            ],
+            dir.path(),
+        );
+        let mut c = Cluster {
+            dir,
+            master_addr,
+            master,
+            workers: vec![],
+            tiers: vec![],
+            fuses: vec![],
+        };
+        let fs = c.fs();
+        wait("a leader", || async {
+            fs.master()
+                .call(|mut m| async move { m.get_leader(pb::Empty {}).await })
+                .await
+                .is_ok_and(|l| l.known)
+        })
+        .await;
+        for i in 0..workers {
+            c.add_worker(i, tier);
+        }
+        c.wait_workers(workers).await;
+        c
+    }
+
+    fn add_worker(&mut self, i: usize, tier: &str) {
+        let shm = PathBuf::from(format!("/dev/shm/weir-test-{}-{i}", free_port()));
+        let w = Proc::start(
+            &format!("worker{i}"),
+            vec![
+                "worker".into(),
+                format!("--masters={}", self.master_addr),
+                "--host=127.0.0.1".into(),
+                format!("--data-listen=127.0.0.1:{}", free_port()),
+                format!("--http-listen=127.0.0.1:{}", free_port()),
+                format!("--tier=MEM:{}:{tier}", shm.display()),
+                format!(
+                    "--state-dir={}",
+                    self.dir.path().join(format!("worker{i}")).display()
+                ),
+                "--heartbeat-ms=300".into(),
+            ],
+            self.dir.path(),
+        );
+        self.workers.push(w);
+        self.tiers.push(shm);
+    }
+
+    async fn wait_workers(&self, n: usize) {
+        let fs = self.fs();
+        wait("workers to register", || async {
+            fs.master()
+                .call(|mut m| async move { m.get_cluster_info(pb::Empty {}).await })
+                .await
+                .is_ok_and(|i| i.workers.iter().filter(|w| !w.lost).count() == n)
+        })
+        .await;
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new(vec![self.master_addr.clone()]);
+        c.metadata_ttl = Duration::from_millis(100);
+        c
+    }
+
+    fn fs(&self) -> Arc<FileSystem> {
+        FileSystem::new(self.client_config()).unwrap()
+    }
+
+    async fn mount(&self, path: &str, uri: &str, opts: &[(&str, &str)], creds: &BTreeMap<String, String>, wt: pb::WriteType, read_only: bool) {
+        let req = pb::MountRequest {
+            path: path.into(),
+            ufs_uri: uri.into(),
+            read_only,
+            write_type: wt as i32,
+            options: opts.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            credential_files: creds.clone().into_iter().collect(),
+            ..Default::default()
+        };
+        self.fs()
+            .master()
+            .call(|mut m| {
+                let r = req.clone();
+                async move { m.mount(r).await }
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn fuse(&mut self, sub_path: &str, extra: &[&str]) -> PathBuf {
+        let mp = self.dir.path().join(format!("mnt{}", self.fuses.len()));
+        let mut args = vec![
+            "fuse".to_owned(),
+            format!("--masters={}", self.master_addr),
+            format!("--mount-point={}", mp.display()),
+            format!("--sub-path={sub_path}"),
+            "--attr-ttl-ms=100".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let p = Proc::start(&format!("fuse{}", self.fuses.len()), args, self.dir.path());
+        let mp2 = mp.clone();
+        wait("the FUSE mount", || async { is_mounted(&mp2) }).await;
+        self.fuses.push((p, mp.clone()));
+        mp
+    }
+
+    async fn status(&self, path: &str) -> pb::FileInfo {
+        let req = pb::PathRequest { path: path.into() };
+        self.fs()
+            .master()
+            .call(|mut m| {
+                let r = req.clone();
+                async move { m.get_status(r).await }
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn set_pinned(&self, path: &str) {
+        let req = pb::SetAttributeRequest {
+            path: path.into(),
+            pinned: Some(true),
+            ..Default::default()
+        };
+        self.fs()
+            .master()
+            .call(|mut m| {
+                let r = req.clone();
+                async move { m.set_attribute(r).await }
+            })
+            .await
+            .unwrap();
+    }
+
+    fn tier_files(&self) -> Vec<String> {
+        self.tiers
+            .iter()
+            .flat_map(|t| std::fs::read_dir(t).into_iter().flatten())
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+async fn wait<F, Fut>(what: &str, mut ok: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn client_sha(fs: &Arc<FileSystem>, path: &str) -> String {
+    struct H(Sha256);
+    impl std::io::Write for H {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.update(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut r = fs.open(path).await.unwrap();
+    let mut h = H(Sha256::new());
+    r.copy_to(&mut h, 1 << 20, |_| {}).await.unwrap();
+    hex(&h.0.finalize())
+}
+
+fn file_sha(path: &Path) -> String {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return hex(&h.finalize());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+fn cat_sha(c: &Cluster, path: &str) -> String {
+    let out = std::process::Command::new(common::weir_bin())
+        .args(["fs", "--masters", &c.master_addr, "cat", path])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "weir fs cat {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    hex(&Sha256::digest(&out.stdout))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t10_reads_match_cold_and_warm_and_warm_reads_stay_off_s3() {
+    let s3 = s3_server("bkt").await;
+    let proxy = CountingProxy::start(format!("127.0.0.1:{}", s3.port)).await;
+    let cred_dir = tempfile::tempdir().unwrap();
+    let creds = creds(cred_dir.path());
+    let direct = s3_ufs(&s3.endpoint, "bkt", &creds);
+    let pattern = Pattern::new(42);
+    let files: [(&str, u64); 6] = [
+        ("zero", 0),
+        ("one", 1),
+        ("block-1", BLOCK - 1),
+        ("block", BLOCK),
+        ("block+1", BLOCK + 1),
+        ("gib", 1 << 30),
+    ];
+    for (name, len) in files {
+        upload(&*direct, &format!("d/{name}"), &pattern, len).await;
+    }
+    let mut c = Cluster::start(1, "3GiB").await;
+    let endpoint = format!("http://{}", proxy.addr);
+    c.mount(
+        "/s3",
+        "s3://bkt",
+        &[("endpoint", &endpoint)],
+        &creds,
+        pb::WriteType::CacheThrough,
+        true,
+    )
+    .await;
+    let mnt = c.fuse("/s3", &[]).await;
+    let fs = c.fs();
+    let want: BTreeMap<&str, String> = files
+        .iter()
+        .map(|(n, len)| (*n, pattern.sha256(*len)))
+        .collect();
+
+    // Cold: each file first read through one of the three ways.
+    for (i, (name, _)) in files.iter().enumerate() {
+        let path = format!("/s3/d/{name}");
+        let got = match i % 3 {
+            0 => client_sha(&fs, &path).await,
+            1 => file_sha(&mnt.join("d").join(name)),
+            _ => cat_sha(&c, &path),
+        };
+        assert_eq!(got, want[name], "cold read of {name} (way {})", i % 3);
+    }
+    // The whole-block caches of partial reads settle; then nothing more
+    // may come from S3.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fetched = proxy.bytes();
+    let total: u64 = files.iter().map(|(_, l)| l).sum();
+    assert!(
+        fetched >= total && fetched < total + total / 10,
+        "cold reads fetched {fetched} bytes for {total}"
+    );
+    for (name, len) in files {
+        let path = format!("/s3/d/{name}");
+        assert_eq!(c.status(&path).await.cached_percent, 100, "{name} cached");
+        assert_eq!(client_sha(&fs, &path).await, want[name], "warm client {name}");
+        assert_eq!(file_sha(&mnt.join("d").join(name)), want[name], "warm FUSE {name}");
+        if len < (256 << 20) {
+            assert_eq!(cat_sha(&c, &path), want[name], "warm cat {name}");
+        }
+    }
+    assert_eq!(proxy.bytes(), fetched, "warm reads went to S3");
+
+    // Random offsets, through the client and through FUSE.
+    let mut x: u64 = 7;
+    let mut next = |m: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % m
+    };
+    let mut reader = fs.open("/s3/d/gib").await.unwrap();
+    let fuse_file = std::fs::File::open(mnt.join("d/gib")).unwrap();
+    for _ in 0..200 {
+        let off = next(1 << 30);
+        let len = (next(3 << 20) as usize + 1).min(((1u64 << 30) - off) as usize);
+        let mut buf = vec![0u8; len];
+        let n = reader.read_at(off, &mut buf).await.unwrap();
+        assert_eq!(n, len);
+        assert!(buf == pattern.bytes(off, len), "client read at {off}+{len}");
+        use std::os::unix::fs::FileExt;
+        let mut buf2 = vec![0u8; len];
+        fuse_file.read_exact_at(&mut buf2, off).unwrap();
+        assert!(buf2 == buf, "FUSE read at {off}+{len}");
+    }
+    let mut r = fs.open("/s3/d/block+1").await.unwrap();
+    let mut last = [0u8; 4];
+    assert_eq!(r.read_at(BLOCK - 3, &mut last).await.unwrap(), 4);
+    assert_eq!(last.to_vec(), pattern.bytes(BLOCK - 3, 4), "across the block edge");
+    assert_eq!(r.read_at(BLOCK + 1, &mut last).await.unwrap(), 0, "EOF");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t20_tiers_evict_to_the_low_watermark_keep_pinned_and_leased_blocks_and_survive_restart() {
+    let ufs = tempfile::tempdir().unwrap();
+    let pattern = Pattern::new(9);
+    for i in 0..20 {
+        let mut f = pattern.bytes(i << 20, 1 << 20);
+        f[0] = i as u8;
+        std::fs::write(ufs.path().join(format!("f{i:02}")), f).unwrap();
+    }
+    // 12 MiB, evicting from 10.8 MiB down to 6 MiB.
+    let mut c = Cluster::start(1, "12MiB:0.9:0.5").await;
+    let uri = format!("local://{}", ufs.path().display());
+    c.mount("/l", &uri, &[], &BTreeMap::new(), pb::WriteType::CacheThrough, false)
+        .await;
+    let fs = c.fs();
+    let read = |i: u64| {
+        let fs = fs.clone();
+        async move {
+            let mut r = fs.open(&format!("/l/f{i:02}")).await.unwrap();
+            let mut buf = vec![0u8; 1 << 20];
+            assert_eq!(r.read_at(0, &mut buf).await.unwrap(), 1 << 20);
+            assert_eq!(buf[0], i as u8);
+            r
+        }
+    };
+    drop(read(0).await);
+    c.set_pinned("/l/f00").await;
+    // The pin reaches the worker with a heartbeat after the master's sweep.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    drop(read(1).await);
+    // Held open: its short-circuit lease keeps block f01 in place (once
+    // the client's metadata shows the block cached here).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = read(1).await;
+    for i in 2..20 {
+        drop(read(i).await);
+    }
+    // Removals reach the master with the next heartbeat.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let quota = 12u64 << 20;
+    let used = |info: &pb::ClusterInfo| info.workers[0].tiers[0].used_bytes;
+    let fsc = fs.clone();
+    let info = fsc
+        .master()
+        .call(|mut m| async move { m.get_cluster_info(pb::Empty {}).await })
+        .await
+        .unwrap();
+    assert!(
+        used(&info) <= quota * 9 / 10,
+        "MEM holds {} of {quota}",
+        used(&info)
+    );
+    let mut cached = Vec::new();
+    for i in 0..20 {
+        if c.status(&format!("/l/f{i:02}")).await.cached_percent == 100 {
+            cached.push(i);
+        }
+    }
+    assert!(cached.contains(&0), "the pinned file was evicted: {cached:?}");
+    assert!(cached.contains(&1), "the leased file was evicted: {cached:?}");
+    assert!(cached.len() < 20, "nothing was evicted: {cached:?}");
+    // Evictions go down to the low watermark, not one block at a time:
+    // right after one, at most the low watermark plus the new block.
+    assert!(
+        cached.len() <= 11,
+        "{} MiB cached after evicting to 6 MiB",
+        cached.len()
+    );
+    drop(held);
+
+    // A restart keeps every block: remove them from the under-storage and
+    // read them from the cache alone.
+    c.workers[0].terminate();
+    c.workers[0].restart();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.wait_workers(1).await;
+    for &i in &cached {
+        std::fs::remove_file(ufs.path().join(format!("f{i:02}"))).unwrap();
+    }
+    let fs2 = c.fs();
+    for &i in &cached {
+        let path = format!("/l/f{i:02}");
+        let st = c.status(&path).await;
+        assert_eq!(
+            st.cached_percent,
+            100,
+            "{path} (id {}) after restart; tier holds {:?}\n{}",
+            st.id,
+            c.tier_files(),
+            c.workers[0].log_tail()
+        );
+        let mut want = pattern.bytes(i << 20, 1 << 20);
+        want[0] = i as u8;
+        let mut r = fs2.open(&path).await.unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        r.read_at(0, &mut buf).await.unwrap();
+        assert!(buf == want, "{path} from the cache after restart");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t30_a_killed_worker_or_a_dead_s3_never_yields_wrong_bytes_or_half_blocks() {
+    let mut s3 = s3_server("bkt").await;
+    let cred_dir = tempfile::tempdir().unwrap();
+    let creds = creds(cred_dir.path());
+    let direct = s3_ufs(&s3.endpoint, "bkt", &creds);
+    let pattern = Pattern::new(3);
+    let len = 3 * BLOCK - 12345;
+    upload(&*direct, "big", &pattern, len).await;
+    upload(&*direct, "never-read", &pattern, 5 << 20).await;
+    let c = Cluster::start(2, "1GiB").await;
+    c.mount(
+        "/s3",
+        "s3://bkt",
+        &[("endpoint", &s3.endpoint)],
+        &creds,
+        pb::WriteType::CacheThrough,
+        true,
+    )
+    .await;
+    // Read over the data port, as a remote client does.
+    let mut cfg = c.client_config();
+    cfg.short_circuit = false;
+    let fs = FileSystem::new(cfg).unwrap();
+    assert_eq!(client_sha(&fs, "/s3/big").await, pattern.sha256(len), "cold");
+    let mut r = fs.open("/s3/big").await.unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    let mut killed = false;
+    while off < len {
+        let n = r.read_at(off, &mut buf).await.unwrap();
+        h.update(&buf[..n]);
+        off += n as u64;
+        if !killed && off >= BLOCK + (8 << 20) {
+            // Kill the worker streaming block 1 to us, mid-block.
+            let info = fs.block_info("/s3/big").await.unwrap();
+            let holder = info.blocks[1].locations[0].worker.clone().unwrap();
+            let port = holder.rpc_port;
+            let victim = c
+                .workers
+                .iter()
+                .position(|w| w.args.iter().any(|a| a.ends_with(&format!(":{port}"))))
+                .unwrap();
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &worker_pid(&c.workers[victim]).to_string()])
+                .status();
+            killed = true;
+        }
+    }
+    assert!(killed);
+    assert_eq!(hex(&h.finalize()), pattern.sha256(len), "read across a worker's death");
+
+    // S3 down: a clear error, and no block (or half block) of the file.
+    let id = c.status("/s3/never-read").await.id;
+    s3.stop();
+    let err = match fs.open("/s3/never-read").await {
+        Ok(mut r) => r.read_at(0, &mut buf).await.unwrap_err(),
+        Err(e) => e,
+    };
+    let msg = err.to_string();
+    assert!(
+        matches!(err, ClientError::Worker { .. } | ClientError::Data { .. }),
+        "{err:?}"
+    );
+    assert!(msg.contains("never-read") || msg.contains("bkt"), "{msg}");
+    let first_block = id << 24;
+    for name in c.tier_files() {
+        assert!(!name.ends_with(".tmp"), "half block {name} left behind");
+        if let Ok(b) = name.parse::<u64>() {
+            assert!(b >> 24 != id, "block {b} of an unreadable file cached");
+        }
+    }
+    assert!(first_block > 0);
+}
+
+fn worker_pid(p: &Proc) -> u32 {
+    // The child's pid, from /proc: the only weir worker with these args.
+    let want = p.args.join("\0");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline"))
+            && String::from_utf8_lossy(&cmd).contains(&want)
+        {
+            return pid;
+        }
+    }
+    panic!("no process for {}", p.name);
+}
+
+async fn write_file(fs: &Arc<FileSystem>, path: &str, p: &Pattern, len: u64, mode: Option<WriteMode>) {
+    let mut w = fs.create(path, mode).await.unwrap();
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(3 << 20) as usize;
+        w.write(&p.bytes(off, n)).await.unwrap();
+        off += n as u64;
+    }
+    let info = w.close().await.unwrap();
+    assert_eq!(info.length, len);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t40_write_types_leave_cache_and_s3_as_they_promise() {
+    let s3 = s3_server("bkt").await;
+    let cred_dir = tempfile::tempdir().unwrap();
+    let creds = creds(cred_dir.path());
+    let c = Cluster::start(1, "2GiB").await;
+    for (dir, wt) in [
+        ("mc", pb::WriteType::MustCache),
+        ("ct", pb::WriteType::CacheThrough),
+        ("th", pb::WriteType::Through),
+        ("at", pb::WriteType::AsyncThrough),
+    ] {
+        c.mount(
+            &format!("/{dir}"),
+            &format!("s3://bkt/{dir}"),
+            &[("endpoint", &s3.endpoint)],
+            &creds,
+            wt,
+            false,
+        )
+        .await;
+    }
+    let fs = c.fs();
+    let p = Pattern::new(77);
+    let len = BLOCK + (3 << 20);
+    for dir in ["mc", "ct", "th", "at"] {
+        write_file(&fs, &format!("/{dir}/f"), &p, len, None).await;
+    }
+    let persisted = pb::PersistState::Persisted as i32;
+    let cases = [
+        // (dir, in S3 at once, cached, persist state right after close)
+        ("mc", false, 100, pb::PersistState::NotPersisted as i32),
+        ("ct", true, 100, persisted),
+        ("th", true, 0, persisted),
+    ];
+    for (dir, in_s3, cached, state) in cases {
+        let st = c.status(&format!("/{dir}/f")).await;
+        assert_eq!(s3.exists(&format!("/bkt/{dir}/f")).await, in_s3, "{dir} in S3");
+        assert_eq!((st.cached_percent, st.persist), (cached, state), "{dir}");
+        assert_eq!(client_sha(&fs, &format!("/{dir}/f")).await, p.sha256(len), "{dir} reads back");
+    }
+    // ASYNC_THROUGH: cached at once, in S3 soon after.
+    assert_eq!(c.status("/at/f").await.cached_percent, 100);
+    wait("the ASYNC_THROUGH file to be persisted", || async {
+        c.status("/at/f").await.persist == persisted
+    })
+    .await;
+    assert!(s3.exists("/bkt/at/f").await);
+    let direct = s3_ufs(&s3.endpoint, "bkt", &creds);
+    let back = direct.read(&UfsPath::parse("at/f").unwrap(), 0, len).await.unwrap();
+    assert!(back == p.bytes(0, len as usize), "persisted bytes differ");
+
+    // Persisted in the order written: a file queued behind a big one and
+    // deleted before its turn is never written to S3.
+    write_file(&fs, "/at/big", &p, 3 * BLOCK, None).await;
+    write_file(&fs, "/at/late", &p, 1 << 20, None).await;
+    fs.delete("/at/late", false).await.unwrap();
+    wait("the big file to be persisted", || async {
+        c.status("/at/big").await.persist == persisted
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!s3.exists("/bkt/at/late").await, "a deleted file was persisted");
+    assert!(s3.exists("/bkt/at/big").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t50_bad_input_gets_the_right_errors() {
+    let ufs = tempfile::tempdir().unwrap();
+    std::fs::write(ufs.path().join("a.txt"), b"alpha").unwrap();
+    let mut c = Cluster::start(1, "64MiB").await;
+    let uri = format!("local://{}", ufs.path().display());
+    c.mount("/ro", &uri, &[], &BTreeMap::new(), pb::WriteType::CacheThrough, true)
+        .await;
+    let rw = c.fuse("/", &[]).await;
+    let ro = c.fuse("/ro", &["--read-only"]).await;
+    assert_eq!(std::fs::read(rw.join("ro/a.txt")).unwrap(), b"alpha");
+    let enoent = std::fs::read(rw.join("ro/missing")).unwrap_err();
+    assert_eq!(enoent.raw_os_error(), Some(2), "{enoent}");
+    for target in [ro.join("new.txt"), rw.join("ro/new.txt")] {
+        let err = std::fs::write(&target, b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(30), "EROFS for {}: {err}", target.display());
+    }
+    // A writable part of the namespace takes new files, written once.
+    std::fs::create_dir(rw.join("scratch")).unwrap();
+    std::fs::write(rw.join("scratch/n.txt"), b"new").unwrap();
+    let back = std::fs::read(rw.join("scratch/n.txt"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.fuses[0].0.log_tail()));
+    assert_eq!(back, b"new");
+    let err = std::fs::OpenOptions::new()
+        .append(true)
+        .open(rw.join("scratch/n.txt"))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(1), "rewrite refused: {err}");
+
+    let fs = c.fs();
+    let missing = fs.open("/ro/missing").await.unwrap_err();
+    assert_eq!(missing.code(), Some(tonic::Code::NotFound), "{missing}");
+    // `..` never reaches an under-storage: refused at mount time, and by
+    // a worker asked to read such a path directly.
+    let out = std::process::Command::new(common::weir_bin())
+        .args(["fs", "--masters", &c.master_addr, "mount", "/evil", "local:///tmp/../etc"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`..`"));
+    let info = fs.block_info("/ro/a.txt").await.unwrap();
+    let mount_id = info.file.as_ref().unwrap().mount_id;
+    let worker = fs
+        .master()
+        .call(|mut m| async move { m.get_cluster_info(pb::Empty {}).await })
+        .await
+        .unwrap()
+        .workers[0]
+        .address
+        .clone()
+        .unwrap();
+    let mut conn = tokio::net::TcpStream::connect(format!("127.0.0.1:{}", worker.data_port))
+        .await
+        .unwrap();
+    use weir::wire::{ErrorKind, ReadRequest, Request, Response, UfsSource};
+    weir::wire::send(
+        &mut conn,
+        &Request::Read(ReadRequest {
+            block: 999 << 24,
+            offset: 0,
+            len: 10,
+            source: Some(UfsSource {
+                mount_id,
+                path: "../../etc/passwd".into(),
+                block_offset: 0,
+                block_len: 10,
+            }),
+            cache: true,
+        }),
+    )
+    .await
+    .unwrap();
+    let resp: Response = weir::wire::recv(&mut conn).await.unwrap().unwrap();
+    assert!(
+        matches!(resp, Response::Error { kind: ErrorKind::Invalid, .. }),
+        "{resp:?}"
+    );
+}
