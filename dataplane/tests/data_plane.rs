@@ -91,7 +91,10 @@ fn creds(dir: &Path) -> BTreeMap<String, String> {
     std::fs::write(dir.join("key"), "testing").unwrap();
     std::fs::write(dir.join("secret"), "testing").unwrap();
     [
-        ("accessKeyId".to_owned(), dir.join("key").display().to_string()),
+        (
+            "accessKeyId".to_owned(),
+            dir.join("key").display().to_string(),
+        ),
         (
             "secretAccessKey".to_owned(),
             dir.join("secret").display().to_string(),
@@ -120,7 +123,10 @@ impl Drop for Cluster {
         for (f, mp) in &mut self.fuses {
             f.terminate();
             if is_mounted(mp) {
-                let _ = std::process::Command::new("umount").arg("-l").arg(&*mp).status();
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&*mp)
+                    .status();
             }
         }
         for w in &mut self.workers {
@@ -217,13 +223,24 @@ impl Cluster {
         FileSystem::new(self.client_config()).unwrap()
     }
 
-    async fn mount(&self, path: &str, uri: &str, opts: &[(&str, &str)], creds: &BTreeMap<String, String>, wt: pb::WriteType, read_only: bool) {
+    async fn mount(
+        &self,
+        path: &str,
+        uri: &str,
+        opts: &[(&str, &str)],
+        creds: &BTreeMap<String, String>,
+        wt: pb::WriteType,
+        read_only: bool,
+    ) {
         let req = pb::MountRequest {
             path: path.into(),
             ufs_uri: uri.into(),
             read_only,
             write_type: wt as i32,
-            options: opts.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            options: opts
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             credential_files: creds.clone().into_iter().collect(),
             ..Default::default()
         };
@@ -407,8 +424,16 @@ async fn t10_reads_match_cold_and_warm_and_warm_reads_stay_off_s3() {
     for (name, len) in files {
         let path = format!("/s3/d/{name}");
         assert_eq!(c.status(&path).await.cached_percent, 100, "{name} cached");
-        assert_eq!(client_sha(&fs, &path).await, want[name], "warm client {name}");
-        assert_eq!(file_sha(&mnt.join("d").join(name)), want[name], "warm FUSE {name}");
+        assert_eq!(
+            client_sha(&fs, &path).await,
+            want[name],
+            "warm client {name}"
+        );
+        assert_eq!(
+            file_sha(&mnt.join("d").join(name)),
+            want[name],
+            "warm FUSE {name}"
+        );
         if len < (256 << 20) {
             assert_eq!(cat_sha(&c, &path), want[name], "warm cat {name}");
         }
@@ -440,7 +465,11 @@ async fn t10_reads_match_cold_and_warm_and_warm_reads_stay_off_s3() {
     let mut r = fs.open("/s3/d/block+1").await.unwrap();
     let mut last = [0u8; 4];
     assert_eq!(r.read_at(BLOCK - 3, &mut last).await.unwrap(), 4);
-    assert_eq!(last.to_vec(), pattern.bytes(BLOCK - 3, 4), "across the block edge");
+    assert_eq!(
+        last.to_vec(),
+        pattern.bytes(BLOCK - 3, 4),
+        "across the block edge"
+    );
     assert_eq!(r.read_at(BLOCK + 1, &mut last).await.unwrap(), 0, "EOF");
 }
 
@@ -456,8 +485,15 @@ async fn t20_tiers_evict_to_the_low_watermark_keep_pinned_and_leased_blocks_and_
     // 12 MiB, evicting from 10.8 MiB down to 6 MiB.
     let mut c = Cluster::start(1, "12MiB:0.9:0.5").await;
     let uri = format!("local://{}", ufs.path().display());
-    c.mount("/l", &uri, &[], &BTreeMap::new(), pb::WriteType::CacheThrough, false)
-        .await;
+    c.mount(
+        "/l",
+        &uri,
+        &[],
+        &BTreeMap::new(),
+        pb::WriteType::CacheThrough,
+        false,
+    )
+    .await;
     let fs = c.fs();
     let read = |i: u64| {
         let fs = fs.clone();
@@ -502,8 +538,14 @@ async fn t20_tiers_evict_to_the_low_watermark_keep_pinned_and_leased_blocks_and_
             cached.push(i);
         }
     }
-    assert!(cached.contains(&0), "the pinned file was evicted: {cached:?}");
-    assert!(cached.contains(&1), "the leased file was evicted: {cached:?}");
+    assert!(
+        cached.contains(&0),
+        "the pinned file was evicted: {cached:?}"
+    );
+    assert!(
+        cached.contains(&1),
+        "the leased file was evicted: {cached:?}"
+    );
     assert!(cached.len() < 20, "nothing was evicted: {cached:?}");
     // Evictions go down to the low watermark, not one block at a time:
     // right after one, at most the low watermark plus the new block.
@@ -568,7 +610,11 @@ async fn t30_a_killed_worker_or_a_dead_s3_never_yields_wrong_bytes_or_half_block
     let mut cfg = c.client_config();
     cfg.short_circuit = false;
     let fs = FileSystem::new(cfg).unwrap();
-    assert_eq!(client_sha(&fs, "/s3/big").await, pattern.sha256(len), "cold");
+    assert_eq!(
+        client_sha(&fs, "/s3/big").await,
+        pattern.sha256(len),
+        "cold"
+    );
     let mut r = fs.open("/s3/big").await.unwrap();
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -595,7 +641,11 @@ async fn t30_a_killed_worker_or_a_dead_s3_never_yields_wrong_bytes_or_half_block
         }
     }
     assert!(killed);
-    assert_eq!(hex(&h.finalize()), pattern.sha256(len), "read across a worker's death");
+    assert_eq!(
+        hex(&h.finalize()),
+        pattern.sha256(len),
+        "read across a worker's death"
+    );
 
     // S3 down: a clear error, and no block (or half block) of the file.
     let id = c.status("/s3/never-read").await.id;
@@ -636,7 +686,13 @@ fn worker_pid(p: &Proc) -> u32 {
     panic!("no process for {}", p.name);
 }
 
-async fn write_file(fs: &Arc<FileSystem>, path: &str, p: &Pattern, len: u64, mode: Option<WriteMode>) {
+async fn write_file(
+    fs: &Arc<FileSystem>,
+    path: &str,
+    p: &Pattern,
+    len: u64,
+    mode: Option<WriteMode>,
+) {
     let mut w = fs.create(path, mode).await.unwrap();
     let mut off = 0;
     while off < len {
@@ -685,9 +741,17 @@ async fn t40_write_types_leave_cache_and_s3_as_they_promise() {
     ];
     for (dir, in_s3, cached, state) in cases {
         let st = c.status(&format!("/{dir}/f")).await;
-        assert_eq!(s3.exists(&format!("/bkt/{dir}/f")).await, in_s3, "{dir} in S3");
+        assert_eq!(
+            s3.exists(&format!("/bkt/{dir}/f")).await,
+            in_s3,
+            "{dir} in S3"
+        );
         assert_eq!((st.cached_percent, st.persist), (cached, state), "{dir}");
-        assert_eq!(client_sha(&fs, &format!("/{dir}/f")).await, p.sha256(len), "{dir} reads back");
+        assert_eq!(
+            client_sha(&fs, &format!("/{dir}/f")).await,
+            p.sha256(len),
+            "{dir} reads back"
+        );
     }
     // ASYNC_THROUGH: cached at once, in S3 soon after.
     assert_eq!(c.status("/at/f").await.cached_percent, 100);
@@ -697,7 +761,10 @@ async fn t40_write_types_leave_cache_and_s3_as_they_promise() {
     .await;
     assert!(s3.exists("/bkt/at/f").await);
     let direct = s3_ufs(&s3.endpoint, "bkt", &creds);
-    let back = direct.read(&UfsPath::parse("at/f").unwrap(), 0, len).await.unwrap();
+    let back = direct
+        .read(&UfsPath::parse("at/f").unwrap(), 0, len)
+        .await
+        .unwrap();
     assert!(back == p.bytes(0, len as usize), "persisted bytes differ");
 
     // Persisted in the order written: a file queued behind a big one and
@@ -710,7 +777,10 @@ async fn t40_write_types_leave_cache_and_s3_as_they_promise() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!s3.exists("/bkt/at/late").await, "a deleted file was persisted");
+    assert!(
+        !s3.exists("/bkt/at/late").await,
+        "a deleted file was persisted"
+    );
     assert!(s3.exists("/bkt/at/big").await);
 }
 
@@ -720,8 +790,15 @@ async fn t50_bad_input_gets_the_right_errors() {
     std::fs::write(ufs.path().join("a.txt"), b"alpha").unwrap();
     let mut c = Cluster::start(1, "64MiB").await;
     let uri = format!("local://{}", ufs.path().display());
-    c.mount("/ro", &uri, &[], &BTreeMap::new(), pb::WriteType::CacheThrough, true)
-        .await;
+    c.mount(
+        "/ro",
+        &uri,
+        &[],
+        &BTreeMap::new(),
+        pb::WriteType::CacheThrough,
+        true,
+    )
+    .await;
     let rw = c.fuse("/", &[]).await;
     let ro = c.fuse("/ro", &["--read-only"]).await;
     assert_eq!(std::fs::read(rw.join("ro/a.txt")).unwrap(), b"alpha");
@@ -729,7 +806,12 @@ async fn t50_bad_input_gets_the_right_errors() {
     assert_eq!(enoent.raw_os_error(), Some(2), "{enoent}");
     for target in [ro.join("new.txt"), rw.join("ro/new.txt")] {
         let err = std::fs::write(&target, b"x").unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(30), "EROFS for {}: {err}", target.display());
+        assert_eq!(
+            err.raw_os_error(),
+            Some(30),
+            "EROFS for {}: {err}",
+            target.display()
+        );
     }
     // A writable part of the namespace takes new files, written once.
     std::fs::create_dir(rw.join("scratch")).unwrap();
@@ -749,7 +831,14 @@ async fn t50_bad_input_gets_the_right_errors() {
     // `..` never reaches an under-storage: refused at mount time, and by
     // a worker asked to read such a path directly.
     let out = std::process::Command::new(common::weir_bin())
-        .args(["fs", "--masters", &c.master_addr, "mount", "/evil", "local:///tmp/../etc"])
+        .args([
+            "fs",
+            "--masters",
+            &c.master_addr,
+            "mount",
+            "/evil",
+            "local:///tmp/../etc",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -788,7 +877,13 @@ async fn t50_bad_input_gets_the_right_errors() {
     .unwrap();
     let resp: Response = weir::wire::recv(&mut conn).await.unwrap().unwrap();
     assert!(
-        matches!(resp, Response::Error { kind: ErrorKind::Invalid, .. }),
+        matches!(
+            resp,
+            Response::Error {
+                kind: ErrorKind::Invalid,
+                ..
+            }
+        ),
         "{resp:?}"
     );
 }

@@ -91,6 +91,9 @@ pub enum FsCommand {
         /// For copies into Weir; the mount's write type otherwise.
         #[arg(long, value_parser = ["MUST_CACHE", "CACHE_THROUGH", "THROUGH", "ASYNC_THROUGH"])]
         write_type: Option<String>,
+        /// Block size of a file copied in [default: 64MiB].
+        #[arg(long, value_parser = super::worker::parse_size)]
+        block_size: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -153,6 +156,7 @@ pub async fn run(conn: &ConnArgs, data: &DataArgs, command: FsCommand) -> Result
             src,
             dst,
             write_type: wt,
+            block_size,
             json,
         } => {
             let fs = filesystem()?;
@@ -160,7 +164,7 @@ pub async fn run(conn: &ConnArgs, data: &DataArgs, command: FsCommand) -> Result
             let bytes = match (src.strip_prefix("file:"), dst.strip_prefix("file:")) {
                 (Some(local), None) => {
                     let mode = wt.as_deref().map(write_mode);
-                    copy_in(&fs, Path::new(local), &dst, mode).await?
+                    copy_in(&fs, Path::new(local), &dst, mode, block_size.unwrap_or(0)).await?
                 }
                 (None, Some(local)) => {
                     let mut reader = fs.open(&src).await?;
@@ -458,6 +462,7 @@ async fn copy_in(
     local: &Path,
     dst: &str,
     mode: Option<WriteMode>,
+    block_size: u64,
 ) -> Result<u64, CliError> {
     let io = |source| CliError::Io {
         what: format!("reading {}", local.display()),
@@ -466,7 +471,7 @@ async fn copy_in(
     let mut file = std::fs::File::open(local).map_err(io)?;
     let total = file.metadata().map_err(io)?.len();
     let mut progress = Progress::new(total);
-    let mut writer = fs.create(dst, mode).await?;
+    let mut writer = fs.create_with(dst, mode, block_size).await?;
     let mut buf = vec![0u8; 4 << 20];
     loop {
         let n = match file.read(&mut buf) {

@@ -2,6 +2,7 @@
 //! `main` only parses, starts telemetry and calls [`run`].
 
 mod bench;
+mod databench;
 mod fs;
 mod local;
 mod worker;
@@ -75,6 +76,12 @@ pub enum Command {
 pub enum BenchCommand {
     /// Metadata operations per second (create, getStatus).
     Meta(bench::MetaBenchArgs),
+    /// Read one file through the client; prints MiB/s as JSON.
+    Read(databench::ReadBenchArgs),
+    /// Write a test object straight to an under-storage.
+    UfsWrite(databench::UfsObjectArgs),
+    /// Read an under-storage object with one streamed ranged GET.
+    UfsRead(databench::UfsObjectArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -328,10 +335,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             conn,
             command: AdminCommand::Report { json },
         } => fs::report(&conn.client()?, json).await,
-        Command::Bench {
-            conn,
-            command: BenchCommand::Meta(args),
-        } => bench::meta(&conn, args).await,
+        Command::Bench { conn, command } => match command {
+            BenchCommand::Meta(args) => bench::meta(&conn, args).await,
+            BenchCommand::Read(args) => databench::read(&conn, args).await,
+            BenchCommand::UfsWrite(args) => databench::ufs_write(args).await,
+            BenchCommand::UfsRead(args) => databench::ufs_read(args).await,
+        },
         Command::CheckPath { paths } => {
             let mut bad = 0;
             for raw in paths {

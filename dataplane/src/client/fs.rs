@@ -348,9 +348,20 @@ impl FileSystem {
         path: &str,
         mode: Option<WriteMode>,
     ) -> FsResult<FileWriter> {
+        self.create_with(path, mode, 0).await
+    }
+
+    /// [`FileSystem::create`] with a block size (0: the default).
+    pub async fn create_with(
+        self: &Arc<Self>,
+        path: &str,
+        mode: Option<WriteMode>,
+        block_size: u64,
+    ) -> FsResult<FileWriter> {
         let req = pb::CreateRequest {
             path: path.into(),
             recursive: true,
+            block_size,
             ..Default::default()
         };
         let info = self
@@ -686,7 +697,9 @@ impl FileReader {
         // 2. Bytes skipped earlier, or the open stream if this read starts
         // where it is or a little ahead.
         if let Some((_, start, bytes)) = self.skipped.iter().find(|(b, start, bytes)| {
-            *b == block.block_id && *start <= off && off + out.len() as u64 <= start + bytes.len() as u64
+            *b == block.block_id
+                && *start <= off
+                && off + out.len() as u64 <= start + bytes.len() as u64
         }) {
             let from = (off - start) as usize;
             out.copy_from_slice(&bytes[from..from + out.len()]);
@@ -708,7 +721,8 @@ impl FileReader {
                 {
                     kept -= old.len() as u64;
                 }
-                self.skipped.push_back((block.block_id, off - gap.len() as u64, gap));
+                self.skipped
+                    .push_back((block.block_id, off - gap.len() as u64, gap));
             } else {
                 let addr = s.addr.clone();
                 self.stream = None;

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Data-path benchmarks on this machine, each next to a baseline measured in
+# the same run, printed as a markdown table with the ratio:
+#  1. FUSE sequential read (page cache dropped) of a Weir-cached file of
+#     SIZE (64 MiB blocks) vs `cat` of the same bytes from the worker's
+#     tmpfs tier;
+#  2. the same for a file cached as a single block (FUSE passthrough);
+#  3. client read from a remote worker (data port) vs short-circuit;
+#  4. first (cold) read through Weir from a local S3 server (moto) vs one
+#     direct ranged GET of the same object.
+# Needs root (FUSE, drop_caches) and the moto venv from e2e/cluster/install.sh.
+#
+#   bench/data.sh [SIZE=2GiB] [S3_SIZE=1GiB] [TRIALS=3]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE=${SIZE:-2GiB}
+S3_SIZE=${S3_SIZE:-1GiB}
+TRIALS=${TRIALS:-3}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
+cargo build -q --release -p weir-dataplane --bin weir
+WEIR=$CARGO_TARGET_DIR/release/weir
+MOTO=${WEIR_MOTO_SERVER:-$HOME/.cache/weir/venv/bin/moto_server}
+work=$(mktemp -d)
+tier=/dev/shm/weir-bench-$$
+pids=()
+cleanup() {
+  umount "$work/mnt" 2>/dev/null || umount -l "$work/mnt" 2>/dev/null || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work" "$tier"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+# seconds for "$@", best of TRIALS; PRE runs before each trial, untimed.
+best() {
+  local best="" s e t
+  for _ in $(seq "$TRIALS"); do
+    ${PRE:-true}
+    s=$(now); "$@" > /dev/null; e=$(now)
+    t=$(awk -v s="$s" -v e="$e" 'BEGIN { printf "%.4f", e - s }')
+    if [ -z "$best" ] || awk -v a="$t" -v b="$best" 'BEGIN { exit !(a < b) }'; then best=$t; fi
+  done
+  echo "$best"
+}
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+mibs() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / 1048576 / s }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+json_field() { python3 -c "import json,sys; print(json.loads(sys.stdin.readline())['$1'])"; }
+
+mport=$(free_port); dport=$(free_port); hport=$(free_port); s3port=$(free_port)
+masters=127.0.0.1:$mport
+RUST_LOG=warn "$WEIR" master --id 1 --peers "1=$masters" --listen "$masters" --data-dir "$work/master" > "$work/master.log" 2>&1 &
+pids+=($!)
+"$MOTO" -H 127.0.0.1 -p "$s3port" > "$work/moto.log" 2>&1 &
+pids+=($!)
+sleep 2
+RUST_LOG=warn "$WEIR" worker --masters "$masters" --host 127.0.0.1 --data-listen "127.0.0.1:$dport" \
+  --http-listen "127.0.0.1:$hport" --tier "MEM:$tier:12GiB" --state-dir "$work/worker" > "$work/worker.log" 2>&1 &
+pids+=($!)
+mkdir -p "$work/mnt"
+RUST_LOG=warn "$WEIR" fuse --masters "$masters" --mount-point "$work/mnt" > "$work/fuse.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do mountpoint -q "$work/mnt" && break; sleep 0.2; done
+mountpoint -q "$work/mnt" || { cat "$work/fuse.log"; exit 1; }
+
+# Files written into the cache (MUST_CACHE): SIZE in 64 MiB blocks, and
+# the same bytes as one block.
+"$WEIR" bench ufs-write --root "local://$work" --path src --bytes "$SIZE" > /dev/null
+bytes=$(stat -c %s "$work/src")
+"$WEIR" fs --masters "$masters" cp --write-type MUST_CACHE "file:$work/src" /bench/multi 2> /dev/null
+"$WEIR" fs --masters "$masters" cp --write-type MUST_CACHE --block-size "$bytes" "file:$work/src" /bench/single 2> /dev/null
+rm "$work/src"
+block_files() { # path -> the worker's block files, in order
+  local id n i
+  id=$("$WEIR" fs --masters "$masters" stat --json "$1" | json_field id)
+  n=$(( (bytes + $2 - 1) / $2 ))
+  for i in $(seq 0 $((n - 1))); do echo "$tier/$(( (id << 24) | i ))"; done
+}
+mapfile -t multi_blocks < <(block_files /bench/multi $((64 << 20)))
+mapfile -t single_blocks < <(block_files /bench/single "$bytes")
+
+t_tmpfs=$(best cat "${multi_blocks[@]}")
+t_fuse=$(PRE=drop_caches best cat "$work/mnt/bench/multi")
+t_tmpfs1=$(best cat "${single_blocks[@]}")
+t_fuse1=$(PRE=drop_caches best cat "$work/mnt/bench/single")
+
+read_mibs() { "$WEIR" bench --masters "$masters" read "$@" | json_field mib_per_s; }
+sc=0; remote=0
+for _ in $(seq "$TRIALS"); do
+  v=$(read_mibs /bench/multi); awk -v a="$v" -v b="$sc" 'BEGIN { exit !(a > b) }' && sc=$v
+  v=$(read_mibs /bench/multi --no-short-circuit); awk -v a="$v" -v b="$remote" 'BEGIN { exit !(a > b) }' && remote=$v
+done
+
+# Cold reads from S3 through Weir vs direct ranged GETs of the same object.
+python3 -c "import urllib.request as u; u.urlopen(u.Request('http://127.0.0.1:$s3port/bkt', method='PUT'))"
+printf testing > "$work/key"
+s3opts=(--option "endpoint=http://127.0.0.1:$s3port" --credential-file "accessKeyId=$work/key" --credential-file "secretAccessKey=$work/key")
+"$WEIR" bench ufs-write --root s3://bkt --path obj --bytes "$S3_SIZE" "${s3opts[@]}" > /dev/null
+"$WEIR" fs --masters "$masters" mount --read-only /s3 s3://bkt "${s3opts[@]}" 2> /dev/null
+direct=0; cold=0
+for _ in $(seq "$TRIALS"); do
+  v=$("$WEIR" bench ufs-read --root s3://bkt --path obj "${s3opts[@]}" | json_field mib_per_s)
+  awk -v a="$v" -v b="$direct" 'BEGIN { exit !(a > b) }' && direct=$v
+  v=$(read_mibs /s3/obj)
+  awk -v a="$v" -v b="$cold" 'BEGIN { exit !(a > b) }' && cold=$v
+  # Make the next read cold again.
+  "$WEIR" fs --masters "$masters" free /s3/obj 2> /dev/null
+  for _ in $(seq 50); do
+    [ "$("$WEIR" fs --masters "$masters" stat --json /s3/obj | json_field cachedPercent)" = 0 ] && break
+    sleep 0.2
+  done
+done
+
+echo
+echo "### data path, $(nproc) cores, kernel $(uname -r), $(date -u +%Y-%m-%d), best of $TRIALS"
+echo
+echo "| measurement | Weir MiB/s | baseline | baseline MiB/s | ratio |"
+echo "|---|---|---|---|---|"
+echo "| FUSE sequential read, $SIZE in 64 MiB blocks, page cache dropped | $(mibs "$bytes" "$t_fuse") | cat of the worker's tmpfs block files | $(mibs "$bytes" "$t_tmpfs") | $(ratio "$t_tmpfs" "$t_fuse") |"
+echo "| FUSE sequential read, $SIZE as one block (passthrough), page cache dropped | $(mibs "$bytes" "$t_fuse1") | cat of the tmpfs block file | $(mibs "$bytes" "$t_tmpfs1") | $(ratio "$t_tmpfs1" "$t_fuse1") |"
+echo "| client read from the worker's data port (remote) | ${remote%.*} | short-circuit read | ${sc%.*} | $(ratio "$remote" "$sc") |"
+echo "| first (cold) read of $S3_SIZE from S3 through Weir | ${cold%.*} | one direct ranged GET | ${direct%.*} | $(ratio "$cold" "$direct") |"

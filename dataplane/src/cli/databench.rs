@@ -1,0 +1,130 @@
+//! Data-path benchmark tools: a whole-file read through the client, and an
+//! under-storage object written or read directly (one streamed ranged GET,
+//! the baseline a cold read through Weir is compared with).
+
+use super::worker::DataArgs;
+use super::{CliError, ConnArgs};
+use crate::client::fs::FileSystem;
+use crate::ufs::{self, UfsPath};
+use clap::Args;
+use futures::StreamExt;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Args)]
+pub struct ReadBenchArgs {
+    pub path: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Bytes asked for per read call.
+    #[arg(long, default_value = "4MiB", value_parser = super::worker::parse_size)]
+    pub chunk: u64,
+}
+
+/// An under-storage object: `--root s3://bucket` (or any mount URI) and
+/// `--path key/below/it`.
+#[derive(Debug, Args)]
+pub struct UfsObjectArgs {
+    #[arg(long)]
+    pub root: String,
+    #[arg(long)]
+    pub path: String,
+    #[arg(long = "option", value_parser = super::fs::parse_kv)]
+    pub options: Vec<(String, String)>,
+    #[arg(long = "credential-file", value_parser = super::fs::parse_kv)]
+    pub credential_files: Vec<(String, String)>,
+    /// For writes: the object's size.
+    #[arg(long, default_value = "1GiB", value_parser = super::worker::parse_size)]
+    pub bytes: u64,
+}
+
+fn report(what: &str, bytes: u64, elapsed: Duration) {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "{}",
+        json!({
+            "bench": what,
+            "bytes": bytes,
+            "seconds": secs,
+            "mib_per_s": bytes as f64 / (1 << 20) as f64 / secs,
+        })
+    );
+}
+
+pub async fn read(conn: &ConnArgs, args: ReadBenchArgs) -> Result<(), CliError> {
+    let fs = FileSystem::new(
+        args.data
+            .client_config(conn.masters.clone(), Duration::from_secs(conn.timeout_secs)),
+    )?;
+    let mut reader = fs.open(&args.path).await?;
+    let mut buf = vec![0u8; args.chunk.max(4096) as usize];
+    let started = Instant::now();
+    let mut offset = 0;
+    loop {
+        let n = reader.read_at(offset, &mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        offset += n as u64;
+    }
+    report("weir-read", offset, started.elapsed());
+    Ok(())
+}
+
+fn open(args: &UfsObjectArgs) -> Result<(std::sync::Arc<dyn ufs::Ufs>, UfsPath), CliError> {
+    let options: BTreeMap<_, _> = args.options.iter().cloned().collect();
+    let creds: BTreeMap<_, _> = args.credential_files.iter().cloned().collect();
+    let usage = |e: ufs::UfsError| CliError::Usage(e.to_string());
+    Ok((
+        ufs::open(&args.root, &options, &creds).map_err(usage)?,
+        UfsPath::parse(&args.path).map_err(usage)?,
+    ))
+}
+
+pub async fn ufs_write(args: UfsObjectArgs) -> Result<(), CliError> {
+    let (store, path) = open(&args)?;
+    let failed = |e: ufs::UfsError| CliError::Usage(e.to_string());
+    let mut w = store.writer(&path).await.map_err(failed)?;
+    let mut chunk = vec![0u8; 8 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in chunk.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let started = Instant::now();
+    let mut written = 0;
+    while written < args.bytes {
+        let n = (args.bytes - written).min(chunk.len() as u64) as usize;
+        // Each chunk differs, so no store can deduplicate them.
+        chunk[..8].copy_from_slice(&written.to_le_bytes());
+        w.write(bytes::Bytes::copy_from_slice(&chunk[..n]))
+            .await
+            .map_err(failed)?;
+        written += n as u64;
+    }
+    w.close().await.map_err(failed)?;
+    report("ufs-write", written, started.elapsed());
+    Ok(())
+}
+
+pub async fn ufs_read(args: UfsObjectArgs) -> Result<(), CliError> {
+    let (store, path) = open(&args)?;
+    let failed = |e: ufs::UfsError| CliError::Usage(e.to_string());
+    let size = store
+        .stat(&path)
+        .await
+        .map_err(failed)?
+        .ok_or_else(|| CliError::Usage(format!("{} not found", args.path)))?
+        .length;
+    let started = Instant::now();
+    let mut stream = store.read_stream(&path, 0, size).await.map_err(failed)?;
+    let mut got = 0u64;
+    while let Some(chunk) = stream.next().await {
+        got += chunk.map_err(failed)?.len() as u64;
+    }
+    report("ufs-ranged-get", got, started.elapsed());
+    Ok(())
+}
