@@ -6,9 +6,12 @@
 #     tmpfs tier;
 #  2. the same for a file cached as a single block (FUSE passthrough);
 #  3. client read from a remote worker (data port) vs short-circuit;
-#  4. first (cold) read through Weir from a local S3 server (moto) vs one
-#     direct ranged GET of the same object.
-# Needs root (FUSE, drop_caches) and the moto venv from e2e/cluster/install.sh.
+#  4. first (cold) read through Weir from a local S3 server vs one direct
+#     ranged GET of the same object. The server is s3s-fs (installed with
+#     cargo into ~/.cache/weir/s3s on first use): moto reads a whole object
+#     for every ranged GET, which would bill its cost to Weir's per-block
+#     GETs (S3_SERVER=moto to see that anyway).
+# Needs root (FUSE, drop_caches).
 #
 #   bench/data.sh [SIZE=2GiB] [S3_SIZE=1GiB] [TRIALS=3]
 set -euo pipefail
@@ -19,7 +22,13 @@ TRIALS=${TRIALS:-3}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
 cargo build -q --release -p weir-dataplane --bin weir
 WEIR=$CARGO_TARGET_DIR/release/weir
+S3_SERVER=${S3_SERVER:-s3s}
 MOTO=${WEIR_MOTO_SERVER:-$HOME/.cache/weir/venv/bin/moto_server}
+S3S=$HOME/.cache/weir/s3s/bin/s3s-fs
+if [ "$S3_SERVER" = s3s ] && [ ! -x "$S3S" ]; then
+  CARGO_TARGET_DIR=$HOME/.cache/weir/s3s-target cargo install -q --root "$HOME/.cache/weir/s3s" \
+    s3s-fs --version 0.14.1 --features binary --locked
+fi
 work=$(mktemp -d)
 tier=/dev/shm/weir-bench-$$
 pids=()
@@ -53,7 +62,12 @@ mport=$(free_port); dport=$(free_port); hport=$(free_port); s3port=$(free_port)
 masters=127.0.0.1:$mport
 RUST_LOG=warn "$WEIR" master --id 1 --peers "1=$masters" --listen "$masters" --data-dir "$work/master" > "$work/master.log" 2>&1 &
 pids+=($!)
-"$MOTO" -H 127.0.0.1 -p "$s3port" > "$work/moto.log" 2>&1 &
+if [ "$S3_SERVER" = s3s ]; then
+  mkdir -p "$work/s3/bkt"
+  "$S3S" --host 127.0.0.1 --port "$s3port" --access-key testing --secret-key testing "$work/s3" > "$work/s3.log" 2>&1 &
+else
+  "$MOTO" -H 127.0.0.1 -p "$s3port" > "$work/s3.log" 2>&1 &
+fi
 pids+=($!)
 sleep 2
 RUST_LOG=warn "$WEIR" worker --masters "$masters" --host 127.0.0.1 --data-listen "127.0.0.1:$dport" \
@@ -94,7 +108,7 @@ for _ in $(seq "$TRIALS"); do
 done
 
 # Cold reads from S3 through Weir vs direct ranged GETs of the same object.
-python3 -c "import urllib.request as u; u.urlopen(u.Request('http://127.0.0.1:$s3port/bkt', method='PUT'))"
+[ "$S3_SERVER" = s3s ] || python3 -c "import urllib.request as u; u.urlopen(u.Request('http://127.0.0.1:$s3port/bkt', method='PUT'))"
 printf testing > "$work/key"
 s3opts=(--option "endpoint=http://127.0.0.1:$s3port" --credential-file "accessKeyId=$work/key" --credential-file "secretAccessKey=$work/key")
 "$WEIR" bench ufs-write --root s3://bkt --path obj --bytes "$S3_SIZE" "${s3opts[@]}" > /dev/null
@@ -121,4 +135,4 @@ echo "|---|---|---|---|---|"
 echo "| FUSE sequential read, $SIZE in 64 MiB blocks, page cache dropped | $(mibs "$bytes" "$t_fuse") | cat of the worker's tmpfs block files | $(mibs "$bytes" "$t_tmpfs") | $(ratio "$t_tmpfs" "$t_fuse") |"
 echo "| FUSE sequential read, $SIZE as one block (passthrough), page cache dropped | $(mibs "$bytes" "$t_fuse1") | cat of the tmpfs block file | $(mibs "$bytes" "$t_tmpfs1") | $(ratio "$t_tmpfs1" "$t_fuse1") |"
 echo "| client read from the worker's data port (remote) | ${remote%.*} | short-circuit read | ${sc%.*} | $(ratio "$remote" "$sc") |"
-echo "| first (cold) read of $S3_SIZE from S3 through Weir | ${cold%.*} | one direct ranged GET | ${direct%.*} | $(ratio "$cold" "$direct") |"
+echo "| first (cold) read of $S3_SIZE from S3 ($S3_SERVER) through Weir | ${cold%.*} | one direct ranged GET | ${direct%.*} | $(ratio "$cold" "$direct") |"
