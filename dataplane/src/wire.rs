@@ -93,6 +93,12 @@ pub enum Request {
         block: u64,
     },
     Write(WriteRequest),
+    /// Start caching a whole block from the under-storage in the
+    /// background (a sequential reader is about to reach it).
+    Prefetch {
+        block: u64,
+        source: UfsSource,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +115,7 @@ pub enum Response {
     Data { len: u64 },
     Leased { path: String, len: u64 },
     Released,
+    Queued,
     Written { blocks: Vec<(u64, String)> },
     Error { kind: ErrorKind, message: String },
 }

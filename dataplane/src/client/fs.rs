@@ -251,7 +251,18 @@ impl FileSystem {
         {
             return Ok(s);
         }
-        let s = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
+        let target: std::net::SocketAddr = tokio::net::lookup_host(addr)
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other(format!("{addr} resolves to nothing")))?;
+        let socket = if target.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // A full block in flight per connection.
+        let _ = socket.set_recv_buffer_size(8 << 20);
+        let s = tokio::time::timeout(Duration::from_secs(3), socket.connect(target))
             .await
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
@@ -302,6 +313,7 @@ impl FileSystem {
             local: None,
             last_end: 0,
             skipped: std::collections::VecDeque::new(),
+            prefetched: 0,
         })
     }
 
@@ -331,6 +343,7 @@ impl FileSystem {
                     let file = std::fs::File::open(path).ok()?;
                     Some(LocalBlock {
                         block: block.block_id,
+                        len,
                         file,
                         _lease: conn,
                     })
@@ -533,8 +546,17 @@ impl FileSystem {
 pub struct LocalBlock {
     pub block: u64,
     pub file: std::fs::File,
+    pub len: u64,
     /// The lease lives as long as this connection.
     _lease: TcpStream,
+}
+
+impl LocalBlock {
+    // Plain reads: mapping tmpfs block files measured several times slower
+    // here (page faults) than copying them with pread.
+    pub fn read_exact_at(&self, out: &mut [u8], off: u64) -> std::io::Result<()> {
+        self.file.read_exact_at(out, off)
+    }
 }
 
 /// An open remote read: `remaining` bytes of `block` from `pos` still to
@@ -560,6 +582,8 @@ pub struct FileReader {
     /// Bytes read past on a stream to reach a later read: `(block, offset
     /// in block, bytes)`, at most `SKIP_AHEAD` in all.
     skipped: std::collections::VecDeque<(u64, u64, Vec<u8>)>,
+    /// Blocks up to this index have been asked for ahead of the reader.
+    prefetched: usize,
 }
 
 enum Attempt {
@@ -686,7 +710,7 @@ impl FileReader {
             }
         }
         if let Some(local) = &self.local {
-            match local.file.read_exact_at(out, off) {
+            match local.read_exact_at(out, off) {
                 Ok(()) => return Ok(Attempt::Done),
                 Err(e) => {
                     self.local = None;
@@ -765,6 +789,9 @@ impl FileReader {
                 )));
             }
         };
+        if sequential {
+            self.prefetch_after(block.block_id).await;
+        }
         // Sequential readers ask for the rest of the block in one stream;
         // random reads ask for what they need (the worker then caches the
         // whole block in the background).
@@ -833,6 +860,51 @@ impl FileReader {
                     "{addr}: unexpected answer {other:?}"
                 )))
             }
+        }
+    }
+
+    /// Sequential readahead across blocks: the worker that will serve the
+    /// next uncached block starts fetching it from the under-storage now,
+    /// so the reader finds it cached (or in flight) when it gets there.
+    async fn prefetch_after(&mut self, block_id: u64) {
+        let Some(index) = self.info.blocks.iter().position(|b| b.block_id == block_id) else {
+            return;
+        };
+        let next_index = index + 1;
+        if next_index <= self.prefetched {
+            return;
+        }
+        self.prefetched = next_index;
+        let Some(next) = self.info.blocks.get(next_index).cloned() else {
+            return;
+        };
+        let Some(source) = self.source(&next) else {
+            return;
+        };
+        if !next.locations.is_empty() {
+            return;
+        }
+        let Ok(Some(addr)) = self.fs.ufs_worker(next.block_id).await else {
+            return;
+        };
+        let asked = async {
+            let mut conn = self.fs.connect(&addr).await.ok()?;
+            wire::send(
+                &mut conn,
+                &Request::Prefetch {
+                    block: next.block_id,
+                    source,
+                },
+            )
+            .await
+            .ok()?;
+            match wire::recv::<_, Response>(&mut conn).await.ok()?? {
+                Response::Queued => Some(conn),
+                _ => None,
+            }
+        };
+        if let Some(conn) = asked.await {
+            self.fs.give_back(&addr, conn);
         }
     }
 

@@ -57,7 +57,7 @@ const READAHEAD: u32 = 8 << 20;
 
 enum Handle {
     Read {
-        reader: FileReader,
+        reader: Box<FileReader>,
         /// Reused for every read of this handle.
         buf: Vec<u8>,
         /// Passthrough: the kernel reads this leased block file itself.
@@ -83,7 +83,78 @@ struct WeirFuse {
     paths: Mutex<HashMap<u64, String>>,
     root_id: AtomicU64,
     handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
+    /// Per open file: its blocks held by a worker on this machine, leased,
+    /// so reads inside one block are answered from the block file by any FUSE
+    /// thread at once, without the handle's lock.
+    local: Mutex<HashMap<u64, Arc<LocalReads>>>,
     next_fh: AtomicU64,
+}
+
+thread_local! {
+    /// Each FUSE thread's read buffer.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+struct LocalReads {
+    blocks: Vec<pb::BlockInfo>,
+    block_size: u64,
+    leased: Mutex<HashMap<usize, Option<Arc<LocalBlock>>>>,
+}
+
+impl WeirFuse {
+    /// Answers a read from a local block file, if the range lies in one.
+    fn read_local(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        reply: ReplyData,
+    ) -> Option<ReplyData> {
+        let Some(local) = self.local.lock().expect("local").get(&fh.0).cloned() else {
+            return Some(reply);
+        };
+        let index = (offset / local.block_size.max(1)) as usize;
+        let Some(block) = local.blocks.get(index) else {
+            return Some(reply);
+        };
+        let within = offset - block.offset;
+        let last = index + 1 == local.blocks.len();
+        if within + size as u64 > block.length && !last {
+            // Spans two blocks: a short answer would tell the kernel the
+            // file ends here.
+            return Some(reply);
+        }
+        let n = (size as u64).min(block.length.saturating_sub(within));
+        let known = local.leased.lock().expect("leased").get(&index).cloned();
+        let leased = match known {
+            Some(m) => m,
+            None => {
+                let m = self.rt.block_on(self.fs.lease_local(block)).map(Arc::new);
+                local
+                    .leased
+                    .lock()
+                    .expect("leased")
+                    .insert(index, m.clone());
+                m
+            }
+        };
+        let Some(local_block) = leased.filter(|m| within + n <= m.len) else {
+            return Some(reply);
+        };
+        READ_BUF.with_borrow_mut(|buf| {
+            if buf.len() < n as usize {
+                buf.resize(n as usize, 0);
+            }
+            let buf = &mut buf[..n as usize];
+            match local_block.read_exact_at(buf, within) {
+                Ok(()) => {
+                    reply.data(buf);
+                    None
+                }
+                Err(_) => Some(reply),
+            }
+        })
+    }
 }
 
 fn errno(e: &ClientError) -> Errno {
@@ -437,7 +508,7 @@ impl Filesystem for WeirFuse {
                     self.handles.lock().expect("handles").insert(
                         fh,
                         Arc::new(Mutex::new(Handle::Read {
-                            reader,
+                            reader: Box::new(reader),
                             buf: Vec::new(),
                             _backing: Some((id, local)),
                         })),
@@ -450,11 +521,17 @@ impl Filesystem for WeirFuse {
                 }
             }
         }
+        let local = Arc::new(LocalReads {
+            blocks: reader.blocks().to_vec(),
+            block_size: reader.info().block_size,
+            leased: Mutex::new(HashMap::new()),
+        });
         let fh = self.add_handle(Handle::Read {
-            reader,
+            reader: Box::new(reader),
             buf: Vec::new(),
             _backing: None,
         });
+        self.local.lock().expect("local").insert(fh.0, local);
         reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
     }
 
@@ -469,6 +546,9 @@ impl Filesystem for WeirFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let Some(reply) = self.read_local(fh, offset, size, reply) else {
+            return;
+        };
         let Some(h) = self.handle(fh) else {
             return reply.error(Errno::EBADF);
         };
@@ -588,6 +668,7 @@ impl Filesystem for WeirFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.local.lock().expect("local").remove(&fh.0);
         let h = self.handles.lock().expect("handles").remove(&fh.0);
         if let Some(h) = h
             && let Handle::Write(w) = &mut *h.lock().expect("handle")
@@ -751,6 +832,7 @@ pub async fn run(
         paths: Mutex::new(HashMap::new()),
         root_id: AtomicU64::new(root_info.id),
         handles: Mutex::new(HashMap::new()),
+        local: Mutex::new(HashMap::new()),
         next_fh: AtomicU64::new(1),
     };
     let mount_err = |source| FuseError::Mount {

@@ -36,6 +36,7 @@ pub(super) async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((sock, _)) => {
                     let _ = sock.set_nodelay(true);
+                    let _ = socket2::SockRef::from(&sock).set_send_buffer_size(8 << 20);
                     tokio::spawn(connection(worker.clone(), sock));
                 }
                 Err(e) => tracing::warn!(error = %e, "accepting a data connection"),
@@ -121,6 +122,12 @@ async fn connection(worker: Arc<Worker>, sock: tokio::net::TcpStream) {
                     }
                 }
                 wire::send(&mut out, &Response::Released)
+                    .await
+                    .map_err(Into::into)
+            }
+            Request::Prefetch { block, source } => {
+                worker.queue_cache(block, source);
+                wire::send(&mut out, &Response::Queued)
                     .await
                     .map_err(Into::into)
             }
