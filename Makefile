@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make demo   bring up a working Weir on this machine
+#   make demo   bring up a working Weir on this machine (master, worker, FUSE
+#               mount of a small dataset at /mnt/weir-demo; make demo-down)
 #   make test   run the whole test suite (unit, integration, e2e on a real cluster)
 # Builds are cached under ~/.cache (cargo target dir, Go build cache, the
 # Kubernetes binaries), so only the first run compiles everything.
@@ -9,7 +10,10 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
 export CARGO_TERM_COLOR ?= never
 CLUSTER := e2e/cluster
 
-.PHONY: demo test install build lint crds up down unit e2e
+DEMO := /tmp/weir-demo
+WEIR := $(CARGO_TARGET_DIR)/debug/weir
+
+.PHONY: demo demo-down test install build lint crds up down unit e2e
 
 install:
 	$(CLUSTER)/install.sh
@@ -33,9 +37,18 @@ up: install build
 down:
 	$(CLUSTER)/down.sh
 
-demo: up
-	$(HOME)/.cache/weir/bin/kubectl --kubeconfig /var/lib/weir-lab/admin.kubeconfig get nodes -o wide
-	@echo "cluster up: export KUBECONFIG=/var/lib/weir-lab/admin.kubeconfig"
+demo: install build
+	-$(WEIR) local down --state-dir $(DEMO)/state >/dev/null 2>&1
+	mkdir -p $(DEMO)/data/train
+	echo "Weir serves this file from its cache." > $(DEMO)/data/README.txt
+	for i in 0 1 2 3; do head -c 8M /dev/urandom > $(DEMO)/data/train/part-$$i.bin; done
+	$(WEIR) local up $(DEMO)/data --mount-point /mnt/weir-demo --state-dir $(DEMO)/state
+	ls -lR /mnt/weir-demo
+	cat /mnt/weir-demo/README.txt
+	$(WEIR) admin report
+
+demo-down:
+	$(WEIR) local down --state-dir $(DEMO)/state
 
 # The life-cycle test stops and restarts the shared cluster, so it runs alone
 # and first; every other test then reuses the cluster it leaves up.

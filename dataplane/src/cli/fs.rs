@@ -435,15 +435,39 @@ pub async fn report(client: &MasterClient, as_json: bool) -> Result<(), CliError
     );
     for w in &info.workers {
         let a = w.address.clone().unwrap_or_default();
+        let tiers: Vec<String> = w
+            .tiers
+            .iter()
+            .map(|t| format!("{} {}/{} B", t.tier, t.used_bytes, t.capacity_bytes))
+            .collect();
         println!(
-            "  {:>3} {}:{} blocks {}",
-            a.worker_id, a.host, a.rpc_port, w.block_count
+            "  {:>3} {}:{} (data {}) blocks {}  {}{}",
+            a.worker_id,
+            a.host,
+            a.rpc_port,
+            a.data_port,
+            w.block_count,
+            tiers.join(", "),
+            if w.lost { "  LOST" } else { "" }
         );
     }
     println!("inodes: {}", info.inode_count);
     println!("mounts:");
     for m in &info.mounts {
-        println!("  {} -> {}", m.path, m.ufs_uri);
+        let pct = if m.ufs_total_bytes == 0 {
+            0.0
+        } else {
+            m.cached_bytes as f64 * 100.0 / m.ufs_total_bytes as f64
+        };
+        println!(
+            "  {} -> {}  cached {} of {} B ({pct:.1}%), {} files{}",
+            m.path,
+            m.ufs_uri,
+            m.cached_bytes,
+            m.ufs_total_bytes,
+            m.file_count,
+            if m.count_complete { "" } else { " (counting)" }
+        );
     }
     Ok(())
 }
