@@ -90,6 +90,9 @@ struct WeirFuse {
     next_fh: AtomicU64,
 }
 
+/// Local block files one open file keeps leased at most.
+const LEASES_PER_HANDLE: usize = 16;
+
 thread_local! {
     /// Each FUSE thread's read buffer.
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -130,11 +133,13 @@ impl WeirFuse {
             Some(m) => m,
             None => {
                 let m = self.rt.block_on(self.fs.lease_local(block)).map(Arc::new);
-                local
-                    .leased
-                    .lock()
-                    .expect("leased")
-                    .insert(index, m.clone());
+                let mut leased = local.leased.lock().expect("leased");
+                // Bounded: a long sequential read holds the blocks around
+                // the reader, not every block it has passed.
+                if leased.len() >= LEASES_PER_HANDLE {
+                    leased.retain(|i, _| i.abs_diff(index) < LEASES_PER_HANDLE / 2);
+                }
+                leased.insert(index, m.clone());
                 m
             }
         };
@@ -275,6 +280,47 @@ impl WeirFuse {
         FileHandle(fh)
     }
 
+    /// Bytes written so far, when `fh` is a file being written.
+    fn being_written(&self, fh: Option<FileHandle>) -> Option<u64> {
+        let h = self.handle(fh?)?;
+        let h = h.lock().expect("handle");
+        match &*h {
+            Handle::Write(Some(w)) => Some(w.written()),
+            _ => None,
+        }
+    }
+
+    /// A file being written: its size is what has been written so far.
+    fn attr_written(&self, ino: INodeNo, written: u64) -> FileAttr {
+        let mut attr = self.attr(&pb::FileInfo {
+            length: written,
+            mode: 0o644,
+            ..Default::default()
+        });
+        attr.ino = ino;
+        attr
+    }
+
+    /// Deletes `name` if it is a directory (`dir`) or a file (`!dir`).
+    fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+        let path = match self.writable().and_then(|()| self.child(parent, name)) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let result = self.rt.block_on(async {
+            if self.fs.status(&path).await?.is_dir != dir {
+                return Ok(false);
+            }
+            self.fs.delete(&path, false).await.map(|()| true)
+        });
+        match result {
+            Ok(true) => reply.ok(),
+            Ok(false) if dir => reply.error(Errno::ENOTDIR),
+            Ok(false) => reply.error(Errno::EISDIR),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
     fn writable(&self) -> Result<(), Errno> {
         if self.read_only {
             Err(Errno::EROFS)
@@ -323,18 +369,8 @@ impl Filesystem for WeirFuse {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        // A file being written: its size is what has been written so far.
-        if let Some(h) = fh.and_then(|fh| self.handle(fh))
-            && let Handle::Write(Some(w)) = &*h.lock().expect("handle")
-        {
-            let mut attr = self.attr(&pb::FileInfo {
-                id: ino.0,
-                length: w.written(),
-                mode: 0o644,
-                ..Default::default()
-            });
-            attr.ino = ino;
-            return reply.attr(&Duration::ZERO, &attr);
+        if let Some(written) = self.being_written(fh) {
+            return reply.attr(&Duration::ZERO, &self.attr_written(ino, written));
         }
         let Some(path) = self.path_of(ino) else {
             return reply.error(Errno::ENOENT);
@@ -365,19 +401,11 @@ impl Filesystem for WeirFuse {
     ) {
         // Only no-op truncations are possible on write-once files
         // (O_TRUNC on a fresh file, `truncate` to the current size).
-        if let Some(h) = fh.and_then(|fh| self.handle(fh))
-            && let Handle::Write(Some(w)) = &*h.lock().expect("handle")
-        {
-            if size.is_some_and(|s| s != w.written()) {
+        if let Some(written) = self.being_written(fh) {
+            if size.is_some_and(|s| s != written) {
                 return reply.error(Errno::EPERM);
             }
-            let mut attr = self.attr(&pb::FileInfo {
-                length: w.written(),
-                mode: 0o644,
-                ..Default::default()
-            });
-            attr.ino = ino;
-            return reply.attr(&Duration::ZERO, &attr);
+            return reply.attr(&Duration::ZERO, &self.attr_written(ino, written));
         }
         let Some(path) = self.path_of(ino) else {
             return reply.error(Errno::ENOENT);
@@ -419,39 +447,11 @@ impl Filesystem for WeirFuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let path = match self.writable().and_then(|()| self.child(parent, name)) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        let result = self.rt.block_on(async {
-            if self.fs.status(&path).await?.is_dir {
-                return Ok(false);
-            }
-            self.fs.delete(&path, false).await.map(|()| true)
-        });
-        match result {
-            Ok(true) => reply.ok(),
-            Ok(false) => reply.error(Errno::EISDIR),
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.remove(parent, name, false, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let path = match self.writable().and_then(|()| self.child(parent, name)) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        let result = self.rt.block_on(async {
-            if !self.fs.status(&path).await?.is_dir {
-                return Ok(false);
-            }
-            self.fs.delete(&path, false).await.map(|()| true)
-        });
-        match result {
-            Ok(true) => reply.ok(),
-            Ok(false) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.remove(parent, name, true, reply);
     }
 
     fn rename(

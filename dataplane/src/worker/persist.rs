@@ -242,10 +242,9 @@ async fn persist_one(worker: &Worker, task: &PersistTask) -> WorkerResult<Outcom
         .await
     {
         Ok(i) if i.id == task.file_id => {}
-        Ok(_) => {
-            let _ = ufs.delete(&path).await;
-            return Ok(Outcome::Cancelled);
-        }
+        // Replaced by a new file at the same path in the meantime: that
+        // file's own write decides what the under-storage holds.
+        Ok(_) => return Ok(Outcome::Cancelled),
         Err(e) if is_not_found(&e) => {
             // Deleted while it was being written out: take it back.
             let _ = ufs.delete(&path).await;
