@@ -141,4 +141,19 @@ mod tests {
         }
         assert!(UfsPath::parse("a").unwrap().join("..").is_err());
     }
+
+    #[cfg(feature = "webhdfs")]
+    #[tokio::test]
+    async fn hdfs_goes_through_its_webhdfs_gateway() {
+        let none = BTreeMap::new();
+        // Nothing listens on port 9: the error names the store and path,
+        // instead of "unsupported".
+        for uri in ["webhdfs://127.0.0.1:9/data", "hdfs://127.0.0.1:9/data"] {
+            let ufs = open(uri, &none, &none).unwrap();
+            let err = ufs.stat(&UfsPath::parse("x").unwrap()).await.unwrap_err();
+            assert!(matches!(err, UfsError::Io { .. }), "{uri}: {err:?}");
+            assert!(err.to_string().contains(uri), "{err}");
+        }
+        assert!(open("hdfs:///data", &none, &none).is_err(), "no namenode");
+    }
 }

@@ -130,6 +130,30 @@ impl OpendalUfs {
                     .atomic_write_dir(&format!("{}/{WRITING_DIR}", root.trim_end_matches('/')));
                 Operator::new(b).map(|op| (op, true))
             }
+            #[cfg(feature = "webhdfs")]
+            "webhdfs" | "hdfs" => {
+                // HDFS is reached through the namenode's WebHDFS gateway
+                // (HTTP); `hdfs://` names the same gateway.
+                let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+                if host.is_empty() {
+                    return Err(unsupported("no namenode host".into()));
+                }
+                let host = if host.contains(':') {
+                    host.to_owned()
+                } else {
+                    format!("{host}:9870")
+                };
+                let mut b = opendal::services::Webhdfs::default()
+                    .endpoint(&format!("http://{host}"))
+                    .root(&format!("/{}", path.trim_matches('/')));
+                if let Some(user) = options.get("user") {
+                    b = b.user_name(user);
+                }
+                if let Some(token) = credential(credential_files, "delegationToken")? {
+                    b = b.delegation(&token);
+                }
+                Operator::new(b).map(|op| (op, true))
+            }
             other => {
                 return Err(unsupported(format!(
                     "no {other} under-storage in this build"
