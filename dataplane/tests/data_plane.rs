@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{CountingProxy, Proc, free_port, is_mounted, s3_server};
+use common::{CountingProxy, Proc, free_port, http_get, is_mounted, s3_server, s3_server_on};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -547,6 +547,27 @@ async fn t20_tiers_evict_to_the_low_watermark_keep_pinned_and_leased_blocks_and_
         "the leased file was evicted: {cached:?}"
     );
     assert!(cached.len() < 20, "nothing was evicted: {cached:?}");
+    let http = c.workers[0]
+        .args
+        .iter()
+        .find_map(|a| a.strip_prefix("--http-listen="))
+        .unwrap()
+        .to_owned();
+    let metrics = http_get(&http, "/metrics").await;
+    let used_metric = metrics
+        .lines()
+        .find(|l| l.starts_with("weir_worker_tier_used_bytes{tier=\"MEM\"}"))
+        .unwrap_or_else(|| panic!("no MEM usage metric in\n{metrics}"));
+    assert_eq!(
+        used_metric
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap(),
+        used(&info),
+        "per-tier metric"
+    );
     // Evictions go down to the low watermark, not one block at a time:
     // right after one, at most the low watermark plus the new block.
     assert!(
@@ -706,10 +727,17 @@ async fn write_file(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t40_write_types_leave_cache_and_s3_as_they_promise() {
-    let s3 = s3_server("bkt").await;
+    let mut s3 = s3_server("bkt").await;
     let cred_dir = tempfile::tempdir().unwrap();
     let creds = creds(cred_dir.path());
-    let c = Cluster::start(1, "2GiB").await;
+    let mut c = Cluster::start(1, "2GiB").await;
+    // Signed stats: moto answers unsigned HEADs of private objects 403.
+    let direct = s3_ufs(&s3.endpoint, "bkt", &creds);
+    let in_s3 = |path: &str| {
+        let path = UfsPath::parse(path).unwrap();
+        let direct = direct.clone();
+        async move { direct.stat(&path).await.unwrap().is_some() }
+    };
     for (dir, wt) in [
         ("mc", pb::WriteType::MustCache),
         ("ct", pb::WriteType::CacheThrough),
@@ -739,13 +767,9 @@ async fn t40_write_types_leave_cache_and_s3_as_they_promise() {
         ("ct", true, 100, persisted),
         ("th", true, 0, persisted),
     ];
-    for (dir, in_s3, cached, state) in cases {
+    for (dir, stored, cached, state) in cases {
         let st = c.status(&format!("/{dir}/f")).await;
-        assert_eq!(
-            s3.exists(&format!("/bkt/{dir}/f")).await,
-            in_s3,
-            "{dir} in S3"
-        );
+        assert_eq!(in_s3(&format!("{dir}/f")).await, stored, "{dir} in S3");
         assert_eq!((st.cached_percent, st.persist), (cached, state), "{dir}");
         assert_eq!(
             client_sha(&fs, &format!("/{dir}/f")).await,
@@ -759,8 +783,7 @@ async fn t40_write_types_leave_cache_and_s3_as_they_promise() {
         c.status("/at/f").await.persist == persisted
     })
     .await;
-    assert!(s3.exists("/bkt/at/f").await);
-    let direct = s3_ufs(&s3.endpoint, "bkt", &creds);
+    assert!(in_s3("at/f").await);
     let back = direct
         .read(&UfsPath::parse("at/f").unwrap(), 0, len)
         .await
@@ -777,11 +800,31 @@ async fn t40_write_types_leave_cache_and_s3_as_they_promise() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        !s3.exists("/bkt/at/late").await,
-        "a deleted file was persisted"
-    );
-    assert!(s3.exists("/bkt/at/big").await);
+    assert!(!in_s3("at/late").await, "a deleted file was persisted");
+    assert!(in_s3("at/big").await);
+
+    // Journaled: an ASYNC_THROUGH file written while S3 is down survives
+    // its worker being killed, and lands once S3 is back.
+    let port = s3.port;
+    s3.stop();
+    write_file(&fs, "/at/journaled", &p, 5 << 20, None).await;
+    c.workers[0].kill9();
+    c.workers[0].restart();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.wait_workers(1).await;
+    assert_ne!(c.status("/at/journaled").await.persist, persisted);
+    let s3 = s3_server_on(port, "bkt").await;
+    assert!(!in_s3("at/journaled").await);
+    wait("the journaled file to be persisted", || async {
+        c.status("/at/journaled").await.persist == persisted
+    })
+    .await;
+    let back = direct
+        .read(&UfsPath::parse("at/journaled").unwrap(), 0, 5 << 20)
+        .await
+        .unwrap();
+    assert!(back == p.bytes(0, 5 << 20), "journaled bytes differ");
+    drop(s3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -824,6 +867,19 @@ async fn t50_bad_input_gets_the_right_errors() {
         .open(rw.join("scratch/n.txt"))
         .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(1), "rewrite refused: {err}");
+
+    // statfs reports the cache: 64 MiB.
+    let out = std::process::Command::new("stat")
+        .args(["-f", "-c", "%b %S"])
+        .arg(&rw)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let nums: Vec<u64> = text
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(nums[0] * nums[1], 64 << 20, "statfs: {text}");
 
     let fs = c.fs();
     let missing = fs.open("/ro/missing").await.unwrap_err();

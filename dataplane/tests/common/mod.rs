@@ -40,13 +40,18 @@ fn moto_path() -> PathBuf {
 }
 
 pub async fn s3_server(bucket: &str) -> S3Server {
+    s3_server_on(free_port(), bucket).await
+}
+
+/// A fresh (empty) moto on a given port, e.g. to bring S3 "back" after
+/// stopping it.
+pub async fn s3_server_on(port: u16, bucket: &str) -> S3Server {
     let server = moto_path();
     assert!(
         server.exists(),
         "{} missing: run e2e/cluster/install.sh",
         server.display()
     );
-    let port = free_port();
     let child = Command::new(server)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
@@ -90,24 +95,26 @@ impl S3Server {
         status
     }
 
-    /// Whether an object exists (HEAD).
-    pub async fn exists(&self, path: &str) -> bool {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = self.endpoint.trim_start_matches("http://");
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let head = format!("HEAD {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(head.as_bytes()).await.unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out).await;
-        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200")
-    }
-
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
+}
+
+/// A plain HTTP/1.0 GET; the body.
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
 }
 
 /// A TCP proxy that counts the bytes the server sends back: a flat count
