@@ -499,42 +499,47 @@ impl BlockStore {
         })
     }
 
-    pub fn set_pinned(&self, block: u64, pinned: bool) -> StoreResult<()> {
+    fn update(&self, block: u64, change: impl FnOnce(&mut BlockMeta)) -> StoreResult<()> {
         let mut st = self.state.lock().expect("block store");
         st.blocks
             .get_mut(&block)
-            .map(|m| m.pinned = pinned)
+            .map(change)
             .ok_or(StoreError::NotFound(block))
     }
 
+    pub fn set_pinned(&self, block: u64, pinned: bool) -> StoreResult<()> {
+        self.update(block, |m| m.pinned = pinned)
+    }
+
     pub fn set_persisted(&self, block: u64) -> StoreResult<()> {
+        self.update(block, |m| m.unpersisted = false)
+    }
+
+    /// Marks a block written through ASYNC_THROUGH (after a restart, from
+    /// the persist journal) so it is not evicted before it is persisted.
+    pub fn mark_unpersisted(&self, block: u64) -> StoreResult<()> {
+        self.update(block, |m| m.unpersisted = true)
+    }
+
+    fn drop_if(&self, block: u64, allowed: impl FnOnce(&BlockMeta) -> bool) {
         let mut st = self.state.lock().expect("block store");
-        st.blocks
-            .get_mut(&block)
-            .map(|m| m.unpersisted = false)
-            .ok_or(StoreError::NotFound(block))
+        if let Some(m) = st.blocks.get(&block).cloned()
+            && allowed(&m)
+        {
+            let path = block_path(&self.tiers[m.tier].dir, block);
+            Self::drop_block(&mut st, block, &path, m.len, m.tier);
+        }
     }
 
     /// Drops a block (its file is gone); a missing block is fine.
     pub fn remove(&self, block: u64) {
-        let mut st = self.state.lock().expect("block store");
-        if let Some(m) = st.blocks.get(&block).cloned() {
-            let path = block_path(&self.tiers[m.tier].dir, block);
-            Self::drop_block(&mut st, block, &path, m.len, m.tier);
-        }
+        self.drop_if(block, |_| true);
     }
 
     /// Drops a block the master says is no longer wanted (its file is gone,
     /// or a user freed it) unless it is being read or not yet persisted.
     pub fn free(&self, block: u64) {
-        let mut st = self.state.lock().expect("block store");
-        if let Some(m) = st.blocks.get(&block).cloned()
-            && m.leases == 0
-            && !m.unpersisted
-        {
-            let path = block_path(&self.tiers[m.tier].dir, block);
-            Self::drop_block(&mut st, block, &path, m.len, m.tier);
-        }
+        self.drop_if(block, |m| m.leases == 0 && !m.unpersisted);
     }
 
     /// Exactly `pinned` (of the blocks held) are pinned afterwards.
@@ -543,16 +548,6 @@ impl BlockStore {
         for (b, m) in st.blocks.iter_mut() {
             m.pinned = pinned.contains(b);
         }
-    }
-
-    /// Marks a block written through ASYNC_THROUGH (after a restart, from
-    /// the persist journal) so it is not evicted before it is persisted.
-    pub fn mark_unpersisted(&self, block: u64) -> StoreResult<()> {
-        let mut st = self.state.lock().expect("block store");
-        st.blocks
-            .get_mut(&block)
-            .map(|m| m.unpersisted = true)
-            .ok_or(StoreError::NotFound(block))
     }
 
     /// Puts back removals a failed heartbeat did not deliver.
