@@ -343,6 +343,10 @@ impl Filesystem for WeirFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(READAHEAD);
         let _ = config.set_max_write(MAX_READ);
+        // Readahead requests are "background" requests: let a whole window
+        // of them be in flight across the FUSE threads.
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
         if self.passthrough.load(Ordering::Relaxed) {
             let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(2).is_ok();
