@@ -847,7 +847,9 @@ async fn t50_bad_input_gets_the_right_errors() {
     )
     .await;
     let rw = c.fuse("/", &[]).await;
-    let ro = c.fuse("/ro", &["--read-only"]).await;
+    // Without passthrough, so the kernel's own page cache holds what is read.
+    let ro = c.fuse("/ro", &["--read-only", "--no-passthrough"]).await;
+    assert_eq!(std::fs::read(ro.join("a.txt")).unwrap(), b"alpha");
     assert_eq!(std::fs::read(rw.join("ro/a.txt")).unwrap(), b"alpha");
     // A directory larger than one listing page, listed through FUSE.
     let mut names: Vec<String> = std::fs::read_dir(ro.join("many"))
@@ -953,5 +955,14 @@ async fn t50_bad_input_gets_the_right_errors() {
             }
         ),
         "{resp:?}"
+    );
+
+    // Completed files keep the kernel's page cache across opens: with the
+    // only worker gone, a file read before still reads.
+    c.workers[0].kill9();
+    assert_eq!(
+        std::fs::read(ro.join("a.txt")).unwrap(),
+        b"alpha",
+        "page cache kept"
     );
 }
