@@ -606,6 +606,17 @@ impl BlockStore {
 mod tests {
     use super::*;
 
+    /// A lone MEM tier with the given quota and watermarks.
+    fn mem_tier(root: &Path, quota: u64, high: f64, low: f64) -> Vec<TierConfig> {
+        vec![TierConfig {
+            name: "MEM".into(),
+            dir: root.join("mem"),
+            quota,
+            high,
+            low,
+        }]
+    }
+
     fn tiers(root: &Path, mem: u64, ssd: u64) -> Vec<TierConfig> {
         vec![
             TierConfig {
@@ -670,17 +681,8 @@ mod tests {
     #[test]
     fn pinned_leased_and_unpersisted_blocks_are_never_evicted() {
         let dir = tempfile::tempdir().unwrap();
-        let s = BlockStore::open(
-            vec![TierConfig {
-                name: "MEM".into(),
-                dir: dir.path().join("mem"),
-                quota: 1000,
-                high: 0.9,
-                low: 0.3,
-            }],
-            EvictionPolicy::Lru,
-        )
-        .unwrap();
+        let s =
+            BlockStore::open(mem_tier(dir.path(), 1000, 0.9, 0.3), EvictionPolicy::Lru).unwrap();
         s.put(1, &[1; 200], false).unwrap();
         s.put(2, &[2; 200], false).unwrap();
         s.put(3, &[3; 200], true).unwrap();
@@ -720,17 +722,7 @@ mod tests {
     fn lrfu_keeps_a_hot_block_through_a_scan_that_lru_would_evict_it_for() {
         for (policy, hot_survives) in [(EvictionPolicy::Lru, false), (EvictionPolicy::Lrfu, true)] {
             let dir = tempfile::tempdir().unwrap();
-            let s = BlockStore::open(
-                vec![TierConfig {
-                    name: "MEM".into(),
-                    dir: dir.path().join("mem"),
-                    quota: 1000,
-                    high: 1.0,
-                    low: 0.8,
-                }],
-                policy,
-            )
-            .unwrap();
+            let s = BlockStore::open(mem_tier(dir.path(), 1000, 1.0, 0.8), policy).unwrap();
             s.put(0, &[0; 100], false).unwrap();
             for _ in 0..20 {
                 drop(s.lease(0));
