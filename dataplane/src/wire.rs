@@ -81,6 +81,43 @@ pub struct WriteRequest {
     pub ufs: Option<(u64, String)>,
 }
 
+/// A worker's data address, for worker-to-worker copies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// A job's block task: make this worker hold `block` (a no-op when it
+/// does), copying it from `from` if given, else (or if that fails) from
+/// `source`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadRequest {
+    pub block: u64,
+    pub len: u64,
+    pub from: Option<Peer>,
+    pub source: Option<UfsSource>,
+}
+
+/// A job's persist task: write a cached file to the under-storage. Blocks
+/// this worker lacks are read from the named peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistRequest {
+    pub file_id: u64,
+    pub path: String,
+    pub mount_id: u64,
+    pub ufs_path: String,
+    pub length: u64,
+    /// `(block, length, a worker holding it)` in file order.
+    pub blocks: Vec<(u64, u64, Option<Peer>)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     Read(ReadRequest),
@@ -99,6 +136,8 @@ pub enum Request {
         block: u64,
         source: UfsSource,
     },
+    Load(LoadRequest),
+    Persist(PersistRequest),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,12 +151,29 @@ pub enum ErrorKind {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Data { len: u64 },
-    Leased { path: String, len: u64 },
+    Data {
+        len: u64,
+    },
+    Leased {
+        path: String,
+        len: u64,
+    },
     Released,
     Queued,
-    Written { blocks: Vec<(u64, String)> },
-    Error { kind: ErrorKind, message: String },
+    Written {
+        blocks: Vec<(u64, String)>,
+    },
+    /// The block is cached in `tier`; `fetched` when this task read it (from
+    /// a peer or the under-storage) rather than finding it already there.
+    Loaded {
+        tier: String,
+        fetched: bool,
+    },
+    Persisted,
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -545,6 +545,7 @@ async fn t50_workers_report_blocks_and_are_lost_when_silent() {
             tier: "MEM".into(),
             capacity_bytes: 1 << 30,
             used_bytes: 10,
+            ..Default::default()
         }],
         block_ids: vec![block],
         block_tiers: vec!["MEM".into()],

@@ -97,11 +97,56 @@ pub enum FsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Drop a path's cached blocks from every worker (pinned files stay).
+    /// Drop the cached blocks of paths (directories recursively) from every
+    /// worker; pinned files and files not yet in the under-storage keep
+    /// theirs. Runs as a job.
     Free {
-        path: String,
-        #[arg(short, long)]
-        recursive: bool,
+        #[arg(required = true)]
+        paths: Vec<String>,
+        #[command(flatten)]
+        follow: super::job::FollowArgs,
+    },
+    /// Cache paths (directories recursively, globs such as /data/*.csv)
+    /// from the under-storage ahead of reads. Runs as a job.
+    Load {
+        #[arg(required = true)]
+        paths: Vec<String>,
+        /// Copies of each block, on as many workers.
+        #[arg(long, default_value_t = 1)]
+        replicas: u32,
+        /// Block tasks in flight [default: 4 per worker].
+        #[arg(long, default_value_t = 0)]
+        parallelism: u32,
+        /// Read at most this many bytes per second (e.g. 200MiB) [default:
+        /// unlimited].
+        #[arg(long, value_parser = super::worker::parse_size)]
+        bandwidth: Option<u64>,
+        /// List directories from the under-storage again first.
+        #[arg(long)]
+        load_metadata: bool,
+        /// When the cache cannot hold it all, load the files that fit
+        /// instead of failing.
+        #[arg(long)]
+        load_what_fits: bool,
+        #[command(flatten)]
+        follow: super::job::FollowArgs,
+    },
+    /// Write cache-only files under paths to the under-storage. Runs as a job.
+    Persist {
+        #[arg(required = true)]
+        paths: Vec<String>,
+        #[command(flatten)]
+        follow: super::job::FollowArgs,
+    },
+    /// Raise cached blocks under paths to this many copies, worker to
+    /// worker (nothing is read from the under-storage). Runs as a job.
+    Replicate {
+        #[arg(required = true)]
+        paths: Vec<String>,
+        #[arg(long)]
+        replicas: u32,
+        #[command(flatten)]
+        follow: super::job::FollowArgs,
     },
 }
 
@@ -201,16 +246,54 @@ pub async fn run(conn: &ConnArgs, data: &DataArgs, command: FsCommand) -> Result
             }
             Ok(())
         }
-        FsCommand::Free { path, recursive } => {
-            let req = pb::FreeRequest { path, recursive };
-            let r = client
-                .call(|mut c| {
-                    let r = req.clone();
-                    async move { c.free(r).await }
-                })
-                .await?;
-            eprintln!("freeing {} cached block copies", r.blocks);
-            Ok(())
+        FsCommand::Free { paths, follow } => {
+            let spec = pb::JobSpec {
+                kind: pb::JobKind::Free as i32,
+                paths,
+                ..Default::default()
+            };
+            super::job::submit(client, spec, &follow).await
+        }
+        FsCommand::Load {
+            paths,
+            replicas,
+            parallelism,
+            bandwidth,
+            load_metadata,
+            load_what_fits,
+            follow,
+        } => {
+            let spec = pb::JobSpec {
+                kind: pb::JobKind::Load as i32,
+                paths,
+                replicas,
+                parallelism,
+                bandwidth_bytes_per_sec: bandwidth.unwrap_or(0),
+                load_metadata,
+                load_what_fits,
+            };
+            super::job::submit(client, spec, &follow).await
+        }
+        FsCommand::Persist { paths, follow } => {
+            let spec = pb::JobSpec {
+                kind: pb::JobKind::Persist as i32,
+                paths,
+                ..Default::default()
+            };
+            super::job::submit(client, spec, &follow).await
+        }
+        FsCommand::Replicate {
+            paths,
+            replicas,
+            follow,
+        } => {
+            let spec = pb::JobSpec {
+                kind: pb::JobKind::Replicate as i32,
+                paths,
+                replicas,
+                ..Default::default()
+            };
+            super::job::submit(client, spec, &follow).await
         }
         FsCommand::Ls { path, json } => {
             let mut cursor = String::new();

@@ -4,6 +4,7 @@
 mod bench;
 mod databench;
 mod fs;
+mod job;
 mod local;
 mod worker;
 
@@ -53,6 +54,13 @@ pub enum Command {
         data: worker::DataArgs,
         #[command(subcommand)]
         command: fs::FsCommand,
+    },
+    /// Jobs: load, persist, free and replicate work run by the workers.
+    Job {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        command: job::JobCommand,
     },
     /// Cluster administration.
     Admin {
@@ -157,6 +165,13 @@ pub struct MasterArgs {
     /// Snapshot (and purge the log) every this many entries [default: 50000].
     #[arg(long, env = "WEIR_MASTER_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
+    /// A new leader waits this long for workers to report their blocks
+    /// before it resumes jobs [default: 3000].
+    #[arg(long, env = "WEIR_MASTER_JOB_SETTLE_MS")]
+    pub job_settle_ms: Option<u64>,
+    /// Job tasks in flight per worker [default: 4].
+    #[arg(long, env = "WEIR_MASTER_JOB_TASKS_PER_WORKER")]
+    pub job_tasks_per_worker: Option<usize>,
 }
 
 /// The `--config` file of `weir master`.
@@ -174,6 +189,8 @@ pub struct MasterFile {
     pub election_ms: Option<u64>,
     pub worker_timeout_ms: Option<u64>,
     pub snapshot_every: Option<u64>,
+    pub job_settle_ms: Option<u64>,
+    pub job_tasks_per_worker: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -289,6 +306,14 @@ impl MasterArgs {
                 .or(file.snapshot_every)
                 .unwrap_or(50_000)
                 .max(10),
+            job_settle: Duration::from_millis(
+                self.job_settle_ms.or(file.job_settle_ms).unwrap_or(3000),
+            ),
+            job_tasks_per_worker: self
+                .job_tasks_per_worker
+                .or(file.job_tasks_per_worker)
+                .unwrap_or(4)
+                .max(1),
         })
     }
 }
@@ -331,6 +356,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             data,
             command,
         } => fs::run(&conn, &data, command).await,
+        Command::Job { conn, command } => job::run(&conn, command).await,
         Command::Admin {
             conn,
             command: AdminCommand::Report { json },

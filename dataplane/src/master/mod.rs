@@ -1,6 +1,7 @@
 //! The master: the namespace, the mount table, block and worker metadata,
 //! replicated by Raft.
 
+pub mod jobs;
 pub mod metastore;
 pub mod namespace;
 pub mod node;

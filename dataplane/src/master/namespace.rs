@@ -4,6 +4,9 @@
 //! listing results); ids are handed out by the apply itself from a counter
 //! kept in the store, so replaying the log rebuilds the same tree.
 
+use super::jobs::{
+    Job, JobId, JobProgress, JobSpec, JobState, MAX_RETAINED_FINISHED, glob_base, is_glob,
+};
 use super::metastore::{
     Inode, InodeId, InodeKind, MetaStore, MountInfo, Op, PersistState, ROOT_ID, StoreError,
     WriteType,
@@ -14,6 +17,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 const META_NEXT_ID: &str = "next_inode_id";
+const META_NEXT_JOB_ID: &str = "next_job_id";
+/// Copies per block a job may ask for.
+pub const MAX_REPLICAS: u32 = 16;
 const META_INODE_COUNT: &str = "inode_count";
 const META_NEXT_MOUNT_ID: &str = "next_mount_id";
 /// Default block size, as in Alluxio: large blocks keep the block count of
@@ -151,6 +157,23 @@ pub enum Command {
     /// Nothing but a log entry: a new leader proposes it to learn that its
     /// state machine has caught up.
     Noop,
+    SubmitJob {
+        spec: JobSpec,
+        now_ms: u64,
+    },
+    /// The scheduler's replicated view of a running job; refused once the
+    /// job has finished (a cancel is never undone by a late update).
+    UpdateJob {
+        id: JobId,
+        state: JobState,
+        progress: JobProgress,
+        message: Option<String>,
+        now_ms: u64,
+    },
+    CancelJob {
+        id: JobId,
+        now_ms: u64,
+    },
 }
 
 /// What a successful command returns.
@@ -168,6 +191,7 @@ pub enum Reply {
         updated: u64,
         removed: u64,
     },
+    Job(Box<Job>),
     Done,
 }
 
@@ -615,9 +639,100 @@ impl Namespace {
         Ok(dir)
     }
 
+    fn running_job(&self, id: JobId) -> FsResult<Job> {
+        let job = self
+            .store
+            .job(id)?
+            .ok_or_else(|| FsError::NotFound(format!("job {id}")))?;
+        if job.state.is_finished() {
+            return Err(FsError::FailedPrecondition(format!(
+                "job {id} is already {}",
+                job.state.as_str()
+            )));
+        }
+        Ok(job)
+    }
+
+    fn submit_job(&self, c: &mut Change<'_>, spec: &JobSpec, now_ms: u64) -> FsResult<Reply> {
+        if spec.paths.is_empty() {
+            return Err(FsError::InvalidArgument("paths: at least one path".into()));
+        }
+        for p in &spec.paths {
+            let plain = if is_glob(p) { glob_base(p) } else { p.clone() };
+            WeirPath::parse(&plain)
+                .map_err(|e| FsError::InvalidArgument(format!("paths: {p}: {e}")))?;
+        }
+        if !(1..=MAX_REPLICAS).contains(&spec.replicas) {
+            return Err(FsError::InvalidArgument(format!(
+                "replicas: {} is not between 1 and {MAX_REPLICAS}",
+                spec.replicas
+            )));
+        }
+        let id = read_u64(self.store.as_ref(), META_NEXT_JOB_ID, 1)?;
+        c.ops.push(put_u64(META_NEXT_JOB_ID, id + 1));
+        // Old finished jobs go first once there are too many to keep.
+        let mut finished = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.store.jobs(after, 1000)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            finished.extend(page.iter().filter(|j| j.state.is_finished()).map(|j| j.id));
+        }
+        let excess = finished.len().saturating_sub(MAX_RETAINED_FINISHED - 1);
+        c.ops
+            .extend(finished.into_iter().take(excess).map(Op::DeleteJob));
+        let job = Job {
+            id,
+            spec: spec.clone(),
+            state: JobState::Pending,
+            progress: JobProgress::default(),
+            message: None,
+            submitted_ms: now_ms,
+            started_ms: None,
+            finished_ms: None,
+        };
+        c.ops.push(Op::PutJob(job.clone()));
+        Ok(Reply::Job(Box::new(job)))
+    }
+
     fn plan(&self, cmd: &Command, c: &mut Change<'_>) -> FsResult<Reply> {
         match cmd {
             Command::Noop => Ok(Reply::Done),
+            Command::SubmitJob { spec, now_ms } => self.submit_job(c, spec, *now_ms),
+            Command::UpdateJob {
+                id,
+                state,
+                progress,
+                message,
+                now_ms,
+            } => {
+                let mut job = self.running_job(*id)?;
+                job.state = *state;
+                job.progress = progress.clone();
+                job.message = message.clone();
+                if *state != JobState::Pending && job.started_ms.is_none() {
+                    job.started_ms = Some(*now_ms);
+                }
+                if state.is_finished() {
+                    job.finished_ms = Some(*now_ms);
+                }
+                c.ops.push(Op::PutJob(job.clone()));
+                Ok(Reply::Job(Box::new(job)))
+            }
+            Command::CancelJob { id, now_ms } => {
+                let mut job = self
+                    .store
+                    .job(*id)?
+                    .ok_or_else(|| FsError::NotFound(format!("job {id}")))?;
+                if !job.state.is_finished() {
+                    job.state = JobState::Cancelled;
+                    job.finished_ms = Some(*now_ms);
+                    job.message = Some("cancelled".into());
+                    c.ops.push(Op::PutJob(job.clone()));
+                }
+                Ok(Reply::Job(Box::new(job)))
+            }
             Command::CreateDirectory {
                 path,
                 recursive,

@@ -1,6 +1,7 @@
 //! One master process: the Raft node, the replicated namespace, and the
 //! leader-only soft state (worker registry, block locations).
 
+use super::jobs::scheduler::JobScheduler;
 use super::metastore::{MemoryStore, MetaStore, RocksStore};
 use super::namespace::{Command, FsError, Namespace, Reply};
 use super::raft::log_store::LogStore;
@@ -39,6 +40,10 @@ pub struct MasterConfig {
     pub worker_timeout: Duration,
     /// Take a snapshot (and purge the log behind it) every this many entries.
     pub snapshot_every: u64,
+    /// How long a new leader lets workers report their blocks before it
+    /// resumes jobs (so it does not fetch again what is already cached).
+    pub job_settle: Duration,
+    pub job_tasks_per_worker: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +69,7 @@ pub struct Master {
     pub namespace: Namespace,
     pub workers: WorkerRegistry,
     pub sync: Arc<MetadataSync>,
+    pub jobs: Arc<JobScheduler>,
     pub apply_latency: prometheus_client::metrics::histogram::Histogram,
 }
 
@@ -122,7 +128,12 @@ impl Master {
             .await
             .map_err(|e| start_err(&e))?;
         let workers = WorkerRegistry::new(config.worker_timeout);
+        let jobs = Arc::new(JobScheduler::new(
+            config.job_settle,
+            config.job_tasks_per_worker,
+        ));
         Ok(Arc::new(Self {
+            jobs,
             config,
             raft,
             namespace,

@@ -70,6 +70,7 @@ pub async fn serve(
         "Time to apply one Raft entry to the namespace",
         master.apply_latency.clone(),
     );
+    master.jobs.register_metrics(&mut registry);
     let exporter = Arc::new(Exporter::new(registry));
 
     let api = MasterApi::new(master.clone(), rpc_metrics);
@@ -152,6 +153,20 @@ pub async fn serve(
         })
     };
 
+    let job_loop = {
+        let master = master.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = master.jobs.wait(Duration::from_millis(500)) => {}
+                    _ = stop.changed() => return,
+                }
+                master.jobs.tick(&master);
+            }
+        })
+    };
+
     let bootstrap = {
         let master = master.clone();
         tokio::spawn(async move {
@@ -174,6 +189,7 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     bootstrap.abort();
     let _ = background.await;
+    let _ = job_loop.await;
     master.shutdown().await;
     served.map_err(|e| MasterError::Start(format!("serving: {e}")))
 }

@@ -2,6 +2,7 @@
 //! one place; followers answer FAILED_PRECONDITION with the leader's address
 //! in `x-weir-leader`, so clients switch at once.
 
+use super::jobs::{Job, JobKind, JobSpec, JobState};
 use super::metastore::{Inode, PersistState, StoreError, WriteType};
 use super::namespace::{
     AttrUpdate, Command, DEFAULT_BLOCK_SIZE, FsError, MountSpec, Reply, Stamp, block_id,
@@ -759,7 +760,7 @@ impl MasterService for MasterApi {
             if !self
                 .master
                 .workers
-                .commit_block(r.worker_id, r.block_id, r.tier)
+                .commit_block(r.worker_id, r.block_id, r.length, r.tier)
             {
                 return Err(Status::failed_precondition(format!(
                     "worker {} is not registered",
@@ -892,6 +893,7 @@ impl MasterService for MasterApi {
                             tier: t.tier,
                             capacity_bytes: t.capacity,
                             used_bytes: t.used,
+                            holdable_bytes: t.holdable,
                         })
                         .collect(),
                     block_count: w.block_count,
@@ -944,6 +946,161 @@ impl MasterService for MasterApi {
         })
         .await
     }
+
+    #[tracing::instrument(skip_all, fields(kind = request.get_ref().kind, paths = ?request.get_ref().paths))]
+    async fn submit_job(
+        &self,
+        request: Request<pb::JobSpec>,
+    ) -> Result<Response<pb::JobInfo>, Status> {
+        self.observe("SubmitJob", async {
+            let spec = spec_from_pb(request.into_inner())?;
+            let job = super::jobs::scheduler::submit(&self.master, spec).await?;
+            Ok(job_to_pb(&job))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(id = request.get_ref().id))]
+    async fn get_job(&self, request: Request<pb::JobId>) -> Result<Response<pb::JobInfo>, Status> {
+        self.observe("GetJob", async {
+            let id = request.into_inner().id;
+            self.master.linearize().await?;
+            let job = self
+                .master
+                .namespace
+                .store()
+                .job(id)
+                .map_err(|e| Status::internal(e.to_string()))?
+                .ok_or_else(|| Status::not_found(format!("job {id}")))?;
+            Ok(job_to_pb(&job))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::JobList>, Status> {
+        self.observe("ListJobs", async {
+            let r = request.into_inner();
+            self.master.linearize().await?;
+            let limit = match r.limit as usize {
+                0 => DEFAULT_PAGE,
+                n => n.min(MAX_PAGE),
+            };
+            let after = (r.after > 0).then_some(r.after);
+            let jobs = self
+                .master
+                .namespace
+                .store()
+                .jobs(after, limit)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(pb::JobList {
+                jobs: jobs.iter().map(job_to_pb).collect(),
+            })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(id = request.get_ref().id))]
+    async fn cancel_job(
+        &self,
+        request: Request<pb::JobId>,
+    ) -> Result<Response<pb::JobInfo>, Status> {
+        self.observe("CancelJob", async {
+            let id = request.into_inner().id;
+            match self
+                .master
+                .write(Command::CancelJob {
+                    id,
+                    now_ms: now_ms(),
+                })
+                .await?
+            {
+                Reply::Job(job) => {
+                    self.master.jobs.wake();
+                    Ok(job_to_pb(&job))
+                }
+                other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+            }
+        })
+        .await
+    }
+}
+
+fn spec_from_pb(r: pb::JobSpec) -> Result<JobSpec, Status> {
+    let kind = match pb::JobKind::try_from(r.kind) {
+        Ok(pb::JobKind::Load) => JobKind::Load,
+        Ok(pb::JobKind::Persist) => JobKind::Persist,
+        Ok(pb::JobKind::Free) => JobKind::Free,
+        Ok(pb::JobKind::Replicate) => JobKind::Replicate,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "kind: unknown job kind {}",
+                r.kind
+            )));
+        }
+    };
+    Ok(JobSpec {
+        kind,
+        paths: r.paths,
+        replicas: r.replicas.max(1),
+        parallelism: r.parallelism,
+        bandwidth: r.bandwidth_bytes_per_sec,
+        load_metadata: r.load_metadata,
+        load_what_fits: r.load_what_fits,
+    })
+}
+
+pub fn job_to_pb(job: &Job) -> pb::JobInfo {
+    let now = now_ms();
+    let p = &job.progress;
+    pb::JobInfo {
+        id: job.id,
+        spec: Some(pb::JobSpec {
+            kind: match job.spec.kind {
+                JobKind::Load => pb::JobKind::Load,
+                JobKind::Persist => pb::JobKind::Persist,
+                JobKind::Free => pb::JobKind::Free,
+                JobKind::Replicate => pb::JobKind::Replicate,
+            } as i32,
+            paths: job.spec.paths.clone(),
+            replicas: job.spec.replicas,
+            parallelism: job.spec.parallelism,
+            bandwidth_bytes_per_sec: job.spec.bandwidth,
+            load_metadata: job.spec.load_metadata,
+            load_what_fits: job.spec.load_what_fits,
+        }),
+        state: match job.state {
+            JobState::Pending => pb::JobState::Pending,
+            JobState::Running => pb::JobState::Running,
+            JobState::Completed => pb::JobState::Completed,
+            JobState::Failed => pb::JobState::Failed,
+            JobState::Cancelled => pb::JobState::Cancelled,
+        } as i32,
+        planned: p.planned,
+        files_total: p.files_total,
+        files_done: p.files_done,
+        bytes_total: p.bytes_total,
+        bytes_done: p.bytes_done,
+        files_skipped: p.files_skipped,
+        failed_count: p.failed_count,
+        failed: p
+            .failed
+            .iter()
+            .map(|f| pb::FailedFile {
+                path: f.path.clone(),
+                reason: f.reason.clone(),
+            })
+            .collect(),
+        message: job.message.clone().unwrap_or_default(),
+        submitted_ms: job.submitted_ms,
+        started_ms: job.started_ms.unwrap_or(0),
+        finished_ms: job.finished_ms.unwrap_or(0),
+        throughput_bytes_per_sec: job.throughput(now),
+        eta_seconds: job.eta_seconds(now),
+    }
 }
 
 fn tier_from_pb(t: pb::TierUsage) -> TierUsage {
@@ -951,5 +1108,11 @@ fn tier_from_pb(t: pb::TierUsage) -> TierUsage {
         tier: t.tier,
         capacity: t.capacity_bytes,
         used: t.used_bytes,
+        // Workers that do not say hold up to their capacity.
+        holdable: if t.holdable_bytes == 0 {
+            t.capacity_bytes
+        } else {
+            t.holdable_bytes.min(t.capacity_bytes)
+        },
     }
 }

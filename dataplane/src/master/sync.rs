@@ -155,6 +155,17 @@ impl MetadataSync {
     /// Loads (or re-validates, past the mount's sync interval) the listing
     /// of the directory at `path`, one streamed page at a time.
     pub async fn sync_dir(&self, master: &Master, path: &WeirPath) -> MasterResult<()> {
+        self.sync_dir_with(master, path, false).await
+    }
+
+    /// [`Self::sync_dir`]; with `force`, lists the directory again even
+    /// when its listing is fresh (a job's "load metadata first").
+    pub async fn sync_dir_with(
+        &self,
+        master: &Master,
+        path: &WeirPath,
+        force: bool,
+    ) -> MasterResult<()> {
         let ns = &master.namespace;
         let Some(mount) = ns.mount_of(path)? else {
             return Ok(());
@@ -165,7 +176,7 @@ impl MetadataSync {
                 _ => true,
             })
         };
-        if is_fresh(master)? {
+        if !force && is_fresh(master)? {
             return Ok(());
         }
         let gate = {
@@ -173,7 +184,7 @@ impl MetadataSync {
             in_flight.entry(path.to_string()).or_default().clone()
         };
         let _turn = gate.lock().await;
-        if is_fresh(master)? {
+        if !force && is_fresh(master)? {
             return Ok(());
         }
         let store = self.store(&mount)?;

@@ -21,6 +21,8 @@ pub struct TierUsage {
     pub tier: String,
     pub capacity: u64,
     pub used: u64,
+    /// Bytes held before eviction starts.
+    pub holdable: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -216,16 +218,43 @@ impl WorkerRegistry {
         copies
     }
 
-    pub fn commit_block(&self, id: WorkerId, block: u64, tier: String) -> bool {
+    /// Records a block a worker just cached (`len` bytes in `tier`): the
+    /// tier's usage grows at once, so space-aware placement does not wait
+    /// for the next heartbeat to see it.
+    pub fn commit_block(&self, id: WorkerId, block: u64, len: u64, tier: String) -> bool {
         let mut inner = self.lock();
         if !inner.workers.contains_key(&id) {
             return false;
         }
-        inner.locations.entry(block).or_default().insert(id, tier);
-        if let Some(w) = inner.workers.get_mut(&id) {
+        let new = inner
+            .locations
+            .entry(block)
+            .or_default()
+            .insert(id, tier.clone())
+            .is_none();
+        if let Some(w) = inner.workers.get_mut(&id)
+            && new
+        {
             w.block_count += 1;
+            if let Some(t) = w.tiers.iter_mut().find(|t| t.tier == tier) {
+                t.used = t.used.saturating_add(len);
+            }
         }
         true
+    }
+
+    /// Bytes a worker can still take before it starts evicting.
+    pub fn room(&self, id: WorkerId) -> u64 {
+        self.lock()
+            .workers
+            .get(&id)
+            .map(|w| {
+                w.tiers
+                    .iter()
+                    .map(|t| t.holdable.saturating_sub(t.used))
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     fn drop_worker(inner: &mut Inner, id: WorkerId) {

@@ -10,14 +10,15 @@ use super::{SourceLabels, Worker, WorkerError, WorkerResult};
 use crate::master::namespace::block_id;
 use crate::ufs::{UfsPath, UfsWriter};
 use crate::wire::{
-    self, ErrorKind, ReadRequest, Request, Response, UfsSource, WriteMode, WriteRequest,
+    self, ErrorKind, LoadRequest, Peer, PersistRequest, ReadRequest, Request, Response, UfsSource,
+    WriteMode, WriteRequest,
 };
 use bytes::Bytes;
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -130,6 +131,22 @@ async fn connection(worker: Arc<Worker>, sock: tokio::net::TcpStream) {
                 wire::send(&mut out, &Response::Queued)
                     .await
                     .map_err(Into::into)
+            }
+            Request::Load(r) => {
+                let span = tracing::info_span!("load_block", block = r.block, from = ?r.from);
+                match load(&worker, r).instrument(span).await {
+                    Ok(resp) => wire::send(&mut out, &resp).await.map_err(Into::into),
+                    Err(e) => reply_err(&mut out, &e).await,
+                }
+            }
+            Request::Persist(r) => {
+                let span = tracing::info_span!("persist_file", file = %r.path);
+                match persist_for_job(&worker, r).instrument(span).await {
+                    Ok(()) => wire::send(&mut out, &Response::Persisted)
+                        .await
+                        .map_err(Into::into),
+                    Err(e) => reply_err(&mut out, &e).await,
+                }
             }
             Request::Write(w) => {
                 let span = tracing::info_span!("write_file", file = w.file_id, mode = ?w.mode);
@@ -408,6 +425,126 @@ async fn fetch_block(
     Ok(())
 }
 
+/// A job's block task. The work is not tied to the connection: a master
+/// that fails over mid-task finds the block cached when it asks again.
+async fn load(worker: &Arc<Worker>, r: LoadRequest) -> WorkerResult<Response> {
+    if let Some(tier) = worker.store.tier_of(r.block) {
+        return Ok(Response::Loaded {
+            tier,
+            fetched: false,
+        });
+    }
+    let mut peer_error = None;
+    if let Some(peer) = &r.from {
+        if let Err(e) = copy_from_peer(worker, r.block, r.len, peer).await {
+            tracing::warn!(block = r.block, %peer, error = %e, "copying from a peer failed");
+            peer_error = Some(e);
+        }
+    }
+    if !worker.store.contains(r.block) {
+        match (&r.source, peer_error) {
+            (Some(src), _) => fetch_block(worker, r.block, src, None).await?,
+            (None, Some(e)) => return Err(e),
+            (None, None) => {
+                return Err(WorkerError::Invalid(format!(
+                    "block {}: no peer and no under-storage source to load it from",
+                    r.block
+                )));
+            }
+        }
+    }
+    match worker.store.tier_of(r.block) {
+        Some(tier) => Ok(Response::Loaded {
+            tier,
+            fetched: true,
+        }),
+        None => Err(WorkerError::Store(super::store::StoreError::NoSpace {
+            needed: r.len,
+        })),
+    }
+}
+
+/// Asks `peer` for a whole cached block; returns the connection positioned
+/// at the block's first byte.
+pub(super) async fn open_peer_block(
+    peer: &Peer,
+    block: u64,
+    len: u64,
+) -> WorkerResult<impl AsyncRead + Unpin> {
+    let mut sock = tokio::net::TcpStream::connect((peer.host.as_str(), peer.port))
+        .await
+        .map_err(|e| WorkerError::Invalid(format!("connecting to peer {peer}: {e}")))?;
+    let _ = sock.set_nodelay(true);
+    let req = Request::Read(ReadRequest {
+        block,
+        offset: 0,
+        len,
+        source: None,
+        cache: false,
+    });
+    wire::send(&mut sock, &req).await?;
+    let mut rd = BufReader::with_capacity(1 << 20, sock);
+    match wire::recv(&mut rd).await? {
+        Some(Response::Data { len: n }) if n == len => Ok(rd.take(len)),
+        Some(Response::Error { message, .. }) => Err(WorkerError::Invalid(format!(
+            "peer {peer}: block {block}: {message}"
+        ))),
+        other => Err(WorkerError::Invalid(format!(
+            "peer {peer}: block {block}: unexpected reply {other:?}"
+        ))),
+    }
+}
+
+/// Copies a block a peer holds into this worker's store.
+async fn copy_from_peer(
+    worker: &Arc<Worker>,
+    block: u64,
+    len: u64,
+    peer: &Peer,
+) -> WorkerResult<()> {
+    let mut rd = open_peer_block(peer, block, len).await?;
+    // A broken copy drops the writer: no partial block is ever kept.
+    let mut writer = worker.store.begin(block, len, false)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut copied = 0;
+    while copied < len {
+        let n = rd.read(&mut buf).await.map_err(wire::WireError::Io)?;
+        if n == 0 {
+            return Err(WorkerError::Invalid(format!(
+                "peer {peer}: block {block} ended after {copied} of {len} bytes"
+            )));
+        }
+        writer.write(&buf[..n])?;
+        copied += n as u64;
+    }
+    worker.metrics.peer_bytes_read.inc_by(len);
+    let tier = writer.commit()?;
+    worker.commit_block(block, len, tier).await;
+    Ok(())
+}
+
+/// A job's persist task, run by the persister in turn with ASYNC_THROUGH
+/// files (joining the queued entry when the file is already there).
+async fn persist_for_job(worker: &Arc<Worker>, r: PersistRequest) -> WorkerResult<()> {
+    for (block, _, _) in &r.blocks {
+        // Local blocks stay until the file is in the under-storage.
+        let _ = worker.store.mark_unpersisted(*block);
+    }
+    let task = PersistTask {
+        seq: 0,
+        file_id: r.file_id,
+        path: r.path,
+        mount_id: r.mount_id,
+        ufs_path: r.ufs_path,
+        blocks: r.blocks.iter().map(|(b, _, _)| *b).collect(),
+        length: r.length,
+        peers: r.blocks.into_iter().map(|(_, len, p)| (len, p)).collect(),
+    };
+    let seq = worker.persister.enqueue_or_join(task)?;
+    worker.persister.wait_done(seq).await;
+    Ok(())
+}
+
 impl Worker {
     /// Queues a whole-block cache after a partial read; a full queue drops
     /// the request (the next partial read asks again).
@@ -616,6 +753,7 @@ async fn write(
             ufs_path: ufs_path.clone(),
             blocks: sink.committed.iter().map(|(b, _, _)| *b).collect(),
             length: sink.length,
+            peers: Vec::new(),
         };
         if let Err(e) = worker.persister.enqueue(task) {
             let blocks: Vec<u64> = sink.committed.iter().map(|(b, _, _)| *b).collect();

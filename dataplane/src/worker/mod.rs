@@ -85,6 +85,7 @@ struct WorkerMetrics {
     block_reads: Family<SourceLabels, Counter>,
     ufs_bytes_read: Counter,
     ufs_bytes_written: Counter,
+    peer_bytes_read: Counter,
     async_cache_dropped: Counter,
     persist_pending: Gauge,
 }
@@ -125,6 +126,11 @@ impl WorkerMetrics {
             "weir_worker_ufs_bytes_written",
             "Bytes written to under-storage",
             self.ufs_bytes_written.clone(),
+        );
+        r.register(
+            "weir_worker_peer_bytes_read",
+            "Block bytes copied from other workers (replication)",
+            self.peer_bytes_read.clone(),
         );
         r.register(
             "weir_worker_async_cache_dropped",
@@ -234,11 +240,15 @@ impl Worker {
         self.store
             .usage()
             .into_iter()
-            .map(|(tier, capacity_bytes, used_bytes)| pb::TierUsage {
-                tier,
-                capacity_bytes,
-                used_bytes,
-            })
+            .zip(self.store.holdable())
+            .map(
+                |((tier, capacity_bytes, used_bytes), holdable_bytes)| pb::TierUsage {
+                    tier,
+                    capacity_bytes,
+                    used_bytes,
+                    holdable_bytes,
+                },
+            )
             .collect()
     }
 

@@ -29,6 +29,10 @@ pub struct PersistTask {
     pub ufs_path: String,
     pub blocks: Vec<u64>,
     pub length: u64,
+    /// Per block (when given): its length and a peer holding it, for blocks
+    /// this worker does not have (a persist job's file).
+    #[serde(default)]
+    pub peers: Vec<(u64, Option<crate::wire::Peer>)>,
 }
 
 #[derive(Debug)]
@@ -37,6 +41,9 @@ pub struct Persister {
     queue: Mutex<VecDeque<PersistTask>>,
     next_seq: AtomicU64,
     wake: Notify,
+    /// The highest sequence number finished; the queue runs in order, so
+    /// every lower one is finished too.
+    finished: watch::Sender<u64>,
 }
 
 impl Persister {
@@ -74,6 +81,7 @@ impl Persister {
             queue: Mutex::new(tasks.into()),
             next_seq: AtomicU64::new(next),
             wake: Notify::new(),
+            finished: watch::channel(next - 1).0,
         })
     }
 
@@ -82,7 +90,7 @@ impl Persister {
     }
 
     /// Journals the task (durably) and queues it behind earlier writes.
-    pub fn enqueue(&self, mut task: PersistTask) -> WorkerResult<()> {
+    pub fn enqueue(&self, mut task: PersistTask) -> WorkerResult<u64> {
         // The lock orders sequence numbers and queue positions alike.
         let mut queue = self.queue.lock().expect("persist queue");
         task.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
@@ -97,9 +105,29 @@ impl Persister {
             std::fs::rename(&tmp, &path)
         };
         write().map_err(|e| WorkerError::Start(format!("persist journal: {e}")))?;
+        let seq = task.seq;
         queue.push_back(task);
         self.wake.notify_one();
-        Ok(())
+        Ok(seq)
+    }
+
+    /// Queues `task` unless its file is already queued; returns the
+    /// sequence number to wait for.
+    pub fn enqueue_or_join(&self, task: PersistTask) -> WorkerResult<u64> {
+        {
+            let queue = self.queue.lock().expect("persist queue");
+            if let Some(queued) = queue.iter().find(|t| t.file_id == task.file_id) {
+                return Ok(queued.seq);
+            }
+        }
+        self.enqueue(task)
+    }
+
+    /// Resolves once the task numbered `seq` has finished (persisted or
+    /// cancelled).
+    pub async fn wait_done(&self, seq: u64) {
+        let mut rx = self.finished.subscribe();
+        let _ = rx.wait_for(|done| *done >= seq).await;
     }
 
     pub fn pending(&self) -> usize {
@@ -112,6 +140,11 @@ impl Persister {
         if queue.front().is_some_and(|t| t.seq == seq) {
             queue.pop_front();
         }
+        self.finished.send_if_modified(|done| {
+            let advanced = seq > *done;
+            *done = (*done).max(seq);
+            advanced
+        });
     }
 }
 
@@ -202,18 +235,29 @@ async fn persist_one(worker: &Worker, task: &PersistTask) -> WorkerResult<Outcom
     let mut writer = ufs.writer(&path).await?;
     let copied = async {
         let mut buf = vec![0u8; 4 << 20];
-        for block in &task.blocks {
-            let lease = worker.store.lease(*block).ok_or(WorkerError::Store(
-                super::store::StoreError::NotFound(*block),
-            ))?;
-            let mut f = tokio::fs::File::open(&lease.path)
-                .await
-                .map_err(|e| WorkerError::Invalid(format!("{}: {e}", lease.path.display())))?;
+        for (i, block) in task.blocks.iter().enumerate() {
+            let lease = worker.store.lease(*block);
+            let mut f: Box<dyn tokio::io::AsyncRead + Unpin + Send> =
+                match (&lease, task.peers.get(i)) {
+                    (Some(lease), _) => {
+                        Box::new(tokio::fs::File::open(&lease.path).await.map_err(|e| {
+                            WorkerError::Invalid(format!("{}: {e}", lease.path.display()))
+                        })?)
+                    }
+                    (None, Some((len, Some(peer)))) => {
+                        Box::new(super::data::open_peer_block(peer, *block, *len).await?)
+                    }
+                    (None, _) => {
+                        return Err(WorkerError::Store(super::store::StoreError::NotFound(
+                            *block,
+                        )));
+                    }
+                };
             loop {
                 let n = f
                     .read(&mut buf)
                     .await
-                    .map_err(|e| WorkerError::Invalid(format!("{}: {e}", lease.path.display())))?;
+                    .map_err(|e| WorkerError::Invalid(format!("block {block}: {e}")))?;
                 if n == 0 {
                     break;
                 }

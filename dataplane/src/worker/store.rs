@@ -569,6 +569,23 @@ impl BlockStore {
         counts
     }
 
+    /// Bytes each tier holds before eviction starts (quota x high
+    /// watermark), in tier order.
+    pub fn holdable(&self) -> Vec<u64> {
+        self.tiers
+            .iter()
+            .map(|t| (t.quota as f64 * t.high) as u64)
+            .collect()
+    }
+
+    /// The tier holding `block`, if any.
+    pub fn tier_of(&self, block: u64) -> Option<String> {
+        let st = self.state.lock().expect("block store");
+        st.blocks
+            .get(&block)
+            .map(|m| self.tiers[m.tier].name.clone())
+    }
+
     pub fn contains(&self, block: u64) -> bool {
         self.state
             .lock()

@@ -117,12 +117,56 @@ pub async fn http_get(addr: &str, path: &str) -> String {
         .unwrap_or_default()
 }
 
-/// A TCP proxy that counts the bytes the server sends back: a flat count
-/// means the server was not read from.
+/// A TCP proxy that counts the bytes the server sends back (a flat count
+/// means the server was not read from) and records every HTTP request it
+/// passes on as "METHOD TARGET RANGE".
 pub struct CountingProxy {
     pub addr: String,
     pub bytes: Arc<AtomicU64>,
+    pub requests: Arc<std::sync::Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
+}
+
+/// Splits the client side of HTTP/1.1 connections into requests.
+#[derive(Default)]
+struct RequestParser {
+    pending: Vec<u8>,
+    body_left: usize,
+}
+
+impl RequestParser {
+    fn feed(&mut self, data: &[u8], out: &std::sync::Mutex<Vec<String>>) {
+        self.pending.extend_from_slice(data);
+        loop {
+            let skip = self.body_left.min(self.pending.len());
+            self.body_left -= skip;
+            self.pending.drain(..skip);
+            if self.body_left > 0 {
+                return;
+            }
+            let Some(end) = self.pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return;
+            };
+            let head = String::from_utf8_lossy(&self.pending[..end]).into_owned();
+            self.pending.drain(..end + 4);
+            let mut lines = head.lines();
+            let mut first = lines.next().unwrap_or_default().split(' ');
+            let (method, target) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+            let mut range = String::new();
+            for line in lines {
+                if let Some((k, v)) = line.split_once(':') {
+                    match k.trim().to_ascii_lowercase().as_str() {
+                        "content-length" => self.body_left = v.trim().parse().unwrap_or(0),
+                        "range" => range = v.trim().to_owned(),
+                        _ => {}
+                    }
+                }
+            }
+            out.lock()
+                .unwrap()
+                .push(format!("{method} {target} {range}").trim_end().to_owned());
+        }
+    }
 }
 
 impl CountingProxy {
@@ -130,8 +174,9 @@ impl CountingProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let bytes = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (counter, stopped) = (bytes.clone(), stop.clone());
+        let (counter, stopped, log) = (bytes.clone(), stop.clone(), requests.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -142,13 +187,26 @@ impl CountingProxy {
                 }
                 let upstream = upstream.clone();
                 let counter = counter.clone();
+                let log = log.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
                         return;
                     };
                     let (mut cr, mut cw) = client.split();
                     let (mut sr, mut sw) = server.split();
-                    let up = tokio::io::copy(&mut cr, &mut sw);
+                    let up = async {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut parser = RequestParser::default();
+                        let mut buf = vec![0u8; 256 << 10];
+                        loop {
+                            let n = cr.read(&mut buf).await?;
+                            if n == 0 {
+                                return sw.shutdown().await;
+                            }
+                            parser.feed(&buf[..n], &log);
+                            sw.write_all(&buf[..n]).await?;
+                        }
+                    };
                     let down = async {
                         let mut buf = vec![0u8; 256 << 10];
                         loop {
@@ -165,7 +223,17 @@ impl CountingProxy {
                 });
             }
         });
-        Self { addr, bytes, stop }
+        Self {
+            addr,
+            bytes,
+            requests,
+            stop,
+        }
+    }
+
+    /// The requests seen so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
     }
 
     pub fn bytes(&self) -> u64 {

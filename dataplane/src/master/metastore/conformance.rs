@@ -2,6 +2,7 @@
 //! call [`run_all`] with a factory of fresh, empty stores.
 
 use super::{Inode, InodeKind, MetaStore, MountInfo, Op, PersistState, WriteType};
+use crate::master::jobs::{Job, JobKind, JobProgress, JobSpec, JobState};
 
 pub fn inode(id: u64, parent: u64, name: &str, kind: InodeKind) -> Inode {
     Inode {
@@ -58,6 +59,7 @@ pub fn run_all<S: MetaStore>(make: impl Fn() -> S) {
     children_are_paged_in_name_order_per_parent(&make());
     mounts_and_meta(&make());
     batches_apply_every_op(&make());
+    jobs_are_kept_in_id_order(&make());
     export_and_replace_all_round_trip(&make(), &make());
 }
 
@@ -67,6 +69,7 @@ fn empty_store_has_nothing(s: &dyn MetaStore) {
     assert!(s.children(1, None, 10).unwrap().is_empty());
     assert!(s.mounts().unwrap().is_empty());
     assert_eq!(s.meta("next_id").unwrap(), None);
+    assert!(s.jobs(None, 10).unwrap().is_empty());
 }
 
 fn inodes_and_edges_round_trip(s: &dyn MetaStore) {
@@ -193,6 +196,56 @@ fn batches_apply_every_op(s: &dyn MetaStore) {
     assert_eq!(s.meta("applied").unwrap(), Some(vec![9]));
 }
 
+pub fn job(id: u64, path: &str) -> Job {
+    Job {
+        id,
+        spec: JobSpec {
+            kind: JobKind::Load,
+            paths: vec![path.to_owned()],
+            replicas: 2,
+            parallelism: 0,
+            bandwidth: 0,
+            load_metadata: true,
+            load_what_fits: false,
+        },
+        state: JobState::Pending,
+        progress: JobProgress::default(),
+        message: None,
+        submitted_ms: id * 10,
+        started_ms: None,
+        finished_ms: None,
+    }
+}
+
+fn jobs_are_kept_in_id_order(s: &dyn MetaStore) {
+    // Ids past 255 catch stores that order keys as text or little-endian.
+    let ids = [300u64, 2, 256, 1, 40];
+    s.write(
+        ids.iter()
+            .map(|&id| Op::PutJob(job(id, &format!("/d{id}"))))
+            .collect(),
+    )
+    .unwrap();
+    let all: Vec<u64> = s.jobs(None, 100).unwrap().iter().map(|j| j.id).collect();
+    assert_eq!(all, [1, 2, 40, 256, 300]);
+    let page: Vec<u64> = s.jobs(Some(2), 2).unwrap().iter().map(|j| j.id).collect();
+    assert_eq!(page, [40, 256]);
+    assert!(s.jobs(Some(300), 10).unwrap().is_empty());
+    assert_eq!(s.job(256).unwrap(), Some(job(256, "/d256")));
+    let mut running = job(40, "/d40");
+    running.state = JobState::Running;
+    running.progress.bytes_done = 7;
+    running
+        .progress
+        .record_failure(3, "/d40/x".into(), "not found".into());
+    s.write(vec![Op::PutJob(running.clone()), Op::DeleteJob(2)])
+        .unwrap();
+    assert_eq!(s.job(40).unwrap(), Some(running));
+    assert_eq!(s.job(2).unwrap(), None);
+    assert_eq!(s.job(3).unwrap(), None);
+    assert_eq!(s.jobs(None, 100).unwrap().len(), 4);
+}
+
 fn export_and_replace_all_round_trip(source: &dyn MetaStore, target: &dyn MetaStore) {
     source
         .write(vec![Op::PutInode(inode(1, 0, "", InodeKind::Directory))])
@@ -203,6 +256,7 @@ fn export_and_replace_all_round_trip(source: &dyn MetaStore, target: &dyn MetaSt
         .write(vec![
             Op::PutMount(mount("/x")),
             Op::PutMeta("k".into(), vec![4]),
+            Op::PutJob(job(5, "/x")),
         ])
         .unwrap();
 
@@ -211,6 +265,7 @@ fn export_and_replace_all_round_trip(source: &dyn MetaStore, target: &dyn MetaSt
         .write(vec![
             Op::PutMount(mount("/stale")),
             Op::PutMeta("old".into(), vec![1]),
+            Op::PutJob(job(9, "/stale")),
         ])
         .unwrap();
     assert!(
@@ -226,6 +281,8 @@ fn export_and_replace_all_round_trip(source: &dyn MetaStore, target: &dyn MetaSt
     assert_eq!(target.child(2, "y").unwrap(), Some(3));
     assert_eq!(target.inode(3).unwrap(), source.inode(3).unwrap());
     assert_eq!(target.meta("k").unwrap(), Some(vec![4]));
+    assert_eq!(target.job(9).unwrap(), None);
+    assert_eq!(target.jobs(None, 10).unwrap(), vec![job(5, "/x")]);
     let mut a = source.export().unwrap();
     let mut b = target.export().unwrap();
     let key = |op: &Op| format!("{op:?}");

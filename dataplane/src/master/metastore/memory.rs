@@ -1,4 +1,4 @@
-use super::{Inode, InodeId, MetaStore, MountInfo, Op, StoreResult};
+use super::{Inode, InodeId, Job, JobId, MetaStore, MountInfo, Op, StoreResult};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 
@@ -14,6 +14,7 @@ struct State {
     edges: BTreeMap<(InodeId, String), InodeId>,
     mounts: BTreeMap<String, MountInfo>,
     meta: HashMap<String, Vec<u8>>,
+    jobs: BTreeMap<JobId, Job>,
 }
 
 impl MemoryStore {
@@ -49,6 +50,12 @@ impl State {
             }
             Op::PutMeta(k, v) => {
                 self.meta.insert(k, v);
+            }
+            Op::PutJob(j) => {
+                self.jobs.insert(j.id, j);
+            }
+            Op::DeleteJob(id) => {
+                self.jobs.remove(&id);
             }
         }
     }
@@ -100,6 +107,22 @@ impl MetaStore for MemoryStore {
         Ok(self.state.read().expect("lock").meta.get(key).cloned())
     }
 
+    fn job(&self, id: JobId) -> StoreResult<Option<Job>> {
+        Ok(self.state.read().expect("lock").jobs.get(&id).cloned())
+    }
+
+    fn jobs(&self, after: Option<JobId>, limit: usize) -> StoreResult<Vec<Job>> {
+        use std::ops::Bound;
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let state = self.state.read().expect("lock");
+        Ok(state
+            .jobs
+            .range((lower, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, j)| j.clone())
+            .collect())
+    }
+
     fn write(&self, ops: Vec<Op>) -> StoreResult<()> {
         let mut state = self.state.write().expect("lock");
         for op in ops {
@@ -128,6 +151,7 @@ impl MetaStore for MemoryStore {
                 .iter()
                 .map(|(k, v)| Op::PutMeta(k.clone(), v.clone())),
         );
+        ops.extend(state.jobs.values().cloned().map(Op::PutJob));
         Ok(ops)
     }
 

@@ -1,5 +1,5 @@
-//! The master's metadata: inodes, the edges that name them, the mount table
-//! and a few scalar values. Storage sits behind [`MetaStore`]; RocksDB keeps
+//! The master's metadata: inodes, the edges that name them, the mount table,
+//! jobs and a few scalar values. Storage sits behind [`MetaStore`]; RocksDB keeps
 //! it on disk (the Raft state machine's home), the in-memory store serves
 //! tests and small clusters. Both pass [`conformance`].
 //!
@@ -13,6 +13,7 @@ mod rocks;
 pub use memory::MemoryStore;
 pub use rocks::RocksStore;
 
+pub use crate::master::jobs::{Job, JobId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -133,6 +134,8 @@ pub enum Op {
     PutMount(MountInfo),
     DeleteMount(String),
     PutMeta(String, Vec<u8>),
+    PutJob(Job),
+    DeleteJob(JobId),
 }
 
 /// The storage contract of the master's metadata.
@@ -149,6 +152,10 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<(String, InodeId)>>;
     fn mounts(&self) -> StoreResult<Vec<MountInfo>>;
     fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
+    fn job(&self, id: JobId) -> StoreResult<Option<Job>>;
+    /// Jobs in id (submission) order, strictly after `after`, at most
+    /// `limit` of them.
+    fn jobs(&self, after: Option<JobId>, limit: usize) -> StoreResult<Vec<Job>>;
     /// Applies every op or none.
     fn write(&self, ops: Vec<Op>) -> StoreResult<()>;
     /// Every inode, edge, mount and meta value, for snapshots: one

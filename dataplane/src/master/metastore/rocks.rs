@@ -1,4 +1,6 @@
-use super::{Inode, InodeId, MetaStore, MountInfo, Op, StoreError, StoreResult, decode, encode};
+use super::{
+    Inode, InodeId, Job, JobId, MetaStore, MountInfo, Op, StoreError, StoreResult, decode, encode,
+};
 use lru::LruCache;
 use rocksdb::{
     ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
@@ -11,7 +13,8 @@ const CF_INODES: &str = "inodes";
 const CF_EDGES: &str = "edges";
 const CF_MOUNTS: &str = "mounts";
 const CF_META: &str = "meta";
-const ALL_CFS: [&str; 4] = [CF_INODES, CF_EDGES, CF_MOUNTS, CF_META];
+const CF_JOBS: &str = "jobs";
+const ALL_CFS: [&str; 5] = [CF_INODES, CF_EDGES, CF_MOUNTS, CF_META, CF_JOBS];
 
 /// A raw key and value as RocksDB iterators yield them.
 type RawEntry = (Box<[u8]>, Box<[u8]>);
@@ -98,6 +101,8 @@ impl RocksStore {
             Op::PutMount(m) => batch.put_cf(self.cf(CF_MOUNTS), m.path.as_bytes(), encode(m)?),
             Op::DeleteMount(path) => batch.delete_cf(self.cf(CF_MOUNTS), path.as_bytes()),
             Op::PutMeta(k, v) => batch.put_cf(self.cf(CF_META), k.as_bytes(), v),
+            Op::PutJob(j) => batch.put_cf(self.cf(CF_JOBS), j.id.to_be_bytes(), encode(j)?),
+            Op::DeleteJob(id) => batch.delete_cf(self.cf(CF_JOBS), id.to_be_bytes()),
         }
         Ok(())
     }
@@ -124,7 +129,11 @@ impl RocksStore {
                 Op::DeleteEdge { parent, name } => {
                     edges.pop(&(parent, name));
                 }
-                Op::PutMount(_) | Op::DeleteMount(_) | Op::PutMeta(..) => {}
+                Op::PutMount(_)
+                | Op::DeleteMount(_)
+                | Op::PutMeta(..)
+                | Op::PutJob(_)
+                | Op::DeleteJob(_) => {}
             }
         }
     }
@@ -219,6 +228,31 @@ impl MetaStore for RocksStore {
         Ok(self.db.get_cf(self.cf(CF_META), key.as_bytes())?)
     }
 
+    fn job(&self, id: JobId) -> StoreResult<Option<Job>> {
+        match self.db.get_pinned_cf(self.cf(CF_JOBS), id.to_be_bytes())? {
+            Some(bytes) => Ok(Some(decode("job", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn jobs(&self, after: Option<JobId>, limit: usize) -> StoreResult<Vec<Job>> {
+        let from = after.map_or(0, |a| a.saturating_add(1)).to_be_bytes();
+        let mut out = Vec::new();
+        if after == Some(JobId::MAX) {
+            return Ok(out);
+        }
+        for item in self.db.iterator_cf(
+            self.cf(CF_JOBS),
+            IteratorMode::From(&from, Direction::Forward),
+        ) {
+            if out.len() >= limit {
+                break;
+            }
+            out.push(decode("job", &item?.1)?);
+        }
+        Ok(out)
+    }
+
     fn write(&self, ops: Vec<Op>) -> StoreResult<()> {
         let mut batch = WriteBatch::default();
         for op in &ops {
@@ -263,6 +297,9 @@ impl MetaStore for RocksStore {
                 String::from_utf8_lossy(&k).into_owned(),
                 v.into_vec(),
             ));
+        }
+        for item in scan(CF_JOBS) {
+            ops.push(Op::PutJob(decode("job", &item?.1)?));
         }
         Ok(ops)
     }

@@ -35,6 +35,13 @@ impl fmt::Display for Command {
                 write!(f, "load {} entries into {dir}", entries.len())
             }
             Command::Noop => f.write_str("noop"),
+            Command::SubmitJob { spec, .. } => {
+                write!(f, "submit {} job for {:?}", spec.kind.as_str(), spec.paths)
+            }
+            Command::UpdateJob { id, state, .. } => {
+                write!(f, "job {id} progress ({})", state.as_str())
+            }
+            Command::CancelJob { id, .. } => write!(f, "cancel job {id}"),
         }
     }
 }

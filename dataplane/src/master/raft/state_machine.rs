@@ -37,6 +37,7 @@ enum SnapshotOp {
     },
     Mount(crate::master::metastore::MountInfo),
     Meta(String, Vec<u8>),
+    Job(crate::master::jobs::Job),
 }
 
 impl SnapshotOp {
@@ -54,7 +55,10 @@ impl SnapshotOp {
             }),
             Op::PutMount(m) => Some(Self::Mount(m)),
             Op::PutMeta(k, v) => Some(Self::Meta(k, v)),
-            Op::DeleteInode(_) | Op::DeleteEdge { .. } | Op::DeleteMount(_) => None,
+            Op::PutJob(j) => Some(Self::Job(j)),
+            Op::DeleteInode(_) | Op::DeleteEdge { .. } | Op::DeleteMount(_) | Op::DeleteJob(_) => {
+                None
+            }
         }
     }
 
@@ -72,6 +76,7 @@ impl SnapshotOp {
             },
             Self::Mount(m) => Op::PutMount(m),
             Self::Meta(k, v) => Op::PutMeta(k, v),
+            Self::Job(j) => Op::PutJob(j),
         }
     }
 }
