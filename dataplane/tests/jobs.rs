@@ -274,7 +274,7 @@ async fn j10_load_two_gib_once_per_block_then_two_replicas() {
     let c = Cluster::start(1, 2, "2600MiB").await;
     let creds = creds(c.dir.path());
     // Mixed sizes, 2 GiB in all: multi-block, exact-block, small and tiny.
-    let mut files = vec![("big/a".to_owned(), 700 * MIB + 3)];
+    let mut files = vec![("big/a".to_owned(), 650 * MIB + 3)];
     files.extend((0..4).map(|i| (format!("mid/b{i}"), 200 * MIB - i)));
     files.push(("mid/exact".to_owned(), BLOCK));
     files.extend((0..14).map(|i| (format!("small/c{i:02}"), 30 * MIB + i)));
