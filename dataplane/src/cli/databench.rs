@@ -39,6 +39,31 @@ pub struct UfsObjectArgs {
     pub bytes: u64,
 }
 
+/// Every object below an under-storage directory, read with parallel
+/// ranged GETs of block size: the most a load job could get from the store.
+#[derive(Debug, Args)]
+pub struct UfsParallelReadArgs {
+    #[command(flatten)]
+    pub object: UfsObjectArgs,
+    /// GETs in flight.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Bytes per GET.
+    #[arg(long, default_value = "64MiB", value_parser = super::worker::parse_size)]
+    pub range: u64,
+}
+
+/// A load job, timed from submission to its end.
+#[derive(Debug, Args)]
+pub struct LoadBenchArgs {
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
+    #[arg(long, default_value_t = 0)]
+    pub parallelism: u32,
+}
+
 fn report(what: &str, bytes: u64, elapsed: Duration) {
     let secs = elapsed.as_secs_f64().max(1e-9);
     println!(
@@ -107,6 +132,90 @@ pub async fn ufs_write(args: UfsObjectArgs) -> Result<(), CliError> {
     }
     w.close().await.map_err(failed)?;
     report("ufs-write", written, started.elapsed());
+    Ok(())
+}
+
+pub async fn ufs_parallel_read(args: UfsParallelReadArgs) -> Result<(), CliError> {
+    let (store, root) = open(&args.object)?;
+    let failed = |e: ufs::UfsError| CliError::Usage(e.to_string());
+    let mut ranges = Vec::new();
+    let mut dirs = vec![root];
+    while let Some(dir) = dirs.pop() {
+        let mut listing = store.list(&dir);
+        while let Some(entry) = futures::TryStreamExt::try_next(&mut listing)
+            .await
+            .map_err(failed)?
+        {
+            let path = dir.join(&entry.name).map_err(failed)?;
+            if entry.is_dir {
+                dirs.push(path);
+                continue;
+            }
+            let mut offset = 0;
+            while offset < entry.length {
+                let len = (entry.length - offset).min(args.range.max(1));
+                ranges.push((path.clone(), offset, len));
+                offset += len;
+            }
+        }
+    }
+    let started = Instant::now();
+    let total: u64 = futures::stream::iter(ranges)
+        .map(|(path, offset, len)| {
+            let store = store.clone();
+            async move {
+                let mut stream = store.read_stream(&path, offset, len).await?;
+                let mut got = 0u64;
+                while let Some(chunk) = stream.next().await {
+                    got += chunk?.len() as u64;
+                }
+                Ok::<_, ufs::UfsError>(got)
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .fold(Ok(0u64), |sum, got| async move { Ok(sum? + got?) })
+        .await
+        .map_err(failed)?;
+    report("ufs-parallel-get", total, started.elapsed());
+    Ok(())
+}
+
+pub async fn load(conn: &ConnArgs, args: LoadBenchArgs) -> Result<(), CliError> {
+    let client = conn.client()?;
+    let spec = crate::proto::master::JobSpec {
+        kind: crate::proto::master::JobKind::Load as i32,
+        paths: args.paths,
+        replicas: args.replicas,
+        parallelism: args.parallelism,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let job = client
+        .call(|mut c| {
+            let spec = spec.clone();
+            async move { c.submit_job(spec).await }
+        })
+        .await?;
+    let req = crate::proto::master::JobId { id: job.id };
+    let done = loop {
+        let now = client
+            .call(|mut c| async move { c.get_job(req).await })
+            .await?;
+        if now.finished_ms > 0 {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let elapsed = started.elapsed();
+    if done.state != crate::proto::master::JobState::Completed as i32 {
+        return Err(CliError::Usage(format!(
+            "load job {} ended {}: {}",
+            done.id,
+            super::job::state_name(done.state),
+            done.message
+        )));
+    }
+    report("weir-load", done.bytes_done, elapsed);
     Ok(())
 }
 

@@ -90,6 +90,11 @@ pub enum BenchCommand {
     UfsWrite(databench::UfsObjectArgs),
     /// Read an under-storage object with one streamed ranged GET.
     UfsRead(databench::UfsObjectArgs),
+    /// Read every object below an under-storage path with parallel ranged
+    /// GETs (the baseline of a load job).
+    UfsParallelRead(databench::UfsParallelReadArgs),
+    /// Run a load job and time it from submission to its end.
+    Load(databench::LoadBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -366,6 +371,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             BenchCommand::Read(args) => databench::read(&conn, args).await,
             BenchCommand::UfsWrite(args) => databench::ufs_write(args).await,
             BenchCommand::UfsRead(args) => databench::ufs_read(args).await,
+            BenchCommand::UfsParallelRead(args) => databench::ufs_parallel_read(args).await,
+            BenchCommand::Load(args) => databench::load(&conn, args).await,
         },
         Command::CheckPath { paths } => {
             let mut bad = 0;

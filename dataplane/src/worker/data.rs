@@ -435,11 +435,11 @@ async fn load(worker: &Arc<Worker>, r: LoadRequest) -> WorkerResult<Response> {
         });
     }
     let mut peer_error = None;
-    if let Some(peer) = &r.from {
-        if let Err(e) = copy_from_peer(worker, r.block, r.len, peer).await {
-            tracing::warn!(block = r.block, %peer, error = %e, "copying from a peer failed");
-            peer_error = Some(e);
-        }
+    if let Some(peer) = &r.from
+        && let Err(e) = copy_from_peer(worker, r.block, r.len, peer).await
+    {
+        tracing::warn!(block = r.block, %peer, error = %e, "copying from a peer failed");
+        peer_error = Some(e);
     }
     if !worker.store.contains(r.block) {
         match (&r.source, peer_error) {
