@@ -1138,6 +1138,96 @@ mod tests {
         WeirPath::parse(s).unwrap()
     }
 
+    fn load_spec(paths: &[&str], replicas: u32) -> JobSpec {
+        JobSpec {
+            kind: crate::master::jobs::JobKind::Load,
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            replicas,
+            parallelism: 0,
+            bandwidth: 0,
+            load_metadata: false,
+            load_what_fits: false,
+        }
+    }
+
+    fn submit(ns: &Namespace, spec: JobSpec) -> FsResult<Job> {
+        match ns.apply(&Command::SubmitJob { spec, now_ms: 5 }, vec![])? {
+            Reply::Job(j) => Ok(*j),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn jobs_get_ids_in_order_refuse_bad_specs_and_stay_cancelled() {
+        let ns = ns();
+        let a = submit(&ns, load_spec(&["/data"], 1)).unwrap();
+        let b = submit(&ns, load_spec(&["/data/*.csv", "/x"], 2)).unwrap();
+        assert_eq!((a.id, b.id), (1, 2));
+        assert_eq!(a.state, JobState::Pending);
+        for (spec, field) in [
+            (load_spec(&[], 1), "paths"),
+            (load_spec(&["relative"], 1), "paths: relative"),
+            (load_spec(&["/a"], 0), "replicas"),
+            (load_spec(&["/a"], MAX_REPLICAS + 1), "replicas"),
+        ] {
+            let e = submit(&ns, spec).unwrap_err();
+            assert!(
+                matches!(&e, FsError::InvalidArgument(m) if m.starts_with(field)),
+                "{e}"
+            );
+        }
+        let progress = JobProgress {
+            planned: true,
+            bytes_total: 10,
+            bytes_done: 4,
+            ..JobProgress::default()
+        };
+        let update = |state| Command::UpdateJob {
+            id: 1,
+            state,
+            progress: progress.clone(),
+            message: None,
+            now_ms: 7,
+        };
+        let Reply::Job(running) = ns.apply(&update(JobState::Running), vec![]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (running.started_ms, running.progress.bytes_done),
+            (Some(7), 4)
+        );
+        ns.apply(&Command::CancelJob { id: 1, now_ms: 8 }, vec![])
+            .unwrap();
+        // A late update from the scheduler does not undo the cancel.
+        assert!(matches!(
+            ns.apply(&update(JobState::Running), vec![]),
+            Err(FsError::FailedPrecondition(_))
+        ));
+        let job = ns.store().job(1).unwrap().unwrap();
+        assert_eq!(job.state, JobState::Cancelled);
+        assert_eq!(job.finished_ms, Some(8));
+        assert!(matches!(
+            ns.apply(&Command::CancelJob { id: 99, now_ms: 8 }, vec![]),
+            Err(FsError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn only_the_newest_finished_jobs_are_kept() {
+        let ns = ns();
+        let total = MAX_RETAINED_FINISHED as u64 + 5;
+        for id in 1..=total {
+            submit(&ns, load_spec(&["/a"], 1)).unwrap();
+            ns.apply(&Command::CancelJob { id, now_ms: 9 }, vec![])
+                .unwrap();
+        }
+        let running = submit(&ns, load_spec(&["/a"], 1)).unwrap();
+        let kept = ns.store().jobs(None, usize::MAX).unwrap();
+        assert_eq!(kept.len(), MAX_RETAINED_FINISHED);
+        assert_eq!(kept.last().unwrap().id, running.id, "unfinished jobs stay");
+        assert_eq!(kept[0].id, running.id + 1 - MAX_RETAINED_FINISHED as u64);
+    }
+
     fn mkdir(ns: &Namespace, path: &str, recursive: bool) -> FsResult<Reply> {
         ns.apply(
             &Command::CreateDirectory {

@@ -1134,3 +1134,72 @@ pub async fn submit(master: &Master, spec: JobSpec) -> Result<Job, MasterError> 
         other => Err(MasterError::Raft(format!("unexpected reply {other:?}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker() -> Tracker {
+        Tracker {
+            progress: JobProgress::default(),
+            finished: BTreeMap::new(),
+            changed: false,
+        }
+    }
+
+    #[test]
+    fn the_checkpoint_covers_only_the_finished_front_of_the_walk() {
+        let mut t = tracker();
+        t.finish(1, 10, None);
+        t.finish(3, 30, None);
+        assert_eq!(t.progress.checkpoint.cursor, 0, "file 0 is not finished");
+        assert_eq!((t.progress.files_done, t.progress.bytes_done), (2, 40));
+        t.finish(0, 1, Some(("/a/0".into(), "gone".into())));
+        let cp = t.progress.checkpoint.clone();
+        assert_eq!(
+            (cp.cursor, cp.files_done, cp.bytes_done, cp.failed_count),
+            (2, 1, 10, 1)
+        );
+        t.finish(2, 20, None);
+        assert_eq!(t.progress.checkpoint.cursor, 4);
+        assert_eq!(t.progress.checkpoint.bytes_done, 60);
+
+        // A new leader starts at the checkpoint with its counts: file 4,
+        // done but past it, is counted again when it is redone.
+        t.finish(5, 50, None);
+        let resumed = t.progress.resume();
+        assert_eq!((resumed.files_done, resumed.bytes_done), (3, 60));
+        assert_eq!(resumed.failed.len(), 1);
+        assert!(t.changed);
+    }
+
+    #[test]
+    fn placement_is_stable_and_spread() {
+        let workers = [1u64, 2, 3];
+        let pick = |block: u64, ws: &[u64]| *ws.iter().max_by_key(|w| score(block, **w)).unwrap();
+        let mut counts = HashMap::new();
+        for block in 0..3000u64 {
+            let first = pick(block, &workers);
+            *counts.entry(first).or_insert(0) += 1;
+            // Losing another worker never moves a block.
+            let others: Vec<u64> = workers.iter().copied().filter(|w| *w != first).collect();
+            let survivors = [first, others[0]];
+            assert_eq!(pick(block, &survivors), first);
+        }
+        for (w, n) in counts {
+            assert!((800..1200).contains(&n), "worker {w} got {n} of 3000");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_throttle_paces_bytes() {
+        let t = Throttle::new(100 << 20).unwrap();
+        let start = Instant::now();
+        for _ in 0..3 {
+            t.take(10 << 20).await;
+        }
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(190), "{took:?}");
+        assert!(Throttle::new(0).is_none(), "0 means unlimited");
+    }
+}
