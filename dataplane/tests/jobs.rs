@@ -531,3 +531,48 @@ async fn j30_bad_targets_capacity_cancel_persist_and_free() {
     let info = c.blocks("/s3/w/note.txt").await.file.unwrap();
     assert_eq!(info.persist, pb::PersistState::Persisted as i32);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn j40_a_worker_killed_mid_load_has_its_tasks_done_elsewhere() {
+    let s3 = s3_server("jobs").await;
+    let mut c = Cluster::start(1, 3, "700MiB").await;
+    let creds = creds(c.dir.path());
+    let files: Vec<(String, u64)> = (0..8).map(|i| (format!("g{i}"), BLOCK)).collect();
+    upload(s3_ufs(&s3, &creds).as_ref(), &files).await;
+    c.mount_s3("/s3", &s3.endpoint, &creds).await;
+
+    let out = c.weir(&["fs", "load", "/s3", "--bandwidth", "64MiB"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    c.workers[1].kill9();
+    let out = c.weir(&["job", "get", &id, "--watch", "--json"]);
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{job}\n{}", c.logs());
+    assert_eq!(job["failedCount"], 0, "{job}");
+
+    // Once the master gives the dead worker up, loading again restores
+    // what it held on the survivors.
+    let client = c.client();
+    wait(
+        "the dead worker to expire",
+        Duration::from_secs(20),
+        || async {
+            client
+                .call(|mut m| async move { m.get_cluster_info(pb::Empty {}).await })
+                .await
+                .is_ok_and(|i| i.workers.iter().filter(|w| !w.lost).count() == 2)
+        },
+    )
+    .await;
+    let (ok, job, stderr) = c.weir_json(&["fs", "load", "/s3", "--watch", "--json"]);
+    assert!(ok, "{job}\n{stderr}");
+    for (key, _) in &files {
+        let info = c.blocks(&format!("/s3/{key}")).await;
+        assert_eq!(info.file.unwrap().cached_percent, 100, "{key}");
+    }
+}
