@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{CountingProxy, Proc, free_port, http_get, is_mounted, s3_server, s3_server_on};
+use common::{
+    CountingProxy, Proc, creds, free_port, http_get, is_mounted, s3_server, s3_server_on,
+};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -85,22 +87,6 @@ async fn upload(ufs: &dyn Ufs, path: &str, p: &Pattern, len: u64) {
         off += n as u64;
     }
     w.close().await.unwrap();
-}
-
-fn creds(dir: &Path) -> BTreeMap<String, String> {
-    std::fs::write(dir.join("key"), "testing").unwrap();
-    std::fs::write(dir.join("secret"), "testing").unwrap();
-    [
-        (
-            "accessKeyId".to_owned(),
-            dir.join("key").display().to_string(),
-        ),
-        (
-            "secretAccessKey".to_owned(),
-            dir.join("secret").display().to_string(),
-        ),
-    ]
-    .into()
 }
 
 fn s3_ufs(endpoint: &str, bucket: &str, creds: &BTreeMap<String, String>) -> Arc<dyn Ufs> {

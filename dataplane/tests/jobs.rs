@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{CountingProxy, Proc, S3Server, free_port, s3_server};
+use common::{CountingProxy, Proc, S3Server, creds, free_port, s3_server};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -210,22 +210,6 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn creds(dir: &Path) -> BTreeMap<String, String> {
-    std::fs::write(dir.join("key"), "testing").unwrap();
-    std::fs::write(dir.join("secret"), "testing").unwrap();
-    [
-        (
-            "accessKeyId".to_owned(),
-            dir.join("key").display().to_string(),
-        ),
-        (
-            "secretAccessKey".to_owned(),
-            dir.join("secret").display().to_string(),
-        ),
-    ]
-    .into()
 }
 
 fn s3_ufs(s3: &S3Server, creds: &BTreeMap<String, String>) -> Arc<dyn Ufs> {

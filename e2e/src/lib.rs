@@ -4,7 +4,8 @@
 //! the pods' logs, the events and the objects of its namespace.
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, PostParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use std::fs::File;
@@ -192,6 +193,34 @@ where
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Applies a CRD (server-side, as the test harness) and waits until the
+/// apiserver has established it.
+pub async fn install_crd(client: &Client, crd: &CustomResourceDefinition) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    crds.patch(
+        &name,
+        &PatchParams::apply("weir-e2e").force(),
+        &Patch::Apply(crd),
+    )
+    .await?;
+    wait_for(
+        &format!("CRD {name} established"),
+        Duration::from_secs(30),
+        || async {
+            let c = crds.get(&name).await?;
+            let established = c
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            Ok(established.then_some(()))
+        },
+    )
+    .await
 }
 
 /// A namespace owned by one test. Dropped after a failure, it first writes

@@ -2,41 +2,18 @@
 //! refused at apply time with the offending field named, and a
 //! CacheRuntime scales through the scale subresource.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{DynamicObject, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
 use kube::{Api, CustomResourceExt};
 use serde_json::{Value, json};
 use std::time::Duration;
-use weir_e2e::{TestNamespace, in_namespace, wait_for};
+use weir_e2e::{TestNamespace, in_namespace, install_crd, wait_for};
 use weir_operator::crd::{CacheRuntime, DataLoad, Dataset};
 
 async fn install_crds(ns: &TestNamespace) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
     for crd in [Dataset::crd(), CacheRuntime::crd(), DataLoad::crd()] {
-        let name = crd.metadata.name.clone().expect("crd name");
-        crds.patch(
-            &name,
-            &PatchParams::apply("weir-e2e").force(),
-            &Patch::Apply(&crd),
-        )
-        .await?;
-        wait_for(
-            &format!("{name} established"),
-            Duration::from_secs(30),
-            || async {
-                let c = crds.get(&name).await?;
-                let established = c
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                Ok(established.then_some(()))
-            },
-        )
-        .await?;
+        install_crd(&ns.client, &crd).await?;
     }
     Ok(())
 }

@@ -4,12 +4,11 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, CustomResourceExt};
 use serde_json::json;
 use std::time::Duration;
-use weir_e2e::{in_namespace, wait_for};
+use weir_e2e::{in_namespace, install_crd, wait_for};
 use weir_operator::crd::Dataset;
 
 const E2E_IMAGE: &str = "weir.io/e2e:dev";
@@ -29,30 +28,7 @@ async fn pod_phase(pods: &Api<Pod>, name: &str) -> weir_e2e::Result<Option<Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crd_with_status_subresource_and_validation() -> anyhow::Result<()> {
     in_namespace("crd", async |ns| {
-        let crds: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
-        let crd = Dataset::crd();
-        let name = crd.metadata.name.clone().expect("crd name");
-        crds.patch(
-            &name,
-            &PatchParams::apply("weir-e2e").force(),
-            &Patch::Apply(&crd),
-        )
-        .await?;
-        wait_for(
-            "Dataset CRD established",
-            Duration::from_secs(30),
-            || async {
-                let c = crds.get(&name).await?;
-                let established = c
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                Ok(established.then_some(()))
-            },
-        )
-        .await?;
+        install_crd(&ns.client, &Dataset::crd()).await?;
 
         let datasets: Api<Dataset> = ns.api();
         let ds: Dataset = from_json(json!({

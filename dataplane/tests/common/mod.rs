@@ -330,3 +330,21 @@ pub fn is_mounted(mount_point: &Path) -> bool {
         .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&*target)))
         .unwrap_or(false)
 }
+
+/// Credential files for the test S3 servers (both accept any key), as the
+/// mount options name them.
+pub fn creds(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::write(dir.join("key"), "testing").unwrap();
+    std::fs::write(dir.join("secret"), "testing").unwrap();
+    [
+        (
+            "accessKeyId".to_owned(),
+            dir.join("key").display().to_string(),
+        ),
+        (
+            "secretAccessKey".to_owned(),
+            dir.join("secret").display().to_string(),
+        ),
+    ]
+    .into()
+}

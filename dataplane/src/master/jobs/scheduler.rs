@@ -635,20 +635,8 @@ impl JobScheduler {
                 "loaded what fits: {skipped} files did not fit in the cache ({holdable} bytes)"
             ));
         }
-        let start = {
-            let mut t = tracker.lock().expect("tracker");
-            let p = &mut t.progress;
-            p.planned = true;
-            p.files_total = files.len() as u64;
-            p.bytes_total = files.iter().map(|f| f.inode.length).sum();
-            p.files_skipped = skipped;
-            t.changed = true;
-            t.progress.checkpoint.cursor.min(files.len() as u64)
-        };
-        let parallelism = match spec.parallelism as usize {
-            0 => DEFAULT_PARALLELISM_PER_WORKER * live.len().max(1),
-            n => n,
-        };
+        let start = self.plan_totals(tracker, &files, skipped);
+        let parallelism = parallelism(spec, live.len());
         let throttle = Throttle::new(spec.bandwidth);
         let mut in_flight: JoinSet<(u64, Result<(), TaskError>)> = JoinSet::new();
         // Per file: blocks not yet finished, and its first failure.
@@ -893,11 +881,8 @@ impl JobScheduler {
         tracker: &Arc<Mutex<Tracker>>,
     ) -> Result<Option<String>, Stop> {
         let files = self.walk(master, &job.spec).await?;
-        let start = self.plan_totals(tracker, &files);
-        let parallelism = match job.spec.parallelism as usize {
-            0 => DEFAULT_PARALLELISM_PER_WORKER * master.workers.workers().len().max(1),
-            n => n,
-        };
+        let start = self.plan_totals(tracker, &files, 0);
+        let parallelism = parallelism(&job.spec, master.workers.workers().len());
         let files = Arc::new(files);
         let mut in_flight: JoinSet<(u64, Result<(), String>)> = JoinSet::new();
         let mut next = start;
@@ -926,12 +911,15 @@ impl JobScheduler {
         Ok(None)
     }
 
-    fn plan_totals(&self, tracker: &Mutex<Tracker>, files: &[Target]) -> u64 {
+    /// Records the walked target's totals; returns where scheduling starts
+    /// (the checkpoint of an earlier leader, if any).
+    fn plan_totals(&self, tracker: &Mutex<Tracker>, files: &[Target], skipped: u64) -> u64 {
         let mut t = tracker.lock().expect("tracker");
         let p = &mut t.progress;
         p.planned = true;
         p.files_total = files.len() as u64;
         p.bytes_total = files.iter().map(|f| f.inode.length).sum();
+        p.files_skipped = skipped;
         t.changed = true;
         t.progress.checkpoint.cursor.min(files.len() as u64)
     }
@@ -1022,7 +1010,7 @@ impl JobScheduler {
         tracker: &Arc<Mutex<Tracker>>,
     ) -> Result<Option<String>, Stop> {
         let files = self.walk(master, &job.spec).await?;
-        let start = self.plan_totals(tracker, &files);
+        let start = self.plan_totals(tracker, &files, 0);
         let mut pinned = 0u64;
         let mut waiting: Vec<(u64, Vec<u64>)> = Vec::new();
         for (index, target) in files.iter().enumerate().skip(start as usize) {
@@ -1111,6 +1099,14 @@ impl<'a> Reservation<'a> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.scheduler.reserve(self.worker, self.bytes, false);
+    }
+}
+
+/// Tasks a job keeps in flight: its own setting, else a few per worker.
+fn parallelism(spec: &JobSpec, workers: usize) -> usize {
+    match spec.parallelism as usize {
+        0 => DEFAULT_PARALLELISM_PER_WORKER * workers.max(1),
+        n => n,
     }
 }
 
