@@ -14,7 +14,7 @@ tar_out=
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
 PROFILE_DIR=${WEIR_PROFILE_DIR:-$CARGO_TARGET_DIR/${WEIR_PROFILE:-debug}}
 # The binaries of the one Weir image (DESIGN.md: one image, three binaries).
-WEIR_BINARIES=(weir)
+WEIR_BINARIES=(weir weir-operator)
 E2E_BINARIES=(weir-e2e-fuse-probe)
 
 work=$(mktemp -d)
@@ -51,6 +51,8 @@ case $kind in
     ;;
   weir)
     add_busybox
+    # HTTPS under-storage (and the TLS client's start-up) need the CA roots.
+    install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
     for b in "${WEIR_BINARIES[@]}"; do add_binary "$PROFILE_DIR/$b"; done
     entrypoint='["/usr/local/bin/weir"]'
     ;;

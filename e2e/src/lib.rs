@@ -3,6 +3,8 @@
 //! its own, waits on conditions with deadlines, and when a test fails dumps
 //! the pods' logs, the events and the objects of its namespace.
 
+pub mod weir;
+
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -335,11 +337,57 @@ impl TestNamespace {
     }
 }
 
+impl TestNamespace {
+    /// A test that stopped half way leaves Weir objects whose finalizers no
+    /// operator will run any more: drop the finalizers, and remove what
+    /// the operator would have (the PVs and node labels of this namespace),
+    /// so the namespace can go.
+    fn release_weir_objects(&self) {
+        let kinds = "datasets.data.weir.io,cacheruntimes.data.weir.io,dataloads.data.weir.io";
+        let names = self
+            .kubectl(&["get", kinds, "-o", "name"])
+            .unwrap_or_default();
+        for obj in names.split_whitespace() {
+            let _ = self.kubectl(&[
+                "patch",
+                obj,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ]);
+        }
+        let pvs = self
+            .bed
+            .kubectl(&["get", "pv", "-o", "jsonpath={.items[*].metadata.name}"])
+            .unwrap_or_default();
+        for pv in pvs
+            .split_whitespace()
+            .filter(|pv| pv.starts_with(&format!("{}-", self.name)))
+        {
+            let _ = self.bed.kubectl(&["delete", "pv", pv, "--wait=false"]);
+        }
+        let labels = self
+            .bed
+            .kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.labels}"])
+            .unwrap_or_default();
+        let prefix = format!("weir.io/fuse-{}-", self.name);
+        let mut rest = labels.as_str();
+        while let Some(at) = rest.find(&prefix) {
+            let key: String = rest[at..].chars().take_while(|c| *c != '"').collect();
+            let _ = self
+                .bed
+                .kubectl(&["label", "nodes", "--all", &format!("{key}-")]);
+            rest = &rest[at + key.len()..];
+        }
+    }
+}
+
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         if !self.passed || std::thread::panicking() {
             self.dump();
         }
+        self.release_weir_objects();
         let _ = self
             .bed
             .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);

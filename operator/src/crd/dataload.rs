@@ -106,9 +106,10 @@ pub struct LoadProgress {
 pub struct DataLoadStatus {
     #[serde(default)]
     pub phase: LoadPhase,
-    /// The master's job id of the current (or last) run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job_id: Option<u64>,
+    /// The master's jobs of the current (or last) run: one per distinct
+    /// replica count among the targets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub job_ids: Vec<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<LoadProgress>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,4 +120,7 @@ pub struct DataLoadStatus {
     pub last_schedule_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_time: Option<String>,
+    /// When the current (or last) run finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<String>,
 }

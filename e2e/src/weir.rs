@@ -1,0 +1,198 @@
+//! Weir's parts as the Kubernetes suites run them: an S3 server the pods
+//! can reach, and the operator as a process watching one test namespace.
+
+use crate::{Bed, profile_dir};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The node's address on the pod bridge: pods reach host processes there.
+pub const NODE_IP: &str = "10.88.0.1";
+
+fn moto_path() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/root".into());
+    std::env::var_os("WEIR_MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".cache/weir/venv/bin/moto_server"))
+}
+
+fn free_port(host: &str) -> u16 {
+    TcpListener::bind((host, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A moto S3 server on the pod bridge with one bucket; stopped on drop.
+pub struct BridgeS3 {
+    child: Child,
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+impl Drop for BridgeS3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl BridgeS3 {
+    pub fn start(bucket: &str) -> anyhow::Result<Self> {
+        let port = free_port(NODE_IP);
+        let child = Command::new(moto_path())
+            .args(["-H", NODE_IP, "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let addr = format!("{NODE_IP}:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "moto did not start on {addr}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let s3 = BridgeS3 {
+            child,
+            endpoint: format!("http://{addr}"),
+            bucket: bucket.into(),
+        };
+        s3.request("PUT", &format!("/{bucket}"), b"")?;
+        Ok(s3)
+    }
+
+    /// Stores `body` as `key` in the bucket.
+    pub fn put(&self, key: &str, body: &[u8]) -> anyhow::Result<()> {
+        self.request("PUT", &format!("/{}/{key}", self.bucket), body)
+    }
+
+    /// An unsigned request (moto accepts them).
+    fn request(&self, method: &str, path: &str, body: &[u8]) -> anyhow::Result<()> {
+        use std::io::{Read, Write};
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr)?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )?;
+        s.write_all(body)?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        let text = String::from_utf8_lossy(&out);
+        let status = text.lines().next().unwrap_or_default();
+        anyhow::ensure!(
+            status.contains(" 200") || status.contains(" 204"),
+            "{method} {path}: {status}"
+        );
+        Ok(())
+    }
+}
+
+/// `weir-operator` of this build, watching one namespace, logging to a
+/// file; killed on drop.
+pub struct OperatorProcess {
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub metrics: String,
+    args: Vec<String>,
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl OperatorProcess {
+    pub fn start(bed: &Bed, namespace: &str, identity: &str) -> anyhow::Result<Self> {
+        let metrics = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        let log = std::env::temp_dir().join(format!("weir-operator-{namespace}-{identity}.log"));
+        let args = vec![
+            "--kubeconfig".into(),
+            bed.kubeconfig.to_string_lossy().into_owned(),
+            "--image".into(),
+            "weir.io/weir:dev".into(),
+            "--image-pull-policy".into(),
+            "Never".into(),
+            "--watch-namespace".into(),
+            namespace.into(),
+            "--lease-namespace".into(),
+            namespace.into(),
+            "--identity".into(),
+            identity.into(),
+            "--lease-seconds".into(),
+            "6".into(),
+            "--metrics-listen".into(),
+            metrics.clone(),
+        ];
+        let mut op = OperatorProcess {
+            child: None,
+            log,
+            metrics,
+            args,
+        };
+        op.spawn()?;
+        Ok(op)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(profile_dir().join("weir-operator"))
+            .args(&self.args)
+            .env("RUST_LOG", "info,weir_operator=debug")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops with SIGTERM (a clean exit releases the Lease).
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The `/metrics` page.
+    pub fn scrape(&self) -> anyhow::Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.metrics)?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.metrics
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,310 @@
+//! The operator on the real cluster: a Dataset + CacheRuntime over a bucket
+//! of an S3 server become masters, workers, a PVC and a FUSE mount; a
+//! DataLoad warms the cache to 100%; credentials appear nowhere but in their
+//! Secret; deletion waits for the pods that use the data, then leaves
+//! nothing behind. A second test runs three masters through a leader loss
+//! and scales the workers.
+
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, CustomResourceExt, ResourceExt};
+use serde_json::json;
+use std::time::{Duration, SystemTime};
+use weir_e2e::weir::{BridgeS3, OperatorProcess};
+use weir_e2e::{TestNamespace, in_namespace, install_crd, wait_for};
+use weir_operator::crd::dataload::LoadPhase;
+use weir_operator::crd::dataset::DatasetPhase;
+use weir_operator::crd::{CacheRuntime, DataLoad, Dataset};
+
+async fn install_crds(ns: &TestNamespace) -> anyhow::Result<()> {
+    for crd in [Dataset::crd(), CacheRuntime::crd(), DataLoad::crd()] {
+        install_crd(&ns.client, &crd).await?;
+    }
+    Ok(())
+}
+
+/// Reproducible bytes that differ per seed.
+fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn unique() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{:x}{:x}", nanos, std::process::id())
+}
+
+fn dataset(name: &str, s3: &BridgeS3) -> Dataset {
+    let secret = |key: &str| json!({"secretKeyRef": {"name": "s3-creds", "key": key}});
+    serde_json::from_value(json!({
+        "apiVersion": "data.weir.io/v1alpha1", "kind": "Dataset",
+        "metadata": {"name": name},
+        "spec": {"mounts": [{
+            "mountPoint": format!("s3://{}/data", s3.bucket),
+            "name": "data",
+            "options": {"endpoint": s3.endpoint},
+            "encryptOptions": [
+                {"name": "accessKeyId", "valueFrom": secret("accessKeyId")},
+                {"name": "secretAccessKey", "valueFrom": secret("secretAccessKey")},
+            ],
+        }]},
+    }))
+    .expect("dataset literal")
+}
+
+fn runtime(name: &str, masters: i32, workers: i32) -> CacheRuntime {
+    serde_json::from_value(json!({
+        "apiVersion": "data.weir.io/v1alpha1", "kind": "CacheRuntime",
+        "metadata": {"name": name},
+        "spec": {
+            "master": {"replicas": masters, "options": {"worker_timeout_ms": "4000"}},
+            "replicas": workers,
+            "tieredstore": {"levels": [{"mediumtype": "MEM", "quota": "256Mi", "high": 0.95, "low": 0.8}]},
+        },
+    }))
+    .expect("runtime literal")
+}
+
+fn load(name: &str, dataset: &str, path: &str) -> DataLoad {
+    serde_json::from_value(json!({
+        "apiVersion": "data.weir.io/v1alpha1", "kind": "DataLoad",
+        "metadata": {"name": name},
+        "spec": {"dataset": {"name": dataset}, "target": [{"path": path}]},
+    }))
+    .expect("dataload literal")
+}
+
+async fn create_secret(ns: &TestNamespace, key: &str, secret: &str) -> anyhow::Result<()> {
+    ns.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "s3-creds",
+        &format!("--from-literal=accessKeyId={key}"),
+        &format!("--from-literal=secretAccessKey={secret}"),
+    ])?;
+    Ok(())
+}
+
+async fn wait_bound(ns: &TestNamespace, name: &str, timeout: Duration) -> anyhow::Result<Dataset> {
+    let datasets: Api<Dataset> = ns.api();
+    Ok(
+        wait_for(&format!("Dataset {name} Bound"), timeout, || async {
+            let ds = datasets.get(name).await?;
+            let bound = ds
+                .status
+                .as_ref()
+                .is_some_and(|s| s.phase == DatasetPhase::Bound);
+            Ok(bound.then_some(ds))
+        })
+        .await?,
+    )
+}
+
+async fn wait_ready(
+    ns: &TestNamespace,
+    sts: &str,
+    replicas: i32,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let api: Api<StatefulSet> = ns.api();
+    wait_for(
+        &format!("StatefulSet {sts} {replicas} ready"),
+        timeout,
+        || async {
+            let s = api.get_opt(sts).await?;
+            let ready = s.and_then(|s| s.status).is_some_and(|st| {
+                st.ready_replicas.unwrap_or(0) == replicas && st.replicas == replicas
+            });
+            Ok(ready.then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn wait_load(
+    ns: &TestNamespace,
+    name: &str,
+    phase: LoadPhase,
+    timeout: Duration,
+) -> anyhow::Result<DataLoad> {
+    let loads: Api<DataLoad> = ns.api();
+    Ok(
+        wait_for(&format!("DataLoad {name} {phase:?}"), timeout, || async {
+            let dl = loads.get(name).await?;
+            let now = dl.status.as_ref().map(|s| s.phase.clone());
+            Ok((now == Some(phase.clone())).then_some(dl))
+        })
+        .await?,
+    )
+}
+
+async fn node_name(ns: &TestNamespace) -> anyhow::Result<String> {
+    let nodes: Api<Node> = Api::all(ns.client.clone());
+    Ok(nodes.list(&ListParams::default()).await?.items[0].name_any())
+}
+
+async fn label_node(ns: &TestNamespace, label: &str, value: Option<&str>) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(ns.client.clone());
+    let patch = json!({"metadata": {"labels": {label: value}}});
+    nodes
+        .patch(
+            &node_name(ns).await?,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dataset_binds_loads_and_reads_keeps_secrets_and_cleans_up() -> anyhow::Result<()> {
+    in_namespace("op-journey", async |ns| {
+        install_crds(ns).await?;
+        let access_key = format!("AKIAWEIR{}", unique());
+        let secret_key = format!("weir-secret-{}", unique());
+        let s3 = BridgeS3::start("journey")?;
+        let files = [
+            ("data/a.bin", bytes(5 << 20, 1)),
+            ("data/b.bin", bytes(12 << 20, 2)),
+            ("data/dir/c.txt", b"hello from the cache\n".to_vec()),
+        ];
+        for (key, body) in &files {
+            s3.put(key, body)?;
+        }
+        create_secret(ns, &access_key, &secret_key).await?;
+        let op = OperatorProcess::start(&ns.bed, &ns.name, "op-a")?;
+        let pp = PostParams::default();
+        let name = "journey";
+        ns.api::<Dataset>().create(&pp, &dataset(name, &s3)).await?;
+        ns.api::<CacheRuntime>().create(&pp, &runtime(name, 1, 2)).await?;
+
+        wait_bound(ns, name, Duration::from_secs(240)).await?;
+        wait_ready(ns, "journey-master", 1, Duration::from_secs(60)).await?;
+        wait_ready(ns, "journey-worker", 2, Duration::from_secs(120)).await?;
+        let claim = ns.api::<PersistentVolumeClaim>().get(name).await?;
+        assert_eq!(claim.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
+
+        // A load of the whole mount completes and the dataset shows 100%.
+        ns.api::<DataLoad>().create(&pp, &load("warm", name, "/data")).await?;
+        let done = wait_load(ns, "warm", LoadPhase::Complete, Duration::from_secs(180)).await?;
+        let progress = done.status.and_then(|s| s.progress).expect("progress");
+        assert_eq!(progress.files_done, 3);
+        assert_eq!(progress.bytes_done, (17 << 20) + 21);
+        let datasets: Api<Dataset> = ns.api();
+        wait_for("Dataset 100% cached", Duration::from_secs(60), || async {
+            let ds = datasets.get(name).await?;
+            let pct = ds.status.and_then(|s| s.cache_states).map(|c| c.cached_percentage);
+            Ok((pct.as_deref() == Some("100.0%")).then_some(()))
+        })
+        .await?;
+        let table = ns.kubectl(&["get", "datasets"])?;
+        eprintln!("{table}");
+        assert!(table.contains("100.0%") && table.contains("Bound"), "{table}");
+
+        // A missing path fails the load, naming it.
+        ns.api::<DataLoad>().create(&pp, &load("missing", name, "/data/nope")).await?;
+        let failed = wait_load(ns, "missing", LoadPhase::Failed, Duration::from_secs(60)).await?;
+        let reason = failed
+            .status
+            .map(|s| s.conditions.iter().map(|c| c.message.clone()).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default();
+        assert!(reason.contains("/data/nope"), "the reason names the path: {reason}");
+
+        // The FUSE pod of a labelled node serves the data at the host path.
+        let label = format!("weir.io/fuse-{}-{name}", ns.name);
+        label_node(ns, &label, Some("true")).await?;
+        let mount = format!("/var/lib/weir/mnt/{}/{name}/fuse", ns.name);
+        let read = wait_for("file read through the FUSE pod", Duration::from_secs(120), || async {
+            Ok(std::fs::read(format!("{mount}/data/b.bin")).ok())
+        })
+        .await?;
+        assert!(read == files[1].1, "b.bin read through FUSE matches S3");
+        let small = std::fs::read_to_string(format!("{mount}/data/dir/c.txt"))?;
+        assert_eq!(small, "hello from the cache\n");
+
+        // Credentials: only in their Secret.
+        let mut haystack = String::new();
+        for args in [
+            vec!["get", "configmaps", "-o", "yaml"],
+            vec!["get", "pods", "-o", "yaml"],
+            vec!["get", "statefulsets,daemonsets", "-o", "yaml"],
+            vec!["get", "datasets,cacheruntimes,dataloads", "-o", "yaml"],
+            vec!["get", "events", "-o", "yaml"],
+        ] {
+            haystack.push_str(&ns.kubectl(&args)?);
+        }
+        haystack.push_str(&ns.bed.kubectl(&["get", "pv", "-o", "yaml"])?);
+        haystack.push_str(&op.log_text());
+        for pod in ns.kubectl(&["get", "pods", "-o", "jsonpath={.items[*].metadata.name}"])?.split_whitespace() {
+            haystack.push_str(&ns.kubectl(&["logs", pod, "--all-containers"]).unwrap_or_default());
+        }
+        assert!(haystack.len() > 10_000, "the search covered the objects ({} bytes)", haystack.len());
+        assert!(!haystack.contains(&access_key), "the access key leaked");
+        assert!(!haystack.contains(&secret_key), "the secret key leaked");
+
+        // Metrics and Events a user sees.
+        let metrics = op.scrape()?;
+        assert!(metrics.contains("weir_operator_reconciles_total"), "{metrics}");
+        let events = ns.kubectl(&["get", "events"])?;
+        assert!(events.contains("MountsApplied") && events.contains("LoadComplete"), "{events}");
+
+        // A pod using the PVC holds the Dataset's deletion, and says so.
+        let user: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "reader"},
+            "spec": {
+                "containers": [{"name": "c", "image": "weir.io/e2e:dev", "imagePullPolicy": "Never",
+                    "command": ["sleep", "3600"], "volumeMounts": [{"name": "d", "mountPath": "/data"}]}],
+                "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": name}}],
+                "terminationGracePeriodSeconds": 0,
+            },
+        }))?;
+        ns.api::<Pod>().create(&pp, &user).await?;
+        datasets.delete(name, &DeleteParams::default()).await?;
+        wait_for("deletion blocked, naming the pod", Duration::from_secs(30), || async {
+            let ds = datasets.get(name).await?;
+            let blocked = ds.status.iter().flat_map(|s| &s.conditions).any(|c| {
+                c.type_ == "Terminating" && c.reason == "ClaimInUse" && c.message.contains("reader")
+            });
+            Ok(blocked.then_some(()))
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(datasets.get_opt(name).await?.is_some(), "the Dataset stays while reader runs");
+        let events = ns.kubectl(&["get", "events"])?;
+        assert!(events.contains("DeletionBlocked"), "{events}");
+
+        ns.api::<Pod>().delete("reader", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+        wait_for("Dataset and runtime gone", Duration::from_secs(120), || async {
+            let gone = datasets.get_opt(name).await?.is_none()
+                && ns.api::<CacheRuntime>().get_opt(name).await?.is_none();
+            Ok(gone.then_some(()))
+        })
+        .await?;
+        let pvs: Api<PersistentVolume> = Api::all(ns.client.clone());
+        let nodes: Api<Node> = Api::all(ns.client.clone());
+        let daemonsets: Api<DaemonSet> = ns.api();
+        wait_for("PV, node label, DaemonSet and FUSE mount gone", Duration::from_secs(120), || async {
+            let pv = pvs.get_opt(&format!("{}-{name}", ns.name)).await?;
+            let labelled = nodes.list(&ListParams::default().labels(&label)).await?.items.len();
+            let ds = daemonsets.get_opt(&format!("{name}-fuse")).await?;
+            let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().contains(&mount);
+            Ok((pv.is_none() && labelled == 0 && ds.is_none() && !mounted).then_some(()))
+        })
+        .await?;
+        Ok(())
+    })
+    .await
+}

@@ -1,0 +1,84 @@
+//! `weir-operator`: the Dataset, CacheRuntime and DataLoad controllers.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::time::Duration;
+use weir::telemetry::{self, LogFormat};
+use weir_operator::OperatorConfig;
+use weir_operator::render::RenderConfig;
+
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Image of the masters, workers and FUSE pods.
+    #[arg(long, env = "WEIR_IMAGE", default_value = "weir.io/weir:dev")]
+    image: String,
+    #[arg(long, env = "WEIR_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    image_pull_policy: String,
+    #[arg(long, env = "WEIR_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// `/metrics` and `/healthz`.
+    #[arg(
+        long,
+        env = "WEIR_OPERATOR_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    metrics_listen: SocketAddr,
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    #[arg(long, default_value = "weir-operator")]
+    lease_name: String,
+    /// This replica's name in the Lease [default: host name and pid].
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+    /// Reconcile only this namespace [default: all namespaces].
+    #[arg(long, env = "WEIR_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Kubeconfig to use instead of the in-cluster service account.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<std::path::PathBuf>,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init("info", args.log_format)?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let identity = args
+        .identity
+        .unwrap_or_else(|| format!("{}-{}", host.trim(), std::process::id()));
+    let config = OperatorConfig {
+        render: RenderConfig {
+            image: args.image,
+            image_pull_policy: args.image_pull_policy,
+            cluster_domain: args.cluster_domain,
+        },
+        master_port: 19200,
+        metrics_listen: args.metrics_listen,
+        lease_namespace: args.lease_namespace,
+        lease_name: args.lease_name,
+        identity,
+        lease_duration: Duration::from_secs(args.lease_seconds),
+        watch_namespace: args.watch_namespace,
+    };
+    let client = client(args.kubeconfig.as_deref()).await?;
+    weir_operator::run(config, client).await?;
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! The Dataset controller: `NotBound` while no runtime of its name exists,
+//! and deletion: refused (condition + Event naming the pods) while a
+//! running pod uses the dataset's PVC, else the runtime goes first.
+
+use super::{patch_status, pods_using_claim};
+use crate::context::{Context, set_condition};
+use crate::crd::dataset::DatasetPhase;
+use crate::crd::{CacheRuntime, Dataset};
+use crate::names::FINALIZER_DATASET;
+use crate::{Error, Result};
+use kube::api::DeleteParams;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, ResourceExt};
+use std::sync::Arc;
+
+#[tracing::instrument(skip_all, fields(dataset = %ds.name_any(), namespace = ds.namespace().unwrap_or_default()))]
+pub async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = ds.namespace().unwrap_or_default();
+    let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), &ns);
+    Ok(finalizer(&api, FINALIZER_DATASET, ds, |event| async {
+        match event {
+            Finalizer::Apply(ds) => unbound_without_runtime(ds, &ctx).await,
+            Finalizer::Cleanup(ds) => delete(ds, &ctx).await,
+        }
+    })
+    .await?)
+}
+
+async fn unbound_without_runtime(ds: Arc<Dataset>, ctx: &Context) -> Result<Action> {
+    let ns = ds.namespace().unwrap_or_default();
+    let name = ds.name_any();
+    let runtimes: Api<CacheRuntime> = Api::namespaced(ctx.client.clone(), &ns);
+    if runtimes.get_opt(&name).await?.is_some() {
+        // The runtime controller writes the status from here on.
+        return Ok(Action::await_change());
+    }
+    let mut status = ds.status.clone().unwrap_or_default();
+    status.phase = DatasetPhase::NotBound;
+    status.runtimes.clear();
+    status.cache_states = None;
+    set_condition(
+        &mut status.conditions,
+        "Ready",
+        false,
+        "NoRuntime",
+        format!("no CacheRuntime named {name} in {ns}"),
+        ds.metadata.generation,
+    );
+    if ds.status.as_ref() != Some(&status) {
+        patch_status(
+            &Api::<Dataset>::namespaced(ctx.client.clone(), &ns),
+            &name,
+            &status,
+        )
+        .await?;
+    }
+    Ok(Action::await_change())
+}
+
+async fn delete(ds: Arc<Dataset>, ctx: &Context) -> Result<Action> {
+    let ns = ds.namespace().unwrap_or_default();
+    let name = ds.name_any();
+    let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut status = ds.status.clone().unwrap_or_default();
+    let users = pods_using_claim(&ctx.client, &ns, &name).await?;
+    if !users.is_empty() {
+        let message = format!("PVC {name} is in use by running pods: {}", users.join(", "));
+        if set_condition(
+            &mut status.conditions,
+            "Terminating",
+            false,
+            "ClaimInUse",
+            &message,
+            ds.metadata.generation,
+        ) {
+            ctx.event(ds.as_ref(), true, "DeletionBlocked", message.clone())
+                .await;
+        }
+        patch_status(&api, &name, &status).await?;
+        return Err(Error::Waiting(format!("dataset {ns}/{name}: {message}")));
+    }
+    let runtimes: Api<CacheRuntime> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(rt) = runtimes.get_opt(&name).await? {
+        if rt.metadata.deletion_timestamp.is_none() {
+            runtimes.delete(&name, &DeleteParams::background()).await?;
+            ctx.event(
+                ds.as_ref(),
+                false,
+                "DeletingRuntime",
+                format!("deleting CacheRuntime {name}"),
+            )
+            .await;
+        }
+        let message =
+            format!("waiting for CacheRuntime {name} to clean up (PV, node labels, pods)");
+        set_condition(
+            &mut status.conditions,
+            "Terminating",
+            false,
+            "DeletingRuntime",
+            &message,
+            ds.metadata.generation,
+        );
+        patch_status(&api, &name, &status).await?;
+        return Err(Error::Waiting(format!("dataset {ns}/{name}: {message}")));
+    }
+    Ok(Action::await_change())
+}
