@@ -308,3 +308,247 @@ async fn dataset_binds_loads_and_reads_keeps_secrets_and_cleans_up() -> anyhow::
     })
     .await
 }
+
+/// The leader's id from a master's `/readyz` ("leader N, applied").
+fn leader_of(pod_ip: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect((pod_ip, 19200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET /readyz HTTP/1.1\r\nHost: {pod_ip}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let body = out.split("\r\n\r\n").nth(1)?;
+    body.strip_prefix("leader ")?
+        .split(',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The Dataset's cached percentage; it must still be Bound.
+async fn cached_percentage(
+    datasets: &Api<Dataset>,
+    name: &str,
+) -> weir_e2e::Result<Option<String>> {
+    let status = datasets.get(name).await?.status.unwrap_or_default();
+    assert_eq!(
+        status.phase,
+        DatasetPhase::Bound,
+        "Dataset {name} stays Bound"
+    );
+    Ok(status.cache_states.map(|c| c.cached_percentage))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_masters_survive_a_leader_loss_and_workers_scale() -> anyhow::Result<()> {
+    in_namespace("op-scale", async |ns| {
+        install_crds(ns).await?;
+        let s3 = BridgeS3::start("scale")?;
+        let files = [
+            ("data/a.bin", bytes(9 << 20, 3)),
+            ("data/b.bin", bytes(20 << 20, 4)),
+        ];
+        for (key, body) in &files {
+            s3.put(key, body)?;
+        }
+        create_secret(ns, "unused-key", "unused-secret").await?;
+        let op = OperatorProcess::start(&ns.bed, &ns.name, "op-b")?;
+        let pp = PostParams::default();
+        let name = "scale";
+        ns.api::<Dataset>().create(&pp, &dataset(name, &s3)).await?;
+        ns.api::<CacheRuntime>()
+            .create(&pp, &runtime(name, 3, 2))
+            .await?;
+        wait_bound(ns, name, Duration::from_secs(240)).await?;
+        wait_ready(ns, "scale-master", 3, Duration::from_secs(120)).await?;
+        wait_ready(ns, "scale-worker", 2, Duration::from_secs(120)).await?;
+
+        // Delete the leader's pod: the Dataset stays Bound and its status
+        // still follows the cache (a load after the loss shows up in it).
+        let pods: Api<Pod> = ns.api();
+        let ip = |p: &Pod| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .unwrap_or_default()
+        };
+        let leader = wait_for("a leader", Duration::from_secs(60), || async {
+            let p = pods.get("scale-master-0").await?;
+            Ok(leader_of(&ip(&p)))
+        })
+        .await?;
+        let leader_pod = format!("scale-master-{leader}");
+        eprintln!("deleting the leader's pod {leader_pod}");
+        pods.delete(&leader_pod, &DeleteParams::default()).await?;
+        let datasets: Api<Dataset> = ns.api();
+        ns.api::<DataLoad>()
+            .create(&pp, &load("after-loss", name, "/data"))
+            .await?;
+        wait_load(
+            ns,
+            "after-loss",
+            LoadPhase::Complete,
+            Duration::from_secs(180),
+        )
+        .await?;
+        wait_for(
+            "status shows the load (100% cached)",
+            Duration::from_secs(60),
+            || async {
+                Ok(
+                    (cached_percentage(&datasets, name).await?.as_deref() == Some("100.0%"))
+                        .then_some(()),
+                )
+            },
+        )
+        .await?;
+        wait_ready(ns, "scale-master", 3, Duration::from_secs(120)).await?;
+        let new_leader = wait_for(
+            "a leader after the loss",
+            Duration::from_secs(60),
+            || async {
+                let p = pods.get("scale-master-0").await?;
+                Ok(leader_of(&ip(&p)))
+            },
+        )
+        .await?;
+        eprintln!("leader {leader} -> {new_leader}");
+
+        // Scale 2 -> 3: the runtime's status follows.
+        let runtimes: Api<CacheRuntime> = ns.api();
+        ns.kubectl(&["scale", &format!("cacheruntime/{name}"), "--replicas=3"])?;
+        wait_ready(ns, "scale-worker", 3, Duration::from_secs(120)).await?;
+        wait_for(
+            "status: 3 workers ready",
+            Duration::from_secs(60),
+            || async {
+                let rt = runtimes.get(name).await?;
+                Ok((rt.status.map(|s| s.worker_number_ready) == Some(3)).then_some(()))
+            },
+        )
+        .await?;
+
+        // 3 -> 1 while a reader reads through FUSE the whole time.
+        let label = format!("weir.io/fuse-{}-{name}", ns.name);
+        label_node(ns, &label, Some("true")).await?;
+        let mount = format!("/var/lib/weir/mnt/{}/{name}/fuse", ns.name);
+        let expected = files[1].1.clone();
+        wait_for("the FUSE mount", Duration::from_secs(120), || async {
+            Ok(std::fs::read(format!("{mount}/data/b.bin"))
+                .ok()
+                .filter(|b| *b == expected)
+                .map(|_| ()))
+        })
+        .await?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let stop = stop.clone();
+            let path = format!("{mount}/data/b.bin");
+            std::thread::spawn(move || {
+                let (mut reads, mut bad) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Past the page cache, so every read goes to the workers.
+                    let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+                    match std::fs::read(&path) {
+                        Ok(b) if b == expected => {}
+                        Ok(b) => bad.push(format!("read {} bytes that differ", b.len())),
+                        Err(e) => bad.push(e.to_string()),
+                    }
+                    reads += 1;
+                }
+                (reads, bad)
+            })
+        };
+        ns.kubectl(&["scale", &format!("cacheruntime/{name}"), "--replicas=1"])?;
+        wait_ready(ns, "scale-worker", 1, Duration::from_secs(180)).await?;
+        wait_for(
+            "status: 1 worker ready, drain done",
+            Duration::from_secs(60),
+            || async {
+                let rt = runtimes.get(name).await?;
+                let s = rt.status.unwrap_or_default();
+                Ok((s.worker_number_ready == 1 && s.drain.is_none()).then_some(()))
+            },
+        )
+        .await?;
+        // The leaving workers' blocks were copied to the one that stays: once
+        // the master has expired them the dataset is still all cached.
+        wait_for(
+            "still 100% cached on one worker",
+            Duration::from_secs(60),
+            || async {
+                let info = ns.kubectl(&[
+                    "get",
+                    "dataset",
+                    name,
+                    "-o",
+                    "jsonpath={.status.cacheStates.cachedPercentage}",
+                ])?;
+                Ok((info == "100.0%").then_some(()))
+            },
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (reads, bad) = reader.join().expect("reader thread");
+        eprintln!("{reads} reads through FUSE during scale-in");
+        assert!(reads >= 3, "the reader kept reading ({reads})");
+        assert!(
+            bad.is_empty(),
+            "every read returned the right bytes: {bad:?}"
+        );
+        let events = ns.kubectl(&["get", "events"])?;
+        assert!(
+            events.contains("Draining") && events.contains("WorkersDrained"),
+            "{events}"
+        );
+        assert_eq!(
+            cached_percentage(&datasets, name).await?.as_deref(),
+            Some("100.0%")
+        );
+
+        // Deleting the namespace leaves no PV, node label or DaemonSet.
+        ns.bed
+            .kubectl(&["delete", "namespace", &ns.name, "--wait=false"])?;
+        let pvs: Api<PersistentVolume> = Api::all(ns.client.clone());
+        let nodes: Api<Node> = Api::all(ns.client.clone());
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ns.client.clone());
+        wait_for(
+            "namespace, PV and node label gone",
+            Duration::from_secs(180),
+            || async {
+                let gone = namespaces.get_opt(&ns.name).await?.is_none()
+                    && pvs.get_opt(&format!("{}-{name}", ns.name)).await?.is_none()
+                    && nodes
+                        .list(&ListParams::default().labels(&label))
+                        .await?
+                        .items
+                        .is_empty();
+                Ok(gone.then_some(()))
+            },
+        )
+        .await?;
+        let daemonsets: Api<DaemonSet> = Api::all(ns.client.clone());
+        let left = daemonsets
+            .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}")))
+            .await?;
+        assert!(
+            left.items
+                .iter()
+                .all(|d| d.namespace().as_deref() != Some(&ns.name)),
+            "no DaemonSet left"
+        );
+        assert!(
+            !std::fs::read_to_string("/proc/self/mountinfo")?.contains(&mount),
+            "FUSE unmounted"
+        );
+        drop(op);
+        Ok(())
+    })
+    .await
+}

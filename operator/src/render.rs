@@ -638,7 +638,8 @@ pub fn fuse_daemonset(ds: &Dataset, rt: &CacheRuntime, cfg: &RenderConfig) -> Da
                 "mountPath": names.host_mount_dir(),
                 "mountPropagation": "Bidirectional",
             }],
-            "readinessProbe": {"exec": {"command": ["stat", "-f", names.host_mount_path()]}, "periodSeconds": 2},
+            // Ready once the FUSE mount is there, not just its directory.
+            "readinessProbe": {"exec": {"command": ["sh", "-c", format!("grep -q ' {} fuse' /proc/self/mounts", names.host_mount_path())]}, "periodSeconds": 2},
         }],
         "volumes": [{"name": "mnt", "hostPath": {"path": names.host_mount_dir(), "type": "DirectoryOrCreate"}}],
         "terminationGracePeriodSeconds": 30,

@@ -196,7 +196,9 @@ impl FileSystem {
         let workers: Arc<Vec<_>> = Arc::new(
             info.workers
                 .into_iter()
-                .filter(|w| !w.lost)
+                // A draining worker still serves the blocks it holds (found
+                // through block locations) but is given no new ones.
+                .filter(|w| !w.lost && !w.draining)
                 .filter_map(|w| w.address)
                 .collect(),
         );

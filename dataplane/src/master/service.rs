@@ -842,6 +842,31 @@ impl MasterService for MasterApi {
     }
 
     #[tracing::instrument(skip_all)]
+    #[tracing::instrument(skip_all, fields(hosts = request.get_ref().hosts.len()))]
+    async fn drain_workers(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        self.observe("DrainWorkers", async {
+            self.require_leader()?;
+            let hosts = request.into_inner().hosts.into_iter().collect();
+            let workers = self
+                .master
+                .workers
+                .set_draining(hosts)
+                .into_iter()
+                .map(|d| pb::DrainState {
+                    worker_id: d.id,
+                    host: d.host,
+                    block_count: d.block_count,
+                    sole_blocks: d.sole_blocks,
+                })
+                .collect();
+            Ok(pb::DrainResponse { workers })
+        })
+        .await
+    }
+
     async fn get_cluster_info(
         &self,
         _request: Request<pb::Empty>,
@@ -899,6 +924,7 @@ impl MasterService for MasterApi {
                     block_count: w.block_count,
                     last_heartbeat_ms_ago: w.last_heartbeat.elapsed().as_millis() as u64,
                     lost: false,
+                    draining: w.draining,
                 })
                 .collect();
             let (capacity, used) = workers

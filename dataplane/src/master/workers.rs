@@ -32,6 +32,17 @@ pub struct WorkerState {
     pub tiers: Vec<TierUsage>,
     pub last_heartbeat: Instant,
     pub block_count: u64,
+    /// Leaving: gets no new blocks, still serves what it has.
+    pub draining: bool,
+}
+
+/// A draining worker and what only it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Draining {
+    pub id: WorkerId,
+    pub host: String,
+    pub block_count: u64,
+    pub sole_blocks: u64,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +58,8 @@ struct Inner {
     pending_free: HashMap<WorkerId, Vec<u64>>,
     /// Each worker's pinned blocks, and whether it has been told.
     pinned: HashMap<WorkerId, (BTreeSet<u64>, bool)>,
+    /// Hosts whose workers are leaving (also when they register again).
+    draining: BTreeSet<String>,
 }
 
 /// Registry of live workers and block locations.
@@ -90,6 +103,7 @@ impl WorkerRegistry {
         previous_id: Option<WorkerId>,
     ) -> WorkerId {
         let mut inner = self.lock();
+        let draining = inner.draining.contains(&addr.host);
         // The same address re-registering replaces its old entry.
         let stale: Vec<WorkerId> = inner
             .workers
@@ -117,9 +131,51 @@ impl WorkerRegistry {
                 tiers,
                 last_heartbeat: Instant::now(),
                 block_count,
+                draining,
             },
         );
         id
+    }
+
+    /// Marks the workers at `hosts` as draining and every other as not;
+    /// returns each draining worker with the blocks only draining workers
+    /// hold.
+    pub fn set_draining(&self, hosts: BTreeSet<String>) -> Vec<Draining> {
+        let mut inner = self.lock();
+        for w in inner.workers.values_mut() {
+            w.draining = hosts.contains(&w.addr.host);
+        }
+        inner.draining = hosts;
+        let draining: BTreeSet<WorkerId> = inner
+            .workers
+            .values()
+            .filter(|w| w.draining)
+            .map(|w| w.id)
+            .collect();
+        let mut sole: HashMap<WorkerId, u64> = HashMap::new();
+        for holders in inner.locations.values() {
+            if holders.keys().all(|id| draining.contains(id)) {
+                for id in holders.keys() {
+                    *sole.entry(*id).or_default() += 1;
+                }
+            }
+        }
+        inner
+            .workers
+            .values()
+            .filter(|w| w.draining)
+            .map(|w| Draining {
+                id: w.id,
+                host: w.addr.host.clone(),
+                block_count: w.block_count,
+                sole_blocks: sole.get(&w.id).copied().unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Workers that take new blocks: live and not draining.
+    pub fn serving(&self) -> Vec<WorkerState> {
+        self.workers().into_iter().filter(|w| !w.draining).collect()
     }
 
     pub fn heartbeat(
@@ -370,6 +426,45 @@ mod tests {
             r.heartbeat(99, vec![], vec![], vec![], 0, 0).reregister,
             "unknown workers re-register"
         );
+    }
+
+    #[test]
+    fn draining_workers_take_no_new_blocks_and_report_what_only_they_hold() {
+        let r = WorkerRegistry::new(Duration::from_secs(10));
+        let host = |h: &str| WorkerAddr {
+            host: h.into(),
+            rpc_port: 1,
+            data_port: 2,
+        };
+        let a = r.register(
+            host("10.0.0.1"),
+            vec![],
+            vec![(1, "MEM".into()), (2, "MEM".into())],
+            None,
+        );
+        let b = r.register(
+            host("10.0.0.2"),
+            vec![],
+            vec![(2, "MEM".into()), (3, "MEM".into())],
+            None,
+        );
+        let d = r.set_draining(["10.0.0.1".to_owned()].into());
+        assert_eq!(d.len(), 1);
+        assert_eq!(
+            (d[0].id, d[0].block_count, d[0].sole_blocks),
+            (a, 2, 1),
+            "block 1 is only on a"
+        );
+        assert_eq!(
+            r.serving().iter().map(|w| w.id).collect::<Vec<_>>(),
+            vec![b]
+        );
+        // A draining worker that registers again is still draining.
+        let a2 = r.register(host("10.0.0.1"), vec![], vec![(1, "MEM".into())], Some(a));
+        assert_eq!(a2, a);
+        assert_eq!(r.serving().len(), 1);
+        assert!(r.set_draining(Default::default()).is_empty());
+        assert_eq!(r.serving().len(), 2);
     }
 
     #[test]

@@ -47,14 +47,19 @@ where
     Ok(api.patch(&name, &ssa(), &Patch::Apply(obj)).await?)
 }
 
-/// Writes `status` through the status subresource.
+/// Writes `status` through the status subresource, replacing it whole: a
+/// field the new status leaves out (a finished drain, an old finish time)
+/// is removed, which a merge patch would keep.
 pub async fn patch_status<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<()>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
     S: Serialize,
 {
-    let patch = serde_json::json!({"status": status});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "add", "path": "/status", "value": status}
+    ]))
+    .expect("a JSON patch literal");
+    api.patch_status(name, &PatchParams::default(), &Patch::Json::<()>(patch))
         .await?;
     Ok(())
 }

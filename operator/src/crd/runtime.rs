@@ -250,4 +250,24 @@ pub struct CacheRuntimeStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount_time: Option<String>,
+    /// A scale-in in progress: the leaving workers, drained before their
+    /// pods go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainStatus {
+    /// Pods of the leaving workers.
+    pub pods: Vec<String>,
+    /// Their addresses, as the master knows the workers.
+    pub hosts: Vec<String>,
+    /// The job copying blocks only they hold to the other workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<u64>,
+    pub started: String,
+    /// The pods may go (drained, or the wait ran out).
+    #[serde(default)]
+    pub released: bool,
 }

@@ -598,7 +598,7 @@ impl JobScheduler {
     ) -> Result<Option<String>, Stop> {
         let spec = &job.spec;
         let mut files = self.walk(master, spec).await?;
-        let live = master.workers.workers();
+        let live = master.workers.serving();
         let replicas = spec.replicas.max(1) as usize;
         if live.len() < replicas {
             return Err(Stop::Fail(format!(
@@ -768,10 +768,16 @@ impl JobScheduler {
         let mut attempt = 0;
         let mut last_error = String::new();
         loop {
-            let live = master.workers.workers();
+            // Copies on draining workers serve reads but do not count: a
+            // block only they hold is copied to a serving worker with room.
+            let live = master.workers.serving();
             let holders = master.workers.locations(block);
+            let serving_holders = holders
+                .iter()
+                .filter(|h| live.iter().any(|w| w.id == h.0))
+                .count();
             let want = replicas.min(live.len().max(1));
-            if holders.len() >= want {
+            if serving_holders >= want {
                 return Ok(());
             }
             if attempt >= TASK_ATTEMPTS {
@@ -822,7 +828,15 @@ impl JobScheduler {
                     .iter()
                     .max_by_key(|h| score(block, h.0))
                     .map(|h| peer(&h.1));
-                candidates.truncate(want - holders.len());
+                if serving_holders == 0 {
+                    candidates.retain(|w| self.room(master, w.id) >= len);
+                    if candidates.is_empty() {
+                        // No room left on the serving workers: the copy on the
+                        // leaving one is not worth evicting anything for.
+                        return Ok(());
+                    }
+                }
+                candidates.truncate(want - serving_holders);
                 (candidates, source)
             };
             let request = Request::Load(LoadRequest {
