@@ -356,6 +356,11 @@ async fn three_masters_survive_a_leader_loss_and_workers_scale() -> anyhow::Resu
         for (key, body) in &files {
             s3.put(key, body)?;
         }
+        // Many one-block files, so both first workers hold some blocks and
+        // the scale-in has blocks to move.
+        for i in 0..12 {
+            s3.put(&format!("data/small/{i}.bin"), &bytes(2 << 20, 10 + i))?;
+        }
         create_secret(ns, "unused-key", "unused-secret").await?;
         let op = OperatorProcess::start(&ns.bed, &ns.name, "op-b")?;
         let pp = PostParams::default();
@@ -493,7 +498,8 @@ async fn three_masters_survive_a_leader_loss_and_workers_scale() -> anyhow::Resu
             },
         )
         .await?;
-        tokio::time::sleep(Duration::from_secs(6)).await;
+        // Past the master's worker timeout (4 s) and a status refresh (5 s).
+        tokio::time::sleep(Duration::from_secs(10)).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let (reads, bad) = reader.join().expect("reader thread");
         eprintln!("{reads} reads through FUSE during scale-in");
@@ -503,9 +509,15 @@ async fn three_masters_survive_a_leader_loss_and_workers_scale() -> anyhow::Resu
             "every read returned the right bytes: {bad:?}"
         );
         let events = ns.kubectl(&["get", "events"])?;
+        let drained: Vec<&str> = events.lines().filter(|l| l.contains("Drain")).collect();
+        eprintln!("{}", drained.join("\n"));
         assert!(
             events.contains("Draining") && events.contains("WorkersDrained"),
             "{events}"
+        );
+        assert!(
+            !events.contains("(0 block(s) only there)"),
+            "the leaving workers held blocks only they had: {events}"
         );
         assert_eq!(
             cached_percentage(&datasets, name).await?.as_deref(),
