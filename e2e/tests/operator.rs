@@ -192,6 +192,11 @@ async fn dataset_binds_loads_and_reads_keeps_secrets_and_cleans_up() -> anyhow::
         ns.api::<CacheRuntime>().create(&pp, &runtime(name, 1, 2)).await?;
 
         wait_bound(ns, name, Duration::from_secs(240)).await?;
+        // A cron load of one directory every minute; checked at the end.
+        let mut nightly = load("every-minute", name, "/data/dir");
+        nightly.spec.policy = weir_operator::crd::dataload::LoadPolicy::Cron;
+        nightly.spec.schedule = Some("* * * * *".into());
+        ns.api::<DataLoad>().create(&pp, &nightly).await?;
         wait_ready(ns, "journey-master", 1, Duration::from_secs(60)).await?;
         wait_ready(ns, "journey-worker", 2, Duration::from_secs(120)).await?;
         let claim = ns.api::<PersistentVolumeClaim>().get(name).await?;
@@ -235,6 +240,63 @@ async fn dataset_binds_loads_and_reads_keeps_secrets_and_cleans_up() -> anyhow::
         let small = std::fs::read_to_string(format!("{mount}/data/dir/c.txt"))?;
         assert_eq!(small, "hello from the cache\n");
 
+        // A load of a dataset that is not there waits, saying why; a load
+        // with a TTL goes away after it finished.
+        ns.api::<DataLoad>().create(&pp, &load("orphan", "absent", "/")).await?;
+        let loads: Api<DataLoad> = ns.api();
+        wait_for("orphan load waits for its Dataset", Duration::from_secs(30), || async {
+            let dl = loads.get("orphan").await?;
+            let s = dl.status.unwrap_or_default();
+            let waiting = s.phase == LoadPhase::Pending
+                && s.conditions.iter().any(|c| c.reason == "DatasetNotBound" && c.message.contains("absent"));
+            Ok(waiting.then_some(()))
+        })
+        .await?;
+        let mut short_lived = load("short-lived", name, "/data/dir");
+        short_lived.spec.ttl_seconds_after_finished = Some(3);
+        loads.create(&pp, &short_lived).await?;
+        wait_load(ns, "short-lived", LoadPhase::Complete, Duration::from_secs(60)).await?;
+        wait_for("the finished load deleted after its TTL", Duration::from_secs(30), || async {
+            Ok(loads.get_opt("short-lived").await?.is_none().then_some(()))
+        })
+        .await?;
+
+        // A mount added to the Dataset reaches the running master.
+        s3.put("extra/x.txt", b"a second mount\n")?;
+        let first_mount = serde_json::to_value(&datasets.get(name).await?.spec.mounts[0])?;
+        let mut second = first_mount.clone();
+        second["mountPoint"] = json!(format!("s3://{}/extra", s3.bucket));
+        second["name"] = json!("extra");
+        let patch = json!({"spec": {"mounts": [first_mount, second]}});
+        datasets.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        let extra = wait_for("the new mount read through FUSE", Duration::from_secs(60), || async {
+            Ok(std::fs::read_to_string(format!("{mount}/extra/x.txt")).ok())
+        })
+        .await?;
+        assert_eq!(extra, "a second mount\n");
+
+        // The single master loses its state with its pod: the operator
+        // mounts both again and reads go on.
+        let runtimes: Api<CacheRuntime> = ns.api();
+        let mounted_at = |rt: CacheRuntime| rt.status.and_then(|s| s.mount_time);
+        let before = mounted_at(runtimes.get(name).await?);
+        ns.api::<Pod>().delete("journey-master-0", &DeleteParams::default()).await?;
+        wait_for("mounts re-applied after the master restart", Duration::from_secs(180), || async {
+            let now = mounted_at(runtimes.get(name).await?);
+            Ok((now.is_some() && now != before).then_some(()))
+        })
+        .await?;
+        let again = wait_for("a read after the master restart", Duration::from_secs(60), || async {
+            Ok(std::fs::read(format!("{mount}/data/a.bin")).ok())
+        })
+        .await?;
+        assert!(again == files[0].1, "a.bin read after the master restart matches");
+        let extra = wait_for("the second mount after the master restart", Duration::from_secs(60), || async {
+            Ok(std::fs::read_to_string(format!("{mount}/extra/x.txt")).ok())
+        })
+        .await?;
+        assert_eq!(extra, "a second mount\n");
+
         // Credentials: only in their Secret.
         let mut haystack = String::new();
         for args in [
@@ -260,6 +322,24 @@ async fn dataset_binds_loads_and_reads_keeps_secrets_and_cleans_up() -> anyhow::
         assert!(metrics.contains("weir_operator_reconciles_total"), "{metrics}");
         let events = ns.kubectl(&["get", "events"])?;
         assert!(events.contains("MountsApplied") && events.contains("LoadComplete"), "{events}");
+
+        // The cron load ran at least twice, a minute apart.
+        wait_for("two cron runs", Duration::from_secs(150), || async {
+            let dl = loads.get("every-minute").await?;
+            let s = dl.status.unwrap_or_default();
+            let runs = (s.last_schedule_time.clone(), s.last_successful_time.clone(), s.phase);
+            Ok(match runs {
+                (Some(scheduled), Some(_), LoadPhase::Complete) => {
+                    let first = dl.metadata.creation_timestamp.map(|t| t.0).expect("created");
+                    let at: k8s_openapi::jiff::Timestamp = scheduled.parse().expect("a time");
+                    // The second run is scheduled more than a minute after
+                    // the load was made.
+                    (at.duration_since(first).as_secs() >= 60).then_some(())
+                }
+                _ => None,
+            })
+        })
+        .await?;
 
         // A pod using the PVC holds the Dataset's deletion, and says so.
         let user: Pod = serde_json::from_value(json!({
@@ -560,6 +640,83 @@ async fn three_masters_survive_a_leader_loss_and_workers_scale() -> anyhow::Resu
             "FUSE unmounted"
         );
         drop(op);
+        Ok(())
+    })
+    .await
+}
+
+/// Who holds the operator's Lease in `ns`.
+async fn lease_holder(ns: &TestNamespace) -> weir_e2e::Result<Option<String>> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = ns.api();
+    Ok(leases
+        .get_opt("weir-operator")
+        .await?
+        .and_then(|l| l.spec?.holder_identity))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operators_one_leads_and_the_other_takes_over() -> anyhow::Result<()> {
+    in_namespace("op-lease", async |ns| {
+        install_crds(ns).await?;
+        let mut ops = [
+            OperatorProcess::start(&ns.bed, &ns.name, "op-a")?,
+            OperatorProcess::start(&ns.bed, &ns.name, "op-b")?,
+        ];
+        let first = wait_for("a leader", Duration::from_secs(30), || lease_holder(ns)).await?;
+        let (lead, standby) = if first == "op-a" { (0, 1) } else { (1, 0) };
+        let gauge = |op: &OperatorProcess| {
+            op.scrape()
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.starts_with("weir_operator_leader "))
+                .map(|l| l.trim_end().to_owned())
+        };
+        assert_eq!(gauge(&ops[lead]).as_deref(), Some("weir_operator_leader 1"));
+        assert_eq!(
+            gauge(&ops[standby]).as_deref(),
+            Some("weir_operator_leader 0")
+        );
+
+        // The leader dies without releasing the Lease: the standby takes it
+        // once the Lease (6 s here) runs out, and reconciles.
+        ops[lead].kill();
+        let taken = std::time::Instant::now();
+        let next = wait_for("the standby leads", Duration::from_secs(30), || async {
+            Ok(lease_holder(ns).await?.filter(|h| *h != first))
+        })
+        .await?;
+        eprintln!("{first} killed; {next} leads after {:.1?}", taken.elapsed());
+        assert!(
+            taken.elapsed() < Duration::from_secs(15),
+            "takeover took {:?}",
+            taken.elapsed()
+        );
+        let pp = PostParams::default();
+        let s3 = BridgeS3::start("lease")?;
+        ns.api::<Dataset>()
+            .create(&pp, &dataset("lonely", &s3))
+            .await?;
+        let datasets: Api<Dataset> = ns.api();
+        wait_for(
+            "the new leader reconciles a Dataset",
+            Duration::from_secs(30),
+            || async {
+                let s = datasets.get("lonely").await?.status.unwrap_or_default();
+                let seen = s.phase == DatasetPhase::NotBound
+                    && s.conditions.iter().any(|c| c.reason == "NoRuntime");
+                Ok(seen.then_some(()))
+            },
+        )
+        .await?;
+        assert_eq!(
+            gauge(&ops[standby]).as_deref(),
+            Some("weir_operator_leader 1")
+        );
+        datasets.delete("lonely", &DeleteParams::default()).await?;
+        wait_for("the Dataset deleted", Duration::from_secs(30), || async {
+            Ok(datasets.get_opt("lonely").await?.is_none().then_some(()))
+        })
+        .await?;
         Ok(())
     })
     .await

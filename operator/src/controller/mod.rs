@@ -6,6 +6,9 @@ pub mod dataload;
 pub mod dataset;
 pub mod runtime;
 
+#[cfg(test)]
+mod tests;
+
 use crate::context::{Context, ControllerLabels, Metrics, OperatorConfig, ReconcileLabels};
 use crate::crd::{CacheRuntime, DataLoad, Dataset};
 use crate::leader::Elector;
