@@ -50,7 +50,8 @@ fn dataset(name: &str, s3: &BridgeS3) -> Dataset {
     serde_json::from_value(json!({
         "apiVersion": "data.weir.io/v1alpha1", "kind": "Dataset",
         "metadata": {"name": name},
-        "spec": {"mounts": [{
+        // Tests run side by side on one node: their caches share it.
+        "spec": {"placement": "Shared", "mounts": [{
             "mountPoint": format!("s3://{}/data", s3.bucket),
             "name": "data",
             "options": {"endpoint": s3.endpoint},

@@ -2,7 +2,7 @@
 //! controller applies and the mounts it asks the master for. Pure functions
 //! of the two specs, so every branch is unit-tested without an apiserver.
 
-use crate::crd::dataset::{EncryptOption, Mount};
+use crate::crd::dataset::{EncryptOption, Mount, Placement};
 use crate::crd::runtime::{MediumType, NetworkMode, VolumeType};
 use crate::crd::{CacheRuntime, Dataset};
 use crate::names::*;
@@ -589,7 +589,10 @@ pub fn worker_statefulset(
         &mut pod,
         scheduling(ds, &spec.node_selector, &spec.tolerations),
     );
+    pod["affinity"]["podAntiAffinity"] = placement(ds, &names);
     network(rt, &mut pod);
+    let mut labels = names.labels("worker");
+    labels.insert(PLACEMENT_LABEL.into(), placement_name(ds).into());
     Ok(typed(json!({
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -599,9 +602,39 @@ pub fn worker_statefulset(
             "replicas": rt.spec.replicas,
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": names.labels("worker")},
-            "template": {"metadata": {"labels": names.labels("worker"), "annotations": config_annotation(ds, rt, cfg)?}, "spec": pod},
+            "template": {"metadata": {"labels": labels, "annotations": config_annotation(ds, rt, cfg)?}, "spec": pod},
         }
     })))
+}
+
+/// Label of worker pods saying how they share nodes.
+const PLACEMENT_LABEL: &str = "weir.io/placement";
+
+fn placement_name(ds: &Dataset) -> &'static str {
+    match ds.spec.placement {
+        Placement::Exclusive => "Exclusive",
+        Placement::Shared => "Shared",
+    }
+}
+
+/// Fluid's placement: an `Exclusive` dataset's workers share no node with
+/// another runtime's workers; `Shared` ones share nodes, except with an
+/// exclusive dataset's.
+fn placement(ds: &Dataset, names: &RuntimeNames) -> Value {
+    let mut expressions = vec![
+        json!({"key": "app.kubernetes.io/name", "operator": "In", "values": ["weir"]}),
+        json!({"key": "app.kubernetes.io/component", "operator": "In", "values": ["worker"]}),
+        json!({"key": "app.kubernetes.io/instance", "operator": "NotIn", "values": [names.name]}),
+    ];
+    if ds.spec.placement == Placement::Shared {
+        expressions
+            .push(json!({"key": PLACEMENT_LABEL, "operator": "In", "values": ["Exclusive"]}));
+    }
+    json!({"requiredDuringSchedulingIgnoredDuringExecution": [{
+        "labelSelector": {"matchExpressions": expressions},
+        "namespaceSelector": {},
+        "topologyKey": "kubernetes.io/hostname",
+    }]})
 }
 
 /// The FUSE client of every node labelled for this runtime. Its mount
@@ -623,6 +656,14 @@ pub fn fuse_daemonset(ds: &Dataset, rt: &CacheRuntime, cfg: &RenderConfig) -> Da
     ];
     if ds.spec.mounts.iter().all(|m| m.read_only) {
         args.push("--read-only".into());
+    }
+    if let Some(owner) = &ds.spec.owner {
+        args.extend([
+            "--uid".to_owned(),
+            owner.uid.to_string(),
+            "--gid".into(),
+            owner.gid.to_string(),
+        ]);
     }
     args.extend(spec.args.iter().cloned());
     let mut pod = json!({
@@ -865,6 +906,41 @@ mod tests {
         assert_eq!(
             pvc.spec.unwrap().volume_name.as_deref(),
             Some("team-imagenet")
+        );
+    }
+
+    #[test]
+    fn placement_keeps_exclusive_caches_apart_and_owner_reaches_fuse() {
+        let (mut ds, rt, cfg) = pair();
+        let text = |ds: &Dataset| {
+            serde_json::to_string(&worker_statefulset(ds, &rt, &cfg).unwrap()).unwrap()
+        };
+        let exclusive = text(&ds);
+        assert!(exclusive.contains(r#""weir.io/placement":"Exclusive""#));
+        assert!(exclusive.contains(r#""operator":"NotIn","values":["imagenet"]"#));
+        ds.spec.placement = Placement::Shared;
+        let shared = text(&ds);
+        assert!(
+            shared.contains(r#""key":"weir.io/placement","operator":"In","values":["Exclusive"]"#)
+        );
+        ds.spec.owner = Some(crate::crd::dataset::Owner {
+            uid: 1000,
+            gid: 100,
+        });
+        let args = fuse_daemonset(&ds, &rt, &cfg)
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers[0]
+            .args
+            .clone()
+            .unwrap();
+        assert!(
+            args.windows(2).any(|w| w == ["--uid", "1000"])
+                && args.windows(2).any(|w| w == ["--gid", "100"]),
+            "{args:?}"
         );
     }
 

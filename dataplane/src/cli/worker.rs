@@ -235,6 +235,11 @@ pub struct FuseArgs {
     /// Never hand cached block files to the kernel (FUSE passthrough).
     #[arg(long, env = "WEIR_FUSE_NO_PASSTHROUGH")]
     pub no_passthrough: bool,
+    /// Show every file as owned by this user id.
+    #[arg(long, env = "WEIR_FUSE_UID", default_value_t = 0)]
+    pub uid: u32,
+    #[arg(long, env = "WEIR_FUSE_GID", default_value_t = 0)]
+    pub gid: u32,
 }
 
 impl FuseArgs {
@@ -251,6 +256,8 @@ impl FuseArgs {
             attr_ttl: Duration::from_millis(self.attr_ttl_ms),
             threads: self.threads,
             passthrough: !self.no_passthrough,
+            uid: self.uid,
+            gid: self.gid,
         }
     }
 }

@@ -47,6 +47,10 @@ pub struct FuseConfig {
     pub threads: usize,
     /// Let the kernel read locally cached single-block files directly.
     pub passthrough: bool,
+    /// The owner every file and directory is shown with (a dataset's
+    /// `owner`): pods that run as that user can read and write.
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// Entries fetched per listing page.
@@ -79,6 +83,8 @@ struct WeirFuse {
     read_only: bool,
     ttl: Duration,
     passthrough: AtomicBool,
+    /// Owner shown for every entry.
+    owner: (u32, u32),
     /// Inode number -> namespace path, learnt from lookups.
     paths: Mutex<HashMap<u64, String>>,
     root_id: AtomicU64,
@@ -232,8 +238,8 @@ impl WeirFuse {
             kind,
             perm: (info.mode & 0o7777) as u16,
             nlink: if info.is_dir { 2 } else { 1 },
-            uid: 0,
-            gid: 0,
+            uid: self.owner.0,
+            gid: self.owner.1,
             rdev: 0,
             blksize: MAX_READ,
             flags: 0,
@@ -833,6 +839,7 @@ pub async fn run(
         read_only: config.read_only,
         ttl: config.attr_ttl,
         passthrough: AtomicBool::new(config.passthrough),
+        owner: (config.uid, config.gid),
         paths: Mutex::new(HashMap::new()),
         root_id: AtomicU64::new(root_info.id),
         handles: Mutex::new(HashMap::new()),

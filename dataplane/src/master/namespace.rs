@@ -27,6 +27,25 @@ const META_NEXT_MOUNT_ID: &str = "next_mount_id";
 pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 20;
 /// Block ids are `inode id << BLOCK_INDEX_BITS | index`.
 pub const BLOCK_INDEX_BITS: u32 = 24;
+/// Seeded inode ids start at or above this; block ids (inode << 24 | index)
+/// keep 2^39 ids of room above the highest seed.
+pub const SEEDED_IDS_FLOOR: u64 = 1 << 32;
+const SEEDED_IDS_SPAN: u64 = (1 << 39) - (1 << 32);
+
+/// A random seed for a new cluster's inode ids.
+pub fn random_id_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    let mut x = nanos ^ (u64::from(std::process::id()) << 32);
+    // splitmix64
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    SEEDED_IDS_FLOOR + x % SEEDED_IDS_SPAN
+}
 
 /// A file system failure, with the gRPC code it maps to.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -157,6 +176,13 @@ pub enum Command {
     /// Nothing but a log entry: a new leader proposes it to learn that its
     /// state machine has caught up.
     Noop,
+    /// Moves the inode-id counter of a new cluster to `start`, a random
+    /// point far above the ids any earlier incarnation handed out: a
+    /// group that lost its state must not reuse ids that workers' cached
+    /// blocks and FUSE clients' inode numbers still carry.
+    SeedInodeIds {
+        start: u64,
+    },
     SubmitJob {
         spec: JobSpec,
         now_ms: u64,
@@ -413,6 +439,11 @@ impl Namespace {
 
     pub fn store(&self) -> &Arc<dyn MetaStore> {
         &self.store
+    }
+
+    /// Whether the id counter has been seeded (see [`Command::SeedInodeIds`]).
+    pub fn ids_seeded(&self) -> FsResult<bool> {
+        Ok(read_u64(self.store.as_ref(), META_NEXT_ID, ROOT_ID + 1)? >= SEEDED_IDS_FLOOR)
     }
 
     pub fn inode_count(&self) -> FsResult<u64> {
@@ -699,6 +730,12 @@ impl Namespace {
     fn plan(&self, cmd: &Command, c: &mut Change<'_>) -> FsResult<Reply> {
         match cmd {
             Command::Noop => Ok(Reply::Done),
+            Command::SeedInodeIds { start } => {
+                if c.next_id < SEEDED_IDS_FLOOR {
+                    c.next_id = (*start).max(SEEDED_IDS_FLOOR);
+                }
+                Ok(Reply::Done)
+            }
             Command::SubmitJob { spec, now_ms } => self.submit_job(c, spec, *now_ms),
             Command::UpdateJob {
                 id,
@@ -1155,6 +1192,41 @@ mod tests {
             Reply::Job(j) => Ok(*j),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn seeded_ids_start_far_up_and_are_seeded_once() {
+        let ns = ns();
+        assert!(!ns.ids_seeded().unwrap());
+        let seed = random_id_seed();
+        assert!((SEEDED_IDS_FLOOR..(1 << 39)).contains(&seed));
+        ns.apply(&Command::SeedInodeIds { start: seed }, vec![])
+            .unwrap();
+        assert!(ns.ids_seeded().unwrap());
+        let create = |path: &str| match ns
+            .apply(
+                &Command::CreateDirectory {
+                    path: path.into(),
+                    recursive: false,
+                    stamp: stamp(),
+                },
+                vec![],
+            )
+            .unwrap()
+        {
+            Reply::Inode(i) => i.id,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(create("/a"), seed);
+        // A second seed (another leader's) changes nothing.
+        ns.apply(
+            &Command::SeedInodeIds {
+                start: SEEDED_IDS_FLOOR + 7,
+            },
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(create("/b"), seed + 1);
     }
 
     #[test]

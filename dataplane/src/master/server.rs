@@ -1,7 +1,7 @@
 //! Runs a master: gRPC (client API and Raft) and HTTP (`/metrics`,
 //! `/healthz`, `/readyz`) on one port, plus the background loops.
 
-use super::namespace::{BLOCK_INDEX_BITS, block_file};
+use super::namespace::{BLOCK_INDEX_BITS, Command, block_file, random_id_seed};
 use super::node::{Master, MasterConfig, MasterError};
 use super::raft::network::{MAX_RAFT_MESSAGE, RaftServer};
 use super::service::MasterApi;
@@ -97,7 +97,12 @@ pub async fn serve(
                 let m = ready_master.raft.metrics().borrow_watched().clone();
                 let caught_up =
                     m.last_applied.map(|l| l.index()) >= m.local_committed.map(|c| c.index());
+                let seeded = ready_master.namespace.ids_seeded().unwrap_or(false);
                 std::future::ready(match (m.current_leader, caught_up) {
+                    (Some(_), true) if !seeded => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "inode ids not seeded yet".to_owned(),
+                    ),
                     (Some(leader), true) => (StatusCode::OK, format!("leader {leader}, applied")),
                     (None, _) => (
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -126,6 +131,15 @@ pub async fn serve(
                     _ = stop.changed() => return,
                 }
                 if master.is_leader() {
+                    if master.namespace.ids_seeded() == Ok(false)
+                        && let Err(e) = master
+                            .write(Command::SeedInodeIds {
+                                start: random_id_seed(),
+                            })
+                            .await
+                    {
+                        tracing::warn!(error = %e, "seeding inode ids");
+                    }
                     master.workers.expire();
                     if let Ok(mounts) = master.namespace.mounts() {
                         master.sync.start_counts(mounts);

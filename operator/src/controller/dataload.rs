@@ -7,7 +7,7 @@ use super::patch_status;
 use crate::context::{Context, set_condition, short};
 use crate::crd::dataload::{LoadPhase, LoadPolicy, LoadProgress};
 use crate::crd::dataset::DatasetPhase;
-use crate::crd::{DataLoad, DataLoadStatus, Dataset};
+use crate::crd::{CacheRuntime, DataLoad, DataLoadStatus, Dataset};
 use crate::cron::Schedule;
 use crate::{Error, Result, quantity};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -46,8 +46,9 @@ fn dataset_of(dl: &DataLoad) -> (String, String) {
     (ns, dl.spec.dataset.name.clone())
 }
 
-/// The jobs one run submits: targets grouped by replica count.
-pub fn job_specs(dl: &DataLoad) -> Result<Vec<pb::JobSpec>> {
+/// The jobs one run submits: targets grouped by replica count (a target
+/// that names none takes the runtime's `data.replicas`).
+pub fn job_specs(dl: &DataLoad, default_replicas: u32) -> Result<Vec<pb::JobSpec>> {
     let mut parallelism = 0;
     let mut bandwidth = 0;
     let mut load_what_fits = false;
@@ -66,11 +67,11 @@ pub fn job_specs(dl: &DataLoad) -> Result<Vec<pb::JobSpec>> {
     }
     let mut groups: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     if dl.spec.target.is_empty() {
-        groups.entry(1).or_default().push("/".into());
+        groups.entry(default_replicas).or_default().push("/".into());
     }
     for t in &dl.spec.target {
         groups
-            .entry(t.replicas.unwrap_or(1))
+            .entry(t.replicas.unwrap_or(default_replicas))
             .or_default()
             .push(t.path.clone());
     }
@@ -206,7 +207,13 @@ async fn apply(dl: Arc<DataLoad>, ctx: &Context) -> Result<Action> {
         generation,
     );
 
-    let specs = match job_specs(&dl) {
+    let runtimes: Api<CacheRuntime> = Api::namespaced(ctx.client.clone(), &ds_ns);
+    let default_replicas = runtimes
+        .get_opt(&ds_name)
+        .await?
+        .and_then(|rt| rt.spec.data.replicas)
+        .unwrap_or(1);
+    let specs = match job_specs(&dl, default_replicas) {
         Ok(s) => s,
         Err(Error::Invalid(message)) => {
             return fail(ctx, &dl, &api, status, "InvalidSpec", message).await;

@@ -283,6 +283,14 @@ async fn a_load_with_a_bad_option_fails_naming_it() {
     let mut ds = dataset_obj("x");
     ds["status"] = json!({"phase": "Bound"});
     expect(&mut api, "GET", "/datasets/demo", 200, ds).await;
+    expect(
+        &mut api,
+        "GET",
+        "/cacheruntimes/demo",
+        404,
+        not_found("cacheruntimes", "demo"),
+    )
+    .await;
     let event = expect(&mut api, "POST", "/events", 201, json!({})).await;
     assert_eq!(event["reason"], "InvalidSpec");
     let patch = expect(&mut api, "PATCH", "/dataloads/warm/status", 200, obj).await;
@@ -421,4 +429,38 @@ async fn losing_the_race_for_a_lease_is_not_an_error() {
     let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "changed"});
     expect(&mut api, "PUT", "/leases/weir-operator", 409, conflict).await;
     assert!(!task.await.unwrap().unwrap());
+}
+
+#[test]
+fn targets_group_by_replicas_and_default_to_the_runtimes() {
+    let dl: DataLoad = serde_json::from_value(dataload_obj(
+        json!({"dataset": {"name": "demo"}, "target": [
+            {"path": "/a"}, {"path": "/b", "replicas": 3}, {"path": "/c"}],
+            "options": {"bandwidth": "200Mi", "parallelism": "8"}}),
+        json!({}),
+    ))
+    .unwrap();
+    let specs = dataload::job_specs(&dl, 2).unwrap();
+    let groups: Vec<(u32, Vec<String>)> = specs
+        .iter()
+        .map(|s| (s.replicas, s.paths.clone()))
+        .collect();
+    assert_eq!(
+        groups,
+        vec![(2, vec!["/a".into(), "/c".into()]), (3, vec!["/b".into()])]
+    );
+    assert!(
+        specs
+            .iter()
+            .all(|s| s.bandwidth_bytes_per_sec == 200 << 20 && s.parallelism == 8)
+    );
+    let whole: DataLoad = serde_json::from_value(dataload_obj(
+        json!({"dataset": {"name": "demo"}}),
+        json!({}),
+    ))
+    .unwrap();
+    assert_eq!(
+        dataload::job_specs(&whole, 1).unwrap()[0].paths,
+        vec!["/".to_owned()]
+    );
 }

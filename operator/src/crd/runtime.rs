@@ -182,9 +182,6 @@ pub struct DataSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 16))]
     pub replicas: Option<u32>,
-    /// Keep the dataset's blocks from eviction.
-    #[serde(default)]
-    pub pin: bool,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -194,7 +191,7 @@ pub struct Management {
     pub metadata_sync_policy: MetadataSyncPolicy,
 }
 
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct MetadataSyncPolicy {
     /// Re-list a directory from the under-storage when its listing is
@@ -202,22 +199,6 @@ pub struct MetadataSyncPolicy {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub sync_interval_seconds: i64,
-    /// Count files and bytes of the dataset in the background.
-    #[serde(default = "yes")]
-    pub auto_sync: bool,
-}
-
-impl Default for MetadataSyncPolicy {
-    fn default() -> Self {
-        Self {
-            sync_interval_seconds: 0,
-            auto_sync: true,
-        }
-    }
-}
-
-fn yes() -> bool {
-    true
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]

@@ -35,6 +35,7 @@ impl fmt::Display for Command {
                 write!(f, "load {} entries into {dir}", entries.len())
             }
             Command::Noop => f.write_str("noop"),
+            Command::SeedInodeIds { start } => write!(f, "seed inode ids at {start}"),
             Command::SubmitJob { spec, .. } => {
                 write!(f, "submit {} job for {:?}", spec.kind.as_str(), spec.paths)
             }
