@@ -1,19 +1,139 @@
-//! Weir's CSI node plugin.
+//! Weir's CSI node plugin: the Identity and Node services over a unix
+//! socket, binding a dataset's FUSE mount into pods and repairing those
+//! binds when a FUSE daemon restarts.
 
+pub mod mounts;
+pub mod node;
 pub mod validate;
+
+/// The CSI v1 messages and services (generated from `proto/csi.proto`).
+pub mod proto {
+    tonic::include_proto!("csi.v1");
+}
+
+/// The kubelet's plugin registration API.
+pub mod registration {
+    tonic::include_proto!("pluginregistration");
+}
+
+pub mod register;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Every failure of the CSI crate; mapped once to a gRPC status code.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Something outside the plugin is not there yet (a FUSE mount, the
+    /// apiserver); the CO retries.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{what} {path:?}: {source}")]
     Io {
         what: &'static str,
-        path: std::path::PathBuf,
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    #[error("serving on {endpoint}: {message}")]
+    Serve { endpoint: String, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        let message = e.to_string();
+        match e {
+            Error::InvalidArgument(_) => tonic::Status::invalid_argument(message),
+            Error::NotFound(_) => tonic::Status::not_found(message),
+            Error::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            Error::Unavailable(_) => tonic::Status::unavailable(message),
+            Error::Io { .. } | Error::Serve { .. } => tonic::Status::internal(message),
+        }
+    }
+}
+
+/// Settings of `weir-csi`.
+#[derive(Debug, Clone)]
+pub struct CsiConfig {
+    pub node: node::NodeConfig,
+    /// `unix:///path/to/csi.sock` or a plain path.
+    pub endpoint: String,
+    /// How often published mounts are checked for a dead FUSE source.
+    pub repair_every: Duration,
+    /// Register with the kubelet's plugin watcher: the registration
+    /// directory and the CSI socket's path as the kubelet sees it.
+    pub registration: Option<(PathBuf, String)>,
+}
+
+/// Serves the plugin until SIGTERM / ctrl-c; a stale socket from an earlier
+/// run is removed first.
+pub async fn run(config: CsiConfig, labels: Option<Arc<dyn node::NodeLabels>>) -> Result<()> {
+    let path = PathBuf::from(config.endpoint.trim_start_matches("unix://"));
+    let serve_err = |message: String| Error::Serve {
+        endpoint: config.endpoint.clone(),
+        message,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| serve_err(e.to_string()))?;
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => tracing::info!(socket = %path.display(), "removed a stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(serve_err(e.to_string())),
+    }
+    let listener = tokio::net::UnixListener::bind(&path).map_err(|e| serve_err(e.to_string()))?;
+    let service = Arc::new(node::NodeService::new(config.node.clone(), labels)?);
+    // Mounts broken while the plugin was down are repaired at once.
+    let repaired = service.repair().await;
+    tracing::info!(node = %config.node.node_id, socket = %path.display(), repaired, "CSI node plugin serving");
+    let repairer = {
+        let service = service.clone();
+        let every = config.repair_every;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                service.repair().await;
+            }
+        })
+    };
+    let registrar = config
+        .registration
+        .clone()
+        .map(|(dir, endpoint)| tokio::spawn(register::serve(dir, endpoint)));
+    let plugin = node::Plugin(service);
+    let served = tonic::transport::Server::builder()
+        .add_service(proto::identity_server::IdentityServer::new(plugin.clone()))
+        .add_service(proto::controller_server::ControllerServer::new(
+            plugin.clone(),
+        ))
+        .add_service(proto::node_server::NodeServer::new(plugin))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown(),
+        )
+        .await;
+    repairer.abort();
+    if let Some(r) = registrar {
+        r.abort();
+    }
+    let _ = std::fs::remove_file(&path);
+    served.map_err(|e| serve_err(e.to_string()))
+}
+
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

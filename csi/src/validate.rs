@@ -53,6 +53,47 @@ pub fn target_path(raw: &str, kubelet_root: &Path) -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
+/// A path the plugin works on that must lie below `root` (a staging path
+/// under the kubelet's directory, a FUSE mount under the mount root):
+/// absolute, without `.` or `..`.
+pub fn under(raw: &str, root: &Path, what: &str) -> Result<PathBuf> {
+    let path = Path::new(raw);
+    if !path.is_absolute() || raw.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(Error::InvalidArgument(format!(
+            "{what} {raw:?} must be absolute, without . or .."
+        )));
+    }
+    if !path.starts_with(root) || path == root {
+        return Err(Error::InvalidArgument(format!(
+            "{what} {raw:?} is not under {}",
+            root.display()
+        )));
+    }
+    Ok(path.to_path_buf())
+}
+
+/// The node label a volume asks for: `weir.io/fuse-<namespace>-<name>`,
+/// a valid label key and nothing else.
+pub fn fuse_label(raw: &str) -> Result<&str> {
+    let name = raw.strip_prefix("weir.io/fuse-").unwrap_or_default();
+    let ok = !name.is_empty()
+        && raw.len() - "weir.io/".len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        && name
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(raw)
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "volume attribute fuseLabel {raw:?} is not weir.io/fuse-<namespace>-<name>"
+        )))
+    }
+}
+
 /// Resolves a dataset sub-path inside `root`, following symlinks, and refuses
 /// any result that leaves `root` (by `..`, an absolute path, or a symlink
 /// that points elsewhere).
@@ -111,6 +152,32 @@ mod tests {
             "/var/lib/kubelet/pods/./x",
         ] {
             assert!(target_path(bad, root).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn plugin_paths_and_labels_stay_in_their_place() {
+        let root = Path::new("/var/lib/weir/mnt");
+        assert!(under("/var/lib/weir/mnt/ns/ds/fuse", root, "mountPath").is_ok());
+        for bad in [
+            "/var/lib/weir/mnt",
+            "/var/lib/weir/mnt/../../etc",
+            "/etc",
+            "var/lib/weir/mnt/x",
+            "/var/lib/weir/mntx/y",
+        ] {
+            let e = under(bad, root, "mountPath").unwrap_err().to_string();
+            assert!(e.contains("mountPath"), "{bad:?}: {e}");
+        }
+        assert!(fuse_label("weir.io/fuse-team-imagenet").is_ok());
+        for bad in [
+            "weir.io/fuse-",
+            "kubernetes.io/role",
+            "weir.io/fuse-a/b",
+            "weir.io/fuse-x-",
+            &format!("weir.io/fuse-{}", "a".repeat(60)),
+        ] {
+            assert!(fuse_label(bad).is_err(), "{bad:?} accepted");
         }
     }
 

@@ -14,7 +14,7 @@ tar_out=
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
 PROFILE_DIR=${WEIR_PROFILE_DIR:-$CARGO_TARGET_DIR/${WEIR_PROFILE:-debug}}
 # The binaries of the one Weir image (DESIGN.md: one image, three binaries).
-WEIR_BINARIES=(weir weir-operator)
+WEIR_BINARIES=(weir weir-operator weir-csi)
 E2E_BINARIES=(weir-e2e-fuse-probe)
 
 work=$(mktemp -d)

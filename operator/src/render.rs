@@ -727,6 +727,10 @@ pub fn persistent_volume(ds: &Dataset, rt: &CacheRuntime) -> PersistentVolume {
                     "runtimeNamespace": names.namespace,
                     "mountPath": names.host_mount_path(),
                     "fuseLabel": names.fuse_label(),
+                    "cleanPolicy": match rt.spec.fuse.clean_policy {
+                        crate::crd::runtime::CleanPolicy::OnDemand => "OnDemand",
+                        crate::crd::runtime::CleanPolicy::OnRuntimeDeleted => "OnRuntimeDeleted",
+                    },
                 },
             },
         }

@@ -53,6 +53,24 @@ pub struct FuseConfig {
     pub gid: u32,
 }
 
+/// A FUSE process that died (killed, OOM) leaves its mount answering
+/// ENOTCONN; the next one detaches it first, or it could not mount there.
+fn clear_dead_mount(path: &std::path::Path) {
+    let dead = std::fs::metadata(path)
+        .err()
+        .is_some_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+    if dead {
+        match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) => {
+                tracing::warn!(mount_point = %path.display(), "detached the dead mount of an earlier FUSE process")
+            }
+            Err(e) => {
+                tracing::warn!(mount_point = %path.display(), error = %e, "could not detach a dead mount")
+            }
+        }
+    }
+}
+
 /// Entries fetched per listing page.
 const DIR_PAGE: u32 = 1000;
 /// Largest read the kernel is asked to send, and its readahead window.
@@ -850,6 +868,7 @@ pub async fn run(
         path: config.mount_point.clone(),
         source,
     };
+    clear_dead_mount(&config.mount_point);
     std::fs::create_dir_all(&config.mount_point).map_err(mount_err)?;
     let mut fc = fuser::Config::default();
     fc.mount_options.extend([

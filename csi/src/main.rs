@@ -1,0 +1,74 @@
+//! `weir-csi`: the CSI node plugin of `csi.weir.io`.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use weir_csi::node::{KubeLabels, NodeConfig, NodeLabels};
+use weir_csi::{CsiConfig, run};
+
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
+    endpoint: String,
+    /// This node's name (the Kubernetes node the plugin runs on).
+    #[arg(long, env = "NODE_NAME")]
+    node_id: String,
+    #[arg(long, env = "KUBELET_ROOT", default_value = "/var/lib/kubelet")]
+    kubelet_root: PathBuf,
+    /// Datasets' FUSE mounts live below this directory.
+    #[arg(long, default_value = "/var/lib/weir/mnt")]
+    mount_root: PathBuf,
+    #[arg(long, default_value = "/var/lib/weir/csi/state.json")]
+    state_file: PathBuf,
+    /// How long staging waits for a dataset's FUSE mount.
+    #[arg(long, default_value_t = 90)]
+    fuse_wait_secs: u64,
+    #[arg(long, default_value_t = 1000)]
+    repair_every_ms: u64,
+    /// Do not label nodes (no Kubernetes API, e.g. under csi-sanity).
+    #[arg(long)]
+    no_node_labels: bool,
+    /// The kubelet's plugin registration directory; when given, the plugin
+    /// registers itself there (no separate registrar container needed).
+    #[arg(long)]
+    registration_dir: Option<PathBuf>,
+    /// The CSI socket's path as the kubelet sees it (on the host).
+    #[arg(long, default_value = "/var/lib/kubelet/plugins/csi.weir.io/csi.sock")]
+    kubelet_endpoint: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let labels: Option<Arc<dyn NodeLabels>> = if args.no_node_labels {
+        None
+    } else {
+        Some(Arc::new(KubeLabels {
+            client: kube::Client::try_default().await?,
+            node: args.node_id.clone(),
+        }))
+    };
+    let config = CsiConfig {
+        node: NodeConfig {
+            node_id: args.node_id,
+            kubelet_root: args.kubelet_root,
+            mount_root: args.mount_root,
+            state_file: args.state_file,
+            fuse_wait: Duration::from_secs(args.fuse_wait_secs),
+        },
+        endpoint: args.endpoint,
+        repair_every: Duration::from_millis(args.repair_every_ms),
+        registration: args.registration_dir.map(|d| (d, args.kubelet_endpoint)),
+    };
+    run(config, labels).await?;
+    Ok(())
+}

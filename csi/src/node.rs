@@ -1,0 +1,607 @@
+//! The Identity and Node services. Staging makes sure the dataset's FUSE
+//! mount exists on this node (labelling the node so the runtime's FUSE
+//! DaemonSet comes) and binds it at the staging path; publishing binds the
+//! staging path (or a sub-path of it) into the pod. What is staged and
+//! published is kept in a state file, so a restarted plugin still knows
+//! which mounts to repair and which labels to drop.
+
+use crate::mounts;
+use crate::proto as pb;
+use crate::validate;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+
+pub const DRIVER_NAME: &str = "csi.weir.io";
+/// Topology key NodeGetInfo reports the node under.
+pub const TOPOLOGY_KEY: &str = "topology.csi.weir.io/node";
+
+/// Settings of the node plugin.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: String,
+    /// The kubelet's root directory; targets live under its `pods/`.
+    pub kubelet_root: PathBuf,
+    /// FUSE mounts of datasets live below this host directory.
+    pub mount_root: PathBuf,
+    /// Where staged and published volumes are recorded.
+    pub state_file: PathBuf,
+    /// How long staging waits for the dataset's FUSE mount.
+    pub fuse_wait: Duration,
+}
+
+/// A staged volume, as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Staged {
+    pub volume_id: String,
+    pub mount_path: PathBuf,
+    /// The node label that brought the FUSE pod here, if any.
+    pub fuse_label: Option<String>,
+    /// Drop the label when the last volume using it is unstaged.
+    pub on_demand: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Published {
+    pub volume_id: String,
+    pub staging: PathBuf,
+    pub sub_path: Option<String>,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub staged: BTreeMap<PathBuf, Staged>,
+    pub published: BTreeMap<PathBuf, Published>,
+}
+
+/// Node labels: set when a volume is staged, removed when unstaged.
+pub trait NodeLabels: Send + Sync {
+    fn set(&self, key: &str, value: Option<&str>) -> futures::future::BoxFuture<'_, Result<()>>;
+}
+
+/// Labels this node through the Kubernetes API.
+pub struct KubeLabels {
+    pub client: kube::Client,
+    pub node: String,
+}
+
+impl NodeLabels for KubeLabels {
+    fn set(&self, key: &str, value: Option<&str>) -> futures::future::BoxFuture<'_, Result<()>> {
+        use k8s_openapi::api::core::v1::Node;
+        use kube::api::{Patch, PatchParams};
+        let patch = serde_json::json!({"metadata": {"labels": {key: value}}});
+        Box::pin(async move {
+            let nodes: kube::Api<Node> = kube::Api::all(self.client.clone());
+            nodes
+                .patch(&self.node, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| Error::Unavailable(format!("labelling node {}: {e}", self.node)))?;
+            Ok(())
+        })
+    }
+}
+
+/// Recoveries done by the repair loop, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub recoveries: std::sync::atomic::AtomicU64,
+    pub recovery_failures: std::sync::atomic::AtomicU64,
+}
+
+pub struct NodeService {
+    pub config: NodeConfig,
+    state: Mutex<State>,
+    labels: Option<Arc<dyn NodeLabels>>,
+    /// One volume operation at a time (the CO may retry concurrently).
+    ops: tokio::sync::Mutex<()>,
+    pub counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for NodeService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeService")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl NodeService {
+    pub fn new(config: NodeConfig, labels: Option<Arc<dyn NodeLabels>>) -> Result<Self> {
+        let state = match std::fs::read(&config.state_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::InvalidArgument(format!("state file {}: {e}", config.state_file.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(source) => {
+                return Err(Error::Io {
+                    what: "reading the state file",
+                    path: config.state_file.clone(),
+                    source,
+                });
+            }
+        };
+        Ok(NodeService {
+            config,
+            state: Mutex::new(state),
+            labels,
+            ops: tokio::sync::Mutex::new(()),
+            counters: Arc::default(),
+        })
+    }
+
+    pub fn state(&self) -> State {
+        self.state.lock().expect("state").clone()
+    }
+
+    /// Changes the state and writes it (to a temp file, then renamed).
+    fn update(&self, f: impl FnOnce(&mut State)) -> Result<()> {
+        let mut state = self.state.lock().expect("state");
+        f(&mut state);
+        let path = &self.config.state_file;
+        let tmp = path.with_extension("tmp");
+        let io = |source| Error::Io {
+            what: "writing the state file",
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&*state).expect("state serialises"),
+        )
+        .map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    fn staging_path(&self, raw: &str) -> Result<PathBuf> {
+        if raw.is_empty() {
+            return Err(Error::InvalidArgument(
+                "staging target path is required".into(),
+            ));
+        }
+        validate::under(raw, &self.config.kubelet_root, "staging target path")
+    }
+
+    /// The dataset's FUSE mount named by the volume's attributes; it must
+    /// lie below the mount root, so a PV cannot point the plugin at an
+    /// arbitrary host directory.
+    fn mount_path(&self, context: &std::collections::HashMap<String, String>) -> Result<PathBuf> {
+        let raw = context.get("mountPath").ok_or_else(|| {
+            Error::InvalidArgument("volume attribute mountPath is required".into())
+        })?;
+        validate::under(raw, &self.config.mount_root, "volume attribute mountPath")
+    }
+
+    /// Clears a dead FUSE mount, then waits for the FUSE pod's mount.
+    async fn wait_for_fuse(&self, mount_path: &Path) -> Result<()> {
+        let deadline = Instant::now() + self.config.fuse_wait;
+        loop {
+            if mounts::is_broken(mount_path) {
+                tracing::warn!(path = %mount_path.display(), "clearing a FUSE mount whose daemon is gone");
+                mounts::unmount(mount_path)?;
+            }
+            if mounts::fuse_mounted(mount_path)? && !mounts::is_broken(mount_path) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "no FUSE mount at {} after {:?}: is the runtime's FUSE pod running on this node?",
+                    mount_path.display(),
+                    self.config.fuse_wait
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn check_capability(cap: Option<&pb::VolumeCapability>) -> Result<bool> {
+        let cap =
+            cap.ok_or_else(|| Error::InvalidArgument("volume capability is required".into()))?;
+        match cap.access_type {
+            Some(pb::volume_capability::AccessType::Mount(_)) => {}
+            Some(pb::volume_capability::AccessType::Block(_)) => {
+                return Err(Error::InvalidArgument(
+                    "a dataset is a filesystem: block access is not supported".into(),
+                ));
+            }
+            None => {
+                return Err(Error::InvalidArgument(
+                    "volume capability has no access type".into(),
+                ));
+            }
+        }
+        use pb::volume_capability::access_mode::Mode;
+        let mode =
+            cap.access_mode.as_ref().map(|m| m.mode()).ok_or_else(|| {
+                Error::InvalidArgument("volume capability has no access mode".into())
+            })?;
+        Ok(matches!(
+            mode,
+            Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly
+        ))
+    }
+
+    pub async fn stage(&self, r: pb::NodeStageVolumeRequest) -> Result<()> {
+        let volume_id = validate::volume_id(&r.volume_id)?.to_owned();
+        let staging = self.staging_path(&r.staging_target_path)?;
+        Self::check_capability(r.volume_capability.as_ref())?;
+        let mount_path = self.mount_path(&r.volume_context)?;
+        let fuse_label = match r.volume_context.get("fuseLabel") {
+            Some(l) => Some(validate::fuse_label(l)?.to_owned()),
+            None => None,
+        };
+        let on_demand = r
+            .volume_context
+            .get("cleanPolicy")
+            .is_none_or(|p| p == "OnDemand");
+        let _op = self.ops.lock().await;
+        if let (Some(label), Some(labels)) = (&fuse_label, &self.labels) {
+            labels.set(label, Some("true")).await?;
+        }
+        self.wait_for_fuse(&mount_path).await?;
+        std::fs::create_dir_all(&staging).map_err(|source| Error::Io {
+            what: "creating the staging path",
+            path: staging.clone(),
+            source,
+        })?;
+        if mounts::is_broken(&staging) {
+            mounts::unmount_all(&staging)?;
+        }
+        if mounts::mounted_at(&staging)?.is_none() {
+            mounts::bind(&mount_path, &staging, false)?;
+        }
+        self.update(|s| {
+            s.staged.insert(
+                staging.clone(),
+                Staged {
+                    volume_id,
+                    mount_path,
+                    fuse_label,
+                    on_demand,
+                },
+            );
+        })
+    }
+
+    pub async fn unstage(&self, r: pb::NodeUnstageVolumeRequest) -> Result<()> {
+        validate::volume_id(&r.volume_id)?;
+        let staging = self.staging_path(&r.staging_target_path)?;
+        let _op = self.ops.lock().await;
+        mounts::unmount_all(&staging)?;
+        let _ = std::fs::remove_dir(&staging);
+        let gone = self.state().staged.get(&staging).cloned();
+        self.update(|s| {
+            s.staged.remove(&staging);
+        })?;
+        // The FUSE pod leaves this node once no staged volume needs it.
+        if let Some(Staged {
+            fuse_label: Some(label),
+            on_demand: true,
+            ..
+        }) = gone
+        {
+            let still_used = self
+                .state()
+                .staged
+                .values()
+                .any(|s| s.fuse_label.as_deref() == Some(&label));
+            if !still_used && let Some(labels) = &self.labels {
+                labels.set(&label, None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn publish(&self, r: pb::NodePublishVolumeRequest) -> Result<()> {
+        let volume_id = validate::volume_id(&r.volume_id)?.to_owned();
+        if r.target_path.is_empty() {
+            return Err(Error::InvalidArgument("target path is required".into()));
+        }
+        let target = validate::target_path(&r.target_path, &self.config.kubelet_root)?;
+        let staging = self.staging_path(&r.staging_target_path)?;
+        let cap_read_only = Self::check_capability(r.volume_capability.as_ref())?;
+        let read_only = r.readonly || cap_read_only;
+        let _op = self.ops.lock().await;
+        if mounts::mounted_at(&staging)?.is_none() {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {volume_id} is not staged at {}",
+                staging.display()
+            )));
+        }
+        let sub_path = r
+            .volume_context
+            .get("subPath")
+            .filter(|s| !s.is_empty())
+            .cloned();
+        let source = match &sub_path {
+            Some(sub) => validate::sub_path(&staging, sub)?,
+            None => staging.clone(),
+        };
+        std::fs::create_dir_all(&target).map_err(|source| Error::Io {
+            what: "creating the target path",
+            path: target.clone(),
+            source,
+        })?;
+        match mounts::mounted_at(&target)? {
+            Some(m) if m.read_only == read_only && !mounts::is_broken(&target) => {}
+            Some(_) => {
+                mounts::unmount_all(&target)?;
+                mounts::bind(&source, &target, read_only)?;
+            }
+            None => mounts::bind(&source, &target, read_only)?,
+        }
+        self.update(|s| {
+            s.published.insert(
+                target.clone(),
+                Published {
+                    volume_id,
+                    staging,
+                    sub_path,
+                    read_only,
+                },
+            );
+        })
+    }
+
+    pub async fn unpublish(&self, r: pb::NodeUnpublishVolumeRequest) -> Result<()> {
+        validate::volume_id(&r.volume_id)?;
+        if r.target_path.is_empty() {
+            return Err(Error::InvalidArgument("target path is required".into()));
+        }
+        let target = validate::target_path(&r.target_path, &self.config.kubelet_root)?;
+        let _op = self.ops.lock().await;
+        mounts::unmount_all(&target)?;
+        // Only the now empty mount point is removed, never its contents.
+        match std::fs::remove_dir(&target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    what: "removing the target path",
+                    path: target,
+                    source,
+                });
+            }
+        }
+        self.update(|s| {
+            s.published.remove(&target);
+        })
+    }
+
+    pub fn stats(
+        &self,
+        r: pb::NodeGetVolumeStatsRequest,
+    ) -> Result<pb::NodeGetVolumeStatsResponse> {
+        validate::volume_id(&r.volume_id)?;
+        if r.volume_path.is_empty() {
+            return Err(Error::InvalidArgument("volume path is required".into()));
+        }
+        let path = PathBuf::from(&r.volume_path);
+        if !path.exists() && !mounts::is_broken(&path) {
+            return Err(Error::NotFound(format!(
+                "volume path {} does not exist",
+                path.display()
+            )));
+        }
+        if mounts::is_broken(&path) {
+            return Ok(pb::NodeGetVolumeStatsResponse {
+                usage: vec![],
+                volume_condition: Some(pb::VolumeCondition {
+                    abnormal: true,
+                    message: "the FUSE mount is gone (being recovered)".into(),
+                }),
+            });
+        }
+        let (total, free, inodes, inodes_free) = mounts::usage(&path)?;
+        let usage = |unit: pb::volume_usage::Unit, total: u64, free: u64| pb::VolumeUsage {
+            available: free as i64,
+            total: total as i64,
+            used: total.saturating_sub(free) as i64,
+            unit: unit as i32,
+        };
+        Ok(pb::NodeGetVolumeStatsResponse {
+            usage: vec![
+                usage(pb::volume_usage::Unit::Bytes, total, free),
+                usage(pb::volume_usage::Unit::Inodes, inodes, inodes_free),
+            ],
+            volume_condition: Some(pb::VolumeCondition {
+                abnormal: false,
+                message: String::new(),
+            }),
+        })
+    }
+
+    /// Re-binds every staged and published mount whose source died, once
+    /// the FUSE mount it comes from is back. Returns how many it repaired.
+    pub async fn repair(&self) -> usize {
+        let _op = self.ops.lock().await;
+        let state = self.state();
+        let mut repaired = 0;
+        let fail = |what: &Path, e: Error| {
+            tracing::warn!(path = %what.display(), error = %e, "could not repair a mount");
+            self.counters
+                .recovery_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        for (staging, staged) in &state.staged {
+            let healthy_source = mounts::fuse_mounted(&staged.mount_path).unwrap_or(false)
+                && !mounts::is_broken(&staged.mount_path);
+            if !healthy_source {
+                continue;
+            }
+            if mounts::is_broken(staging) {
+                let done = mounts::unmount_all(staging)
+                    .and_then(|_| mounts::bind(&staged.mount_path, staging, false));
+                match done {
+                    Ok(()) => repaired += 1,
+                    Err(e) => fail(staging, e),
+                }
+            }
+            for (target, p) in state
+                .published
+                .iter()
+                .filter(|(_, p)| p.staging == *staging)
+            {
+                if !mounts::is_broken(target) {
+                    continue;
+                }
+                let source = match &p.sub_path {
+                    Some(sub) => validate::sub_path(staging, sub),
+                    None => Ok(staging.clone()),
+                };
+                let done = source.and_then(|src| {
+                    mounts::unmount_all(target)?;
+                    mounts::bind(&src, target, p.read_only)
+                });
+                match done {
+                    Ok(()) => {
+                        tracing::info!(target = %target.display(), volume = %p.volume_id, "re-bound a mount after its FUSE daemon came back");
+                        repaired += 1;
+                    }
+                    Err(e) => fail(target, e),
+                }
+            }
+        }
+        self.counters
+            .recoveries
+            .fetch_add(repaired as u64, std::sync::atomic::Ordering::Relaxed);
+        repaired
+    }
+}
+
+/// The gRPC face of the services.
+#[derive(Debug, Clone)]
+pub struct Plugin(pub Arc<NodeService>);
+
+#[tonic::async_trait]
+impl pb::identity_server::Identity for Plugin {
+    async fn get_plugin_info(
+        &self,
+        _r: Request<pb::GetPluginInfoRequest>,
+    ) -> Result<Response<pb::GetPluginInfoResponse>, Status> {
+        Ok(Response::new(pb::GetPluginInfoResponse {
+            name: DRIVER_NAME.into(),
+            vendor_version: env!("CARGO_PKG_VERSION").into(),
+            manifest: Default::default(),
+        }))
+    }
+
+    async fn get_plugin_capabilities(
+        &self,
+        _r: Request<pb::GetPluginCapabilitiesRequest>,
+    ) -> Result<Response<pb::GetPluginCapabilitiesResponse>, Status> {
+        // No controller service: datasets' PVs are made by the operator.
+        Ok(Response::new(pb::GetPluginCapabilitiesResponse {
+            capabilities: vec![],
+        }))
+    }
+
+    async fn probe(
+        &self,
+        _r: Request<pb::ProbeRequest>,
+    ) -> Result<Response<pb::ProbeResponse>, Status> {
+        Ok(Response::new(pb::ProbeResponse { ready: Some(true) }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::controller_server::Controller for Plugin {
+    async fn controller_get_capabilities(
+        &self,
+        _r: Request<pb::ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<pb::ControllerGetCapabilitiesResponse>, Status> {
+        // One UNKNOWN entry: "no capability", as a list a CO can tell from
+        // an absent answer (an empty list does not survive the wire).
+        use pb::controller_service_capability::{Rpc, Type, rpc};
+        Ok(Response::new(pb::ControllerGetCapabilitiesResponse {
+            capabilities: vec![pb::ControllerServiceCapability {
+                r#type: Some(Type::Rpc(Rpc {
+                    r#type: rpc::Type::Unknown as i32,
+                })),
+            }],
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::node_server::Node for Plugin {
+    #[tracing::instrument(skip_all, fields(volume = %r.get_ref().volume_id))]
+    async fn node_stage_volume(
+        &self,
+        r: Request<pb::NodeStageVolumeRequest>,
+    ) -> Result<Response<pb::NodeStageVolumeResponse>, Status> {
+        self.0.stage(r.into_inner()).await?;
+        Ok(Response::new(pb::NodeStageVolumeResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %r.get_ref().volume_id))]
+    async fn node_unstage_volume(
+        &self,
+        r: Request<pb::NodeUnstageVolumeRequest>,
+    ) -> Result<Response<pb::NodeUnstageVolumeResponse>, Status> {
+        self.0.unstage(r.into_inner()).await?;
+        Ok(Response::new(pb::NodeUnstageVolumeResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %r.get_ref().volume_id))]
+    async fn node_publish_volume(
+        &self,
+        r: Request<pb::NodePublishVolumeRequest>,
+    ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
+        self.0.publish(r.into_inner()).await?;
+        Ok(Response::new(pb::NodePublishVolumeResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %r.get_ref().volume_id))]
+    async fn node_unpublish_volume(
+        &self,
+        r: Request<pb::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<pb::NodeUnpublishVolumeResponse>, Status> {
+        self.0.unpublish(r.into_inner()).await?;
+        Ok(Response::new(pb::NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        r: Request<pb::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
+        Ok(Response::new(self.0.stats(r.into_inner())?))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _r: Request<pb::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<pb::NodeGetCapabilitiesResponse>, Status> {
+        use pb::node_service_capability::{Rpc, Type, rpc};
+        let cap = |t: rpc::Type| pb::NodeServiceCapability {
+            r#type: Some(Type::Rpc(Rpc { r#type: t as i32 })),
+        };
+        Ok(Response::new(pb::NodeGetCapabilitiesResponse {
+            capabilities: vec![
+                cap(rpc::Type::StageUnstageVolume),
+                cap(rpc::Type::GetVolumeStats),
+                cap(rpc::Type::VolumeCondition),
+            ],
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _r: Request<pb::NodeGetInfoRequest>,
+    ) -> Result<Response<pb::NodeGetInfoResponse>, Status> {
+        Ok(Response::new(pb::NodeGetInfoResponse {
+            node_id: self.0.config.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: Some(pb::Topology {
+                segments: [(TOPOLOGY_KEY.to_owned(), self.0.config.node_id.clone())].into(),
+            }),
+        }))
+    }
+}
