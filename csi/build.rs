@@ -1,7 +1,7 @@
 //! Compiles `proto/csi.proto` with the vendored protoc (no system protoc).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/csi.proto", "proto/registration.proto"];
+    let protos = ["proto/csi.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

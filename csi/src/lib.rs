@@ -11,13 +11,6 @@ pub mod proto {
     tonic::include_proto!("csi.v1");
 }
 
-/// The kubelet's plugin registration API.
-pub mod registration {
-    tonic::include_proto!("pluginregistration");
-}
-
-pub mod register;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,9 +62,6 @@ pub struct CsiConfig {
     pub endpoint: String,
     /// How often published mounts are checked for a dead FUSE source.
     pub repair_every: Duration,
-    /// Register with the kubelet's plugin watcher: the registration
-    /// directory and the CSI socket's path as the kubelet sees it.
-    pub registration: Option<(PathBuf, String)>,
 }
 
 /// Serves the plugin until SIGTERM / ctrl-c; a stale socket from an earlier
@@ -105,10 +95,6 @@ pub async fn run(config: CsiConfig, labels: Option<Arc<dyn node::NodeLabels>>) -
             }
         })
     };
-    let registrar = config
-        .registration
-        .clone()
-        .map(|(dir, endpoint)| tokio::spawn(register::serve(dir, endpoint)));
     let plugin = node::Plugin(service);
     let served = tonic::transport::Server::builder()
         .add_service(proto::identity_server::IdentityServer::new(plugin.clone()))
@@ -122,9 +108,6 @@ pub async fn run(config: CsiConfig, labels: Option<Arc<dyn node::NodeLabels>>) -
         )
         .await;
     repairer.abort();
-    if let Some(r) = registrar {
-        r.abort();
-    }
     let _ = std::fs::remove_file(&path);
     served.map_err(|e| serve_err(e.to_string()))
 }

@@ -30,13 +30,6 @@ struct Args {
     /// Do not label nodes (no Kubernetes API, e.g. under csi-sanity).
     #[arg(long)]
     no_node_labels: bool,
-    /// The kubelet's plugin registration directory; when given, the plugin
-    /// registers itself there (no separate registrar container needed).
-    #[arg(long)]
-    registration_dir: Option<PathBuf>,
-    /// The CSI socket's path as the kubelet sees it (on the host).
-    #[arg(long, default_value = "/var/lib/kubelet/plugins/csi.weir.io/csi.sock")]
-    kubelet_endpoint: String,
 }
 
 #[tokio::main]
@@ -67,7 +60,6 @@ async fn main() -> anyhow::Result<()> {
         },
         endpoint: args.endpoint,
         repair_every: Duration::from_millis(args.repair_every_ms),
-        registration: args.registration_dir.map(|d| (d, args.kubelet_endpoint)),
     };
     run(config, labels).await?;
     Ok(())

@@ -38,7 +38,8 @@ add_binary() {
   local src=$1
   [ -x "$src" ] || die "$src missing: build the workspace first (cargo test --workspace --no-run)"
   install -m 0755 "$src" "$root/usr/local/bin/$(basename "$src")"
-  ldd "$src" 2>/dev/null | grep -oE '/[^ ]+\.so[^ ]*' | while read -r lib; do
+  # A static binary has no libraries (and ldd fails on it).
+  { ldd "$src" 2>/dev/null || true; } | { grep -oE '/[^ ]+\.so[^ ]*' || true; } | while read -r lib; do
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
   done
@@ -54,6 +55,8 @@ case $kind in
     # HTTPS under-storage (and the TLS client's start-up) need the CA roots.
     install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
     for b in "${WEIR_BINARIES[@]}"; do add_binary "$PROFILE_DIR/$b"; done
+    # Registers the CSI plugin with the kubelet (built by install.sh).
+    add_binary "$WEIR_BIN/weir-csi-registrar"
     entrypoint='["/usr/local/bin/weir"]'
     ;;
   e2e)

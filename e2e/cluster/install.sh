@@ -31,6 +31,8 @@ install_debian() {
 # A stamp per binary records the go.mod/go.sum it was built from, so a pin
 # change rebuilds and an unchanged pin costs nothing.
 go_stamp() { cat "$WEIR_CLUSTER_DIR/gotools/go.mod" "$WEIR_CLUSTER_DIR/gotools/go.sum" | sha256sum | cut -c1-16; }
+# Our own Go commands also change with their source.
+source_stamp() { cat "$WEIR_CLUSTER_DIR/gotools/go.sum" "$WEIR_CLUSTER_DIR/gotools/cmd/$1"/*.go | sha256sum | cut -c1-16; }
 
 build_go_tools() {
   local stamp want=() pkgs=()
@@ -42,6 +44,7 @@ build_go_tools() {
   for c in csi-sanity pause; do
     [ "$(cat "$WEIR_BIN/.$c.stamp" 2>/dev/null)" = "$stamp" ] || want+=("$c")
   done
+  [ "$(cat "$WEIR_BIN/.weir-csi-registrar.stamp" 2>/dev/null)" = "$(source_stamp registrar)" ] || want+=(weir-csi-registrar)
   [ ${#want[@]} -eq 0 ] && return
   log "go build ${want[*]} (first run: about 10 minutes)"
   cd "$WEIR_CLUSTER_DIR/gotools"
@@ -49,10 +52,11 @@ build_go_tools() {
     case $c in
       csi-sanity) pkg=github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity ;;
       pause) pkg=./cmd/pause ;;
+      weir-csi-registrar) pkg=./cmd/registrar ;;
       *) pkg=k8s.io/kubernetes/cmd/$c ;;
     esac
     go build -trimpath -ldflags='-s -w' -o "$WEIR_BIN/$c" "$pkg"
-    echo "$stamp" > "$WEIR_BIN/.$c.stamp"
+    if [ "$c" = weir-csi-registrar ]; then source_stamp registrar; else echo "$stamp"; fi > "$WEIR_BIN/.$c.stamp"
   done
   cd - >/dev/null
 }

@@ -55,10 +55,12 @@ pub struct Bed {
 
 impl Bed {
     pub fn from_env() -> Self {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
-            .to_path_buf();
+        // The run-time value first: builds of another checkout sharing the
+        // target directory can leave a compile-time path that is not ours.
+        let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        let repo = manifest.parent().expect("workspace root").to_path_buf();
         let home = std::env::var_os("HOME")
             .map(PathBuf::from)
             .unwrap_or_else(|| "/root".into());
@@ -145,6 +147,9 @@ pub fn ensure_cluster() -> Result<Bed> {
         let lock = lock_bed().map_err(|e| e.to_string())?;
         let result = bed
             .run_script("up.sh", &[])
+            // Every image the pods need is there (an import is skipped when
+            // containerd already has the same content).
+            .and_then(|_| bed.run_script("image.sh", &["pause", "weir.io/pause:1"]))
             .and_then(|_| bed.run_script("image.sh", &["weir", "weir.io/weir:dev"]))
             .and_then(|_| bed.run_script("image.sh", &["e2e", "weir.io/e2e:dev"]))
             .map(|_| ())

@@ -669,6 +669,7 @@ impl FileReader {
         sequential: bool,
     ) -> FsResult<()> {
         let mut block = block.clone();
+        let mut first: Option<String> = None;
         let mut last = String::new();
         for attempt in 0..READ_ATTEMPTS {
             if attempt > 0 {
@@ -685,15 +686,30 @@ impl FileReader {
             }
             match self.try_block(&block, off, out, sequential).await? {
                 Attempt::Done => return Ok(()),
-                Attempt::Retry(why) => last = why,
+                Attempt::Retry(why) => {
+                    // The first cause says why: later attempts only find
+                    // the failed workers paused.
+                    if first.is_none() {
+                        first = Some(why.clone());
+                    }
+                    last = why;
+                }
             }
         }
+        let first = first.unwrap_or_default();
         Err(ClientError::Data {
             path: self.path.clone(),
-            reason: format!(
-                "block {} failed {READ_ATTEMPTS} times: {last}",
-                block.block_id
-            ),
+            reason: if first == last {
+                format!(
+                    "block {} failed {READ_ATTEMPTS} times: {last}",
+                    block.block_id
+                )
+            } else {
+                format!(
+                    "block {} failed {READ_ATTEMPTS} times: first {first}; last {last}",
+                    block.block_id
+                )
+            },
         })
     }
 

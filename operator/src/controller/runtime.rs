@@ -195,11 +195,14 @@ async fn apply_runtime(rt: Arc<CacheRuntime>, ctx: &Context) -> Result<Action> {
     let claim = apply(&ctx.client, &ns, &render::persistent_volume_claim(&ds, &rt)).await?;
     let claim_bound = claim.status.and_then(|s| s.phase).as_deref() == Some("Bound");
 
-    let ready = mounted && claim_bound && status.master_phase == RuntimePhase::Ready;
+    // A worker must be there to serve a read: a pod that mounts the PVC
+    // the moment the Dataset is Bound reads at once.
+    let serving = rt.spec.replicas == 0 || status.worker_number_ready > 0;
+    let ready = mounted && claim_bound && serving && status.master_phase == RuntimePhase::Ready;
     let (reason, message) = if ready {
         (
             "Ready",
-            "masters ready, mounts applied, PVC bound".to_owned(),
+            "masters ready, mounts applied, workers serving, PVC bound".to_owned(),
         )
     } else if !mounted {
         (
@@ -213,6 +216,8 @@ async fn apply_runtime(rt: Arc<CacheRuntime>, ctx: &Context) -> Result<Action> {
             "ClaimPending",
             format!("PVC {} is not bound yet", names.pvc()),
         )
+    } else if !serving {
+        ("WorkersNotReady", "no worker is ready yet".to_owned())
     } else {
         (
             "MastersNotReady",
@@ -232,7 +237,7 @@ async fn apply_runtime(rt: Arc<CacheRuntime>, ctx: &Context) -> Result<Action> {
     );
     patch_status(&api_of(ctx, &ns), &name, &status).await?;
 
-    update_dataset(ctx, &ds, &rt, &mounts, mounted && claim_bound).await?;
+    update_dataset(ctx, &ds, &rt, &mounts, mounted && claim_bound && serving).await?;
     Ok(Action::requeue(if ready {
         STATUS_PERIOD
     } else {
