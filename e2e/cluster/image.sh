@@ -38,6 +38,8 @@ add_binary() {
   local src=$1
   [ -x "$src" ] || die "$src missing: build the workspace first (cargo test --workspace --no-run)"
   install -m 0755 "$src" "$root/usr/local/bin/$(basename "$src")"
+  # Debug info is most of a debug build's size; symbols stay for backtraces.
+  strip --strip-debug "$root/usr/local/bin/$(basename "$src")"
   # A static binary has no libraries (and ldd fails on it).
   { ldd "$src" 2>/dev/null || true; } | { grep -oE '/[^ ]+\.so[^ ]*' || true; } | while read -r lib; do
     mkdir -p "$root$(dirname "$lib")"

@@ -8,7 +8,7 @@ source "$(dirname "$0")/lib.sh"
 
 DEB_PACKAGES=(
   etcd-server containerd runc containernetworking-plugins busybox-static fuse3
-  iptables conntrack iproute2 openssl unzip jq curl ca-certificates python3-venv
+  iptables conntrack iproute2 openssl unzip jq curl ca-certificates python3-venv binutils
   librocksdb-dev libsnappy-dev liblz4-dev libzstd-dev libclang-dev
 )
 K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
