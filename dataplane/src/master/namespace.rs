@@ -731,8 +731,13 @@ impl Namespace {
         match cmd {
             Command::Noop => Ok(Reply::Done),
             Command::SeedInodeIds { start } => {
+                let start = (*start).max(SEEDED_IDS_FLOOR);
                 if c.next_id < SEEDED_IDS_FLOOR {
-                    c.next_id = (*start).max(SEEDED_IDS_FLOOR);
+                    c.next_id = start;
+                }
+                // Mount ids too: workers keep under-storages by mount id.
+                if read_u64(self.store.as_ref(), META_NEXT_MOUNT_ID, 1)? < SEEDED_IDS_FLOOR {
+                    c.ops.push(put_u64(META_NEXT_MOUNT_ID, start));
                 }
                 Ok(Reply::Done)
             }
@@ -1218,6 +1223,25 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(create("/a"), seed);
+        let mounted = ns
+            .apply(
+                &Command::Mount(MountSpec {
+                    path: "/m".into(),
+                    ufs_uri: "local:///tmp".into(),
+                    read_only: true,
+                    write_type: WriteType::CacheThrough,
+                    sync_interval_ms: 0,
+                    options: Default::default(),
+                    credential_files: Default::default(),
+                }),
+                vec![],
+            )
+            .unwrap();
+        assert_eq!(
+            mounted,
+            Reply::Mounted { mount_id: seed },
+            "mount ids are seeded too"
+        );
         // A second seed (another leader's) changes nothing.
         ns.apply(
             &Command::SeedInodeIds {
@@ -1226,7 +1250,11 @@ mod tests {
             vec![],
         )
         .unwrap();
-        assert_eq!(create("/b"), seed + 1);
+        assert_eq!(
+            create("/b"),
+            seed + 2,
+            "the mount's directory took seed + 1"
+        );
     }
 
     #[test]

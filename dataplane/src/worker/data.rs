@@ -154,8 +154,9 @@ async fn connection(worker: Arc<Worker>, sock: tokio::net::TcpStream) {
             }
         };
         if let Err(e) = outcome {
-            // The reply stream is no longer in step with the requests.
-            tracing::debug!(%peer, error = %e, "closing data connection");
+            // The reply stream is no longer in step with the requests; the
+            // client sees the connection close, so say why here.
+            tracing::warn!(%peer, error = %e, "closing data connection after a failed request");
             return;
         }
     }
