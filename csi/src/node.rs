@@ -257,6 +257,7 @@ impl NodeService {
         if mounts::mounted_at(&staging)?.is_none() {
             mounts::bind(&mount_path, &staging, false)?;
         }
+        tracing::info!(volume = %volume_id, staging = %staging.display(), "staged");
         self.update(|s| {
             s.staged.insert(
                 staging.clone(),
@@ -277,6 +278,7 @@ impl NodeService {
         mounts::unmount_all(&staging)?;
         let _ = std::fs::remove_dir(&staging);
         let gone = self.state().staged.get(&staging).cloned();
+        tracing::info!(volume = %r.volume_id, staging = %staging.display(), "unstaged");
         self.update(|s| {
             s.staged.remove(&staging);
         })?;
@@ -294,6 +296,7 @@ impl NodeService {
                 .any(|s| s.fuse_label.as_deref() == Some(&label));
             if !still_used && let Some(labels) = &self.labels {
                 labels.set(&label, None).await?;
+                tracing::info!(%label, "no staged volume needs the FUSE pod here: label removed");
             }
         }
         Ok(())
@@ -337,6 +340,7 @@ impl NodeService {
             }
             None => mounts::bind(&source, &target, read_only)?,
         }
+        tracing::info!(volume = %volume_id, target = %target.display(), read_only, "published");
         self.update(|s| {
             s.published.insert(
                 target.clone(),
@@ -370,6 +374,7 @@ impl NodeService {
                 });
             }
         }
+        tracing::info!(volume = %r.volume_id, target = %target.display(), "unpublished");
         self.update(|s| {
             s.published.remove(&target);
         })

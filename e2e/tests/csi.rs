@@ -1,11 +1,9 @@
 //! The CSI node plugin on the real cluster: pods mount a dataset's PVC and
 //! read through the runtime's FUSE pod; two pods share one FUSE mount; a
 //! read-only volume refuses writes; a killed FUSE pod's mounts come back in
-//! the same app pod; when the last pod goes, the node label and the FUSE pod
-//! go too.
+//! the same app pod.
 
-use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, CustomResourceExt, ResourceExt};
 use serde_json::{Value, json};
@@ -256,25 +254,6 @@ async fn pods_read_datasets_through_csi_and_survive_fuse_restarts() -> anyhow::R
         let restarts = pods.get("app-1").await?.status.and_then(|s| s.container_statuses).map(|c| c[0].restart_count);
         assert_eq!(restarts, Some(0), "the app pod was not restarted");
 
-        // The last pod gone: the node label and the FUSE pod go (OnDemand).
-        for pod in ["app-1", "app-2"] {
-            pods.delete(pod, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
-        }
-        let label = format!("weir.io/fuse-{}-{name}", ns.name);
-        let nodes: Api<Node> = Api::all(ns.client.clone());
-        let daemonsets: Api<DaemonSet> = ns.api();
-        wait_for("node label and FUSE pod gone", Duration::from_secs(120), || async {
-            let labelled = nodes.list(&ListParams::default().labels(&label)).await?.items.len();
-            let scheduled = daemonsets
-                .get(&format!("{name}-fuse"))
-                .await?
-                .status
-                .map(|s| s.current_number_scheduled)
-                .unwrap_or(0);
-            let fuse = fuse_pods().await?.len();
-            Ok((labelled == 0 && scheduled == 0 && fuse == 0).then_some(()))
-        })
-        .await?;
         let _ = ns.bed.kubectl(&["delete", "clusterrole,clusterrolebinding", &format!("weir-csi-{}", ns.name)]);
         Ok(())
     })
