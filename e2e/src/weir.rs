@@ -26,6 +26,19 @@ fn free_port(host: &str) -> u16 {
         .expect("a free port")
 }
 
+/// Reproducible bytes that differ per seed (xorshift), for test files.
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// A moto S3 server on the pod bridge with one bucket; stopped on drop.
 pub struct BridgeS3 {
     child: Child,

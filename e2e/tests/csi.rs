@@ -8,22 +8,10 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, CustomResourceExt, ResourceExt};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use weir_e2e::weir::{BridgeS3, OperatorProcess};
+use weir_e2e::weir::{BridgeS3, OperatorProcess, bytes};
 use weir_e2e::{TestNamespace, in_namespace, install_crd, wait_for};
 use weir_operator::crd::dataset::DatasetPhase;
 use weir_operator::crd::{CacheRuntime, DataLoad, Dataset};
-
-fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
