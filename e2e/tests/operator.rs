@@ -379,23 +379,38 @@ async fn dataset_binds_loads_and_reads_keeps_secrets_and_cleans_up() -> anyhow::
 
 /// The leader's id from a master's `/readyz` ("leader N, applied").
 fn leader_of(pod_ip: &str) -> Option<u64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect((pod_ip, 19200)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET /readyz HTTP/1.1\r\nHost: {pod_ip}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let body = out.split("\r\n\r\n").nth(1)?;
-    body.strip_prefix("leader ")?
+    master_http(pod_ip, "/readyz")?
+        .strip_prefix("leader ")?
         .split(',')
         .next()?
         .trim()
         .parse()
         .ok()
+}
+
+/// How many live workers the master at `pod_ip` knows (its own metric).
+fn workers_known_by(pod_ip: &str) -> Option<u64> {
+    master_http(pod_ip, "/metrics")?
+        .lines()
+        .find_map(|l| l.strip_prefix("weir_master_workers "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The body of a GET to a master's HTTP port.
+fn master_http(pod_ip: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect((pod_ip, 19200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {pod_ip}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_string())
 }
 
 /// The Dataset's cached percentage; it must still be Bound.
@@ -458,6 +473,27 @@ async fn three_masters_survive_a_leader_loss_and_workers_scale() -> anyhow::Resu
         let leader_pod = format!("scale-master-{leader}");
         eprintln!("deleting the leader's pod {leader_pod}");
         pods.delete(&leader_pod, &DeleteParams::default()).await?;
+        // A new leader learns of workers from their next heartbeat; a load
+        // sent before then would put every block on the first one, and the
+        // scale-in below would have nothing to move.
+        wait_for(
+            "a new leader that knows both workers",
+            Duration::from_secs(90),
+            || async {
+                for i in 0..3 {
+                    let Ok(p) = pods.get(&format!("scale-master-{i}")).await else {
+                        continue;
+                    };
+                    let ip = ip(&p);
+                    if leader_of(&ip) == Some(i) && i != leader && workers_known_by(&ip) == Some(2)
+                    {
+                        return Ok(Some(()));
+                    }
+                }
+                Ok(None)
+            },
+        )
+        .await?;
         let datasets: Api<Dataset> = ns.api();
         ns.api::<DataLoad>()
             .create(&pp, &load("after-loss", name, "/data"))
