@@ -1,7 +1,10 @@
 # The two commands of the README:
-#   make demo   bring up a working Weir on this machine (master, worker, FUSE
-#               mount of a small dataset at /mnt/weir-demo; make demo-down)
+#   make demo   the user journey on this machine: a local Kubernetes, Weir
+#               installed with Helm, a dataset in a local S3 read by a pod
+#               through its PVC, a DataLoad; make demo-down removes it
 #   make test   run the whole test suite (unit, integration, e2e on a real cluster)
+# Without Kubernetes: make local-demo (one master, worker and FUSE mount of a
+# directory at /mnt/weir-demo; make local-demo-down).
 # Builds are cached under ~/.cache (cargo target dir, Go build cache, the
 # Kubernetes binaries), so only the first run compiles everything.
 
@@ -9,11 +12,12 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
 export CARGO_TERM_COLOR ?= never
 CLUSTER := e2e/cluster
+HELM ?= $(HOME)/.cache/weir/bin/helm
 
 DEMO := /tmp/weir-demo
 WEIR := $(CARGO_TARGET_DIR)/debug/weir
 
-.PHONY: demo demo-down test install build lint crds up down unit e2e
+.PHONY: demo demo-down local-demo local-demo-down test install build lint crds up down unit e2e
 
 install:
 	$(CLUSTER)/install.sh
@@ -24,6 +28,7 @@ build:
 	cargo test --workspace --no-run --locked
 
 lint:
+	$(HELM) lint --strict charts/weir
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cd $(CLUSTER)/gotools && go mod verify >/dev/null
@@ -38,6 +43,12 @@ down:
 	$(CLUSTER)/down.sh
 
 demo: install build
+	e2e/demo.sh
+
+demo-down:
+	e2e/demo.sh down
+
+local-demo: install build
 	-$(WEIR) local down --state-dir $(DEMO)/state >/dev/null 2>&1
 	mkdir -p $(DEMO)/data/train
 	echo "Weir serves this file from its cache." > $(DEMO)/data/README.txt
@@ -47,7 +58,7 @@ demo: install build
 	cat /mnt/weir-demo/README.txt
 	$(WEIR) admin report
 
-demo-down:
+local-demo-down:
 	$(WEIR) local down --state-dir $(DEMO)/state
 
 # The life-cycle test stops and restarts the shared cluster, so it runs alone

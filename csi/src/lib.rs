@@ -62,11 +62,13 @@ pub struct CsiConfig {
     pub endpoint: String,
     /// How often published mounts are checked for a dead FUSE source.
     pub repair_every: Duration,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Serves the plugin until SIGTERM / ctrl-c; a stale socket from an earlier
 /// run is removed first.
-pub async fn run(config: CsiConfig, labels: Option<Arc<dyn node::NodeLabels>>) -> Result<()> {
+pub async fn run(config: CsiConfig, api: Option<Arc<dyn node::NodeApi>>) -> Result<()> {
     let path = PathBuf::from(config.endpoint.trim_start_matches("unix://"));
     let serve_err = |message: String| Error::Serve {
         endpoint: config.endpoint.clone(),
@@ -81,7 +83,18 @@ pub async fn run(config: CsiConfig, labels: Option<Arc<dyn node::NodeLabels>>) -
         Err(e) => return Err(serve_err(e.to_string())),
     }
     let listener = tokio::net::UnixListener::bind(&path).map_err(|e| serve_err(e.to_string()))?;
-    let service = Arc::new(node::NodeService::new(config.node.clone(), labels)?);
+    let service = Arc::new(node::NodeService::new(config.node.clone(), api)?);
+    let metrics_server = match config.metrics_listen {
+        Some(addr) => {
+            let mut registry = prometheus_client::registry::Registry::default();
+            service.metrics.register(&mut registry);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| serve_err(format!("metrics on {addr}: {e}")))?;
+            Some(tokio::spawn(serve_metrics(listener, registry)))
+        }
+        None => None,
+    };
     // Mounts broken while the plugin was down are repaired at once.
     let repaired = service.repair().await;
     tracing::info!(node = %config.node.node_id, socket = %path.display(), repaired, "CSI node plugin serving");
@@ -108,8 +121,33 @@ pub async fn run(config: CsiConfig, labels: Option<Arc<dyn node::NodeLabels>>) -
         )
         .await;
     repairer.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     let _ = std::fs::remove_file(&path);
     served.map_err(|e| serve_err(e.to_string()))
+}
+
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    registry: prometheus_client::registry::Registry,
+) {
+    let registry = Arc::new(registry);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut out = String::new();
+                prometheus_client::encoding::text::encode(&mut out, &registry)
+                    .map(|_| out)
+                    .unwrap_or_else(|e| format!("# encoding failed: {e}"))
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the metrics server stopped");
+    }
 }
 
 async fn shutdown() {

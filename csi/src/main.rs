@@ -4,7 +4,7 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use weir_csi::node::{KubeLabels, NodeConfig, NodeLabels};
+use weir_csi::node::{KubeNode, NodeApi, NodeConfig};
 use weir_csi::{CsiConfig, run};
 
 #[derive(Debug, Parser)]
@@ -27,9 +27,13 @@ struct Args {
     fuse_wait_secs: u64,
     #[arg(long, default_value_t = 1000)]
     repair_every_ms: u64,
-    /// Do not label nodes (no Kubernetes API, e.g. under csi-sanity).
+    /// Neither label nodes nor write Events (no Kubernetes API, e.g.
+    /// under csi-sanity).
     #[arg(long)]
     no_node_labels: bool,
+    /// Serve Prometheus `/metrics` here.
+    #[arg(long, env = "WEIR_CSI_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
@@ -42,13 +46,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let labels: Option<Arc<dyn NodeLabels>> = if args.no_node_labels {
+    let api: Option<Arc<dyn NodeApi>> = if args.no_node_labels {
         None
     } else {
-        Some(Arc::new(KubeLabels {
-            client: kube::Client::try_default().await?,
-            node: args.node_id.clone(),
-        }))
+        Some(Arc::new(KubeNode::new(
+            kube::Client::try_default().await?,
+            args.node_id.clone(),
+        )))
     };
     let config = CsiConfig {
         node: NodeConfig {
@@ -60,7 +64,8 @@ async fn main() -> anyhow::Result<()> {
         },
         endpoint: args.endpoint,
         repair_every: Duration::from_millis(args.repair_every_ms),
+        metrics_listen: args.metrics_listen,
     };
-    run(config, labels).await?;
+    run(config, api).await?;
     Ok(())
 }

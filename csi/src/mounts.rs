@@ -81,6 +81,12 @@ pub fn is_broken(path: &Path) -> bool {
     }
 }
 
+/// The device of the filesystem at `path`: a new FUSE mount has a new one.
+pub fn device(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.dev())
+}
+
 fn io(what: &'static str, path: &Path, e: Errno) -> Error {
     Error::Io {
         what,
@@ -122,9 +128,10 @@ pub fn unmount(target: &Path) -> Result<()> {
     }
 }
 
-/// Unmounts every mount stacked at `target`.
+/// Unmounts every mount stacked at `target` (each repair after a FUSE
+/// restart adds one).
 pub fn unmount_all(target: &Path) -> Result<()> {
-    for _ in 0..16 {
+    for _ in 0..256 {
         if mounted_at(target)?.is_none() {
             return Ok(());
         }

@@ -9,6 +9,8 @@ use crate::mounts;
 use crate::proto as pb;
 use crate::validate;
 use crate::{Error, Result};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,6 +53,29 @@ pub struct Published {
     pub staging: PathBuf,
     pub sub_path: Option<String>,
     pub read_only: bool,
+    /// The pod the kubelet published for (with `podInfoOnMount`), so a
+    /// repair can tell its owner.
+    #[serde(default)]
+    pub pod: Option<PodRef>,
+}
+
+/// A pod, as the kubelet names it in a publish request's volume context.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl PodRef {
+    fn from_context(context: &std::collections::HashMap<String, String>) -> Option<Self> {
+        let get = |k: &str| context.get(k).filter(|v| !v.is_empty()).cloned();
+        Some(PodRef {
+            namespace: get("csi.storage.k8s.io/pod.namespace")?,
+            name: get("csi.storage.k8s.io/pod.name")?,
+            uid: get("csi.storage.k8s.io/pod.uid")?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -59,19 +84,81 @@ pub struct State {
     pub published: BTreeMap<PathBuf, Published>,
 }
 
-/// Node labels: set when a volume is staged, removed when unstaged.
-pub trait NodeLabels: Send + Sync {
-    fn set(&self, key: &str, value: Option<&str>) -> futures::future::BoxFuture<'_, Result<()>>;
+/// What the plugin asks of the Kubernetes API: node labels (set when a
+/// volume is staged, removed when unstaged) and Events.
+pub trait NodeApi: Send + Sync {
+    fn set_label(
+        &self,
+        key: &str,
+        value: Option<&str>,
+    ) -> futures::future::BoxFuture<'_, Result<()>>;
+    /// Tells a pod's owner that its mount was broken and is back.
+    fn mount_repaired<'a>(
+        &'a self,
+        pod: &'a PodRef,
+        note: String,
+    ) -> futures::future::BoxFuture<'a, Result<()>>;
 }
 
-/// Labels this node through the Kubernetes API.
-pub struct KubeLabels {
+/// This node, through the Kubernetes API.
+pub struct KubeNode {
     pub client: kube::Client,
     pub node: String,
+    pub recorder: kube::runtime::events::Recorder,
 }
 
-impl NodeLabels for KubeLabels {
-    fn set(&self, key: &str, value: Option<&str>) -> futures::future::BoxFuture<'_, Result<()>> {
+impl KubeNode {
+    pub fn new(client: kube::Client, node: String) -> Self {
+        let recorder = kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "csi.weir.io".into(),
+                instance: Some(node.clone()),
+            },
+        );
+        KubeNode {
+            client,
+            node,
+            recorder,
+        }
+    }
+}
+
+impl NodeApi for KubeNode {
+    fn mount_repaired<'a>(
+        &'a self,
+        pod: &'a PodRef,
+        note: String,
+    ) -> futures::future::BoxFuture<'a, Result<()>> {
+        use kube::runtime::events::{Event, EventType};
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(pod.namespace.clone()),
+            name: Some(pod.name.clone()),
+            uid: Some(pod.uid.clone()),
+            ..Default::default()
+        };
+        Box::pin(async move {
+            let event = Event {
+                type_: EventType::Normal,
+                reason: "MountRecovered".into(),
+                note: Some(note),
+                action: "Rebind".into(),
+                secondary: None,
+            };
+            self.recorder
+                .publish(&event, &reference)
+                .await
+                .map_err(|e| Error::Unavailable(format!("recording an event: {e}")))
+        })
+    }
+
+    fn set_label(
+        &self,
+        key: &str,
+        value: Option<&str>,
+    ) -> futures::future::BoxFuture<'_, Result<()>> {
         use k8s_openapi::api::core::v1::Node;
         use kube::api::{Patch, PatchParams};
         let patch = serde_json::json!({"metadata": {"labels": {key: value}}});
@@ -86,20 +173,49 @@ impl NodeLabels for KubeLabels {
     }
 }
 
-/// Recoveries done by the repair loop, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub recoveries: std::sync::atomic::AtomicU64,
-    pub recovery_failures: std::sync::atomic::AtomicU64,
+/// What `/metrics` shows of the plugin.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub recoveries: Counter,
+    pub recovery_failures: Counter,
+    pub staged: Gauge,
+    pub published: Gauge,
+}
+
+impl Metrics {
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "weir_csi_mount_recoveries",
+            "Mounts re-bound after their FUSE daemon came back",
+            self.recoveries.clone(),
+        );
+        registry.register(
+            "weir_csi_mount_recovery_failures",
+            "Attempts to re-bind a broken mount that failed",
+            self.recovery_failures.clone(),
+        );
+        registry.register(
+            "weir_csi_staged_volumes",
+            "Volumes staged on this node",
+            self.staged.clone(),
+        );
+        registry.register(
+            "weir_csi_published_volumes",
+            "Volumes published into pods on this node",
+            self.published.clone(),
+        );
+    }
 }
 
 pub struct NodeService {
     pub config: NodeConfig,
     state: Mutex<State>,
-    labels: Option<Arc<dyn NodeLabels>>,
+    api: Option<Arc<dyn NodeApi>>,
     /// One volume operation at a time (the CO may retry concurrently).
     ops: tokio::sync::Mutex<()>,
-    pub counters: Arc<Counters>,
+    pub metrics: Metrics,
+    /// The device of each staged volume's FUSE mount when last seen.
+    fuse_devices: Mutex<std::collections::HashMap<PathBuf, u64>>,
 }
 
 impl std::fmt::Debug for NodeService {
@@ -111,7 +227,7 @@ impl std::fmt::Debug for NodeService {
 }
 
 impl NodeService {
-    pub fn new(config: NodeConfig, labels: Option<Arc<dyn NodeLabels>>) -> Result<Self> {
+    pub fn new(config: NodeConfig, api: Option<Arc<dyn NodeApi>>) -> Result<Self> {
         let state = match std::fs::read(&config.state_file) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 Error::InvalidArgument(format!("state file {}: {e}", config.state_file.display()))
@@ -128,9 +244,10 @@ impl NodeService {
         Ok(NodeService {
             config,
             state: Mutex::new(state),
-            labels,
+            api,
             ops: tokio::sync::Mutex::new(()),
-            counters: Arc::default(),
+            metrics: Metrics::default(),
+            fuse_devices: Mutex::default(),
         })
     }
 
@@ -142,6 +259,8 @@ impl NodeService {
     fn update(&self, f: impl FnOnce(&mut State)) -> Result<()> {
         let mut state = self.state.lock().expect("state");
         f(&mut state);
+        self.metrics.staged.set(state.staged.len() as i64);
+        self.metrics.published.set(state.published.len() as i64);
         let path = &self.config.state_file;
         let tmp = path.with_extension("tmp");
         let io = |source| Error::Io {
@@ -242,8 +361,8 @@ impl NodeService {
             .get("cleanPolicy")
             .is_none_or(|p| p == "OnDemand");
         let _op = self.ops.lock().await;
-        if let (Some(label), Some(labels)) = (&fuse_label, &self.labels) {
-            labels.set(label, Some("true")).await?;
+        if let (Some(label), Some(api)) = (&fuse_label, &self.api) {
+            api.set_label(label, Some("true")).await?;
         }
         self.wait_for_fuse(&mount_path).await?;
         std::fs::create_dir_all(&staging).map_err(|source| Error::Io {
@@ -251,10 +370,8 @@ impl NodeService {
             path: staging.clone(),
             source,
         })?;
-        if mounts::is_broken(&staging) {
-            mounts::unmount_all(&staging)?;
-        }
-        if mounts::mounted_at(&staging)?.is_none() {
+        // A dead mount here is covered, not removed (see `repair`).
+        if mounts::is_broken(&staging) || mounts::mounted_at(&staging)?.is_none() {
             mounts::bind(&mount_path, &staging, false)?;
         }
         tracing::info!(volume = %volume_id, staging = %staging.display(), "staged");
@@ -294,8 +411,8 @@ impl NodeService {
                 .staged
                 .values()
                 .any(|s| s.fuse_label.as_deref() == Some(&label));
-            if !still_used && let Some(labels) = &self.labels {
-                labels.set(&label, None).await?;
+            if !still_used && let Some(api) = &self.api {
+                api.set_label(&label, None).await?;
                 tracing::info!(%label, "no staged volume needs the FUSE pod here: label removed");
             }
         }
@@ -318,6 +435,7 @@ impl NodeService {
                 staging.display()
             )));
         }
+        let pod = PodRef::from_context(&r.volume_context);
         let sub_path = r
             .volume_context
             .get("subPath")
@@ -334,6 +452,7 @@ impl NodeService {
         })?;
         match mounts::mounted_at(&target)? {
             Some(m) if m.read_only == read_only && !mounts::is_broken(&target) => {}
+            Some(m) if m.read_only == read_only => mounts::bind(&source, &target, read_only)?,
             Some(_) => {
                 mounts::unmount_all(&target)?;
                 mounts::bind(&source, &target, read_only)?;
@@ -349,6 +468,7 @@ impl NodeService {
                     staging,
                     sub_path,
                     read_only,
+                    pod,
                 },
             );
         })
@@ -431,9 +551,7 @@ impl NodeService {
         let mut repaired = 0;
         let fail = |what: &Path, e: Error| {
             tracing::warn!(path = %what.display(), error = %e, "could not repair a mount");
-            self.counters
-                .recovery_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.recovery_failures.inc();
         };
         for (staging, staged) in &state.staged {
             let healthy_source = mounts::fuse_mounted(&staged.mount_path).unwrap_or(false)
@@ -441,10 +559,27 @@ impl NodeService {
             if !healthy_source {
                 continue;
             }
+            // A new FUSE mount (a new device) under a staged volume: its
+            // daemon restarted. The host's shared mounts usually carry the
+            // new mount into the staging path and the pods' targets by
+            // themselves; either way the pods are told their mount is back.
+            let device = mounts::device(&staged.mount_path);
+            let restarted = {
+                let mut seen = self.fuse_devices.lock().expect("fuse devices");
+                let before = match device {
+                    Some(d) => seen.insert(staging.clone(), d),
+                    None => seen.get(staging).copied(),
+                };
+                before.is_some() && before != device
+            };
+            // Repairs stack the new mount on top of the dead one, never
+            // unmount first: pods hold copies of their targets (slaves of
+            // the host's), and only a mount made on top reaches those
+            // copies; an unmounted and re-made target would not. The
+            // staging path and its targets are peers, so a mount stacked on
+            // the staging path usually repairs every target at once.
             if mounts::is_broken(staging) {
-                let done = mounts::unmount_all(staging)
-                    .and_then(|_| mounts::bind(&staged.mount_path, staging, false));
-                match done {
+                match mounts::bind(&staged.mount_path, staging, false) {
                     Ok(()) => repaired += 1,
                     Err(e) => fail(staging, e),
                 }
@@ -454,29 +589,38 @@ impl NodeService {
                 .iter()
                 .filter(|(_, p)| p.staging == *staging)
             {
-                if !mounts::is_broken(target) {
+                let broken = mounts::is_broken(target);
+                if broken {
+                    let source = match &p.sub_path {
+                        Some(sub) => validate::sub_path(staging, sub),
+                        None => Ok(staging.clone()),
+                    };
+                    let done = source.and_then(|src| mounts::bind(&src, target, p.read_only));
+                    if let Err(e) = done {
+                        fail(target, e);
+                        continue;
+                    }
+                    tracing::info!(target = %target.display(), volume = %p.volume_id, "re-bound a mount after its FUSE daemon came back");
+                } else if restarted && !mounts::is_broken(target) {
+                    tracing::info!(target = %target.display(), volume = %p.volume_id, "a mount is back after its FUSE daemon restarted");
+                } else {
                     continue;
                 }
-                let source = match &p.sub_path {
-                    Some(sub) => validate::sub_path(staging, sub),
-                    None => Ok(staging.clone()),
-                };
-                let done = source.and_then(|src| {
-                    mounts::unmount_all(target)?;
-                    mounts::bind(&src, target, p.read_only)
-                });
-                match done {
-                    Ok(()) => {
-                        tracing::info!(target = %target.display(), volume = %p.volume_id, "re-bound a mount after its FUSE daemon came back");
-                        repaired += 1;
+                repaired += 1;
+                if let (Some(pod), Some(api)) = (&p.pod, &self.api) {
+                    let note = format!(
+                        "the FUSE daemon of volume {} restarted; the mount at {} works again{}",
+                        p.volume_id,
+                        target.display(),
+                        if broken { " (re-bound)" } else { "" }
+                    );
+                    if let Err(e) = api.mount_repaired(pod, note).await {
+                        tracing::warn!(error = %e, pod = %pod.name, "could not record the repair");
                     }
-                    Err(e) => fail(target, e),
                 }
             }
         }
-        self.counters
-            .recoveries
-            .fetch_add(repaired as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.recoveries.inc_by(repaired as u64);
         repaired
     }
 }

@@ -1,5 +1,6 @@
 //! Weir's parts as the Kubernetes suites run them: an S3 server the pods
-//! can reach, and the operator as a process watching one test namespace.
+//! can reach, the operator as a process watching one test namespace, and
+//! the Helm chart installed in a test namespace.
 
 use crate::{Bed, profile_dir};
 use std::net::TcpListener;
@@ -19,7 +20,7 @@ fn moto_path() -> PathBuf {
         .unwrap_or_else(|| home.join(".cache/weir/venv/bin/moto_server"))
 }
 
-fn free_port(host: &str) -> u16 {
+pub fn free_port(host: &str) -> u16 {
     TcpListener::bind((host, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -207,5 +208,153 @@ impl OperatorProcess {
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         Ok(out)
+    }
+}
+
+/// `charts/weir` installed as release `weir` in a test's namespace, its
+/// operator watching only that namespace. The chart's cluster-wide objects
+/// (CSIDriver, ClusterRoles) are singletons, so what an earlier failed run
+/// left of them is removed first. Uninstalled on drop.
+pub struct HelmRelease {
+    bed: Bed,
+    pub namespace: String,
+    installed: bool,
+}
+
+impl Drop for HelmRelease {
+    fn drop(&mut self) {
+        if self.installed {
+            // The release's pods go with it: their logs are kept for a
+            // failed test's report.
+            let logs = self.bed.kubectl(&[
+                "logs",
+                "-n",
+                &self.namespace,
+                "-l",
+                "app.kubernetes.io/name=weir",
+                "--all-containers",
+                "--prefix",
+                "--tail=400",
+            ]);
+            let dir = self
+                .bed
+                .repo
+                .join("target/e2e-artifacts")
+                .join(&self.namespace);
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(
+                dir.join("release-pods.log"),
+                logs.unwrap_or_else(|e| e.to_string()),
+            );
+            let _ = self.helm(&["uninstall", "weir", "--wait", "--timeout", "2m"]);
+        }
+    }
+}
+
+impl HelmRelease {
+    /// `helm install` with the test bed's image and `--set` pairs; waits
+    /// until the operator and the CSI plugin are ready.
+    pub fn install(bed: &Bed, namespace: &str, sets: &[&str]) -> anyhow::Result<Self> {
+        Self::clear_leftovers(bed)?;
+        let mut release = HelmRelease {
+            bed: bed.clone(),
+            namespace: namespace.into(),
+            installed: false,
+        };
+        release.apply("install", sets)?;
+        release.installed = true;
+        Ok(release)
+    }
+
+    /// The cluster-wide objects a release in a namespace deleted since
+    /// (a failed test) left behind.
+    pub fn clear_leftovers(bed: &Bed) -> anyhow::Result<()> {
+        for kind in ["csidriver", "clusterrole", "clusterrolebinding"] {
+            bed.kubectl(&[
+                "delete",
+                kind,
+                "-l",
+                "app.kubernetes.io/name=weir",
+                "--ignore-not-found",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// The release `weir` someone else installed in `namespace`.
+    pub fn adopt(bed: &Bed, namespace: &str) -> Self {
+        HelmRelease {
+            bed: bed.clone(),
+            namespace: namespace.into(),
+            installed: true,
+        }
+    }
+
+    /// `helm upgrade` of the release with more `--set` pairs.
+    pub fn upgrade(&self, sets: &[&str]) -> anyhow::Result<String> {
+        self.apply("upgrade", sets)
+    }
+
+    /// `helm upgrade --reuse-values` with these `--set` pairs only.
+    pub fn upgrade_reusing(&self, sets: &[&str]) -> anyhow::Result<String> {
+        let chart = self.bed.repo.join("charts/weir");
+        let chart = chart.to_string_lossy();
+        let mut args = vec![
+            "upgrade",
+            "weir",
+            &chart,
+            "--reuse-values",
+            "--wait",
+            "--timeout",
+            "4m",
+        ];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        self.helm(&args)
+    }
+
+    fn apply(&self, verb: &str, sets: &[&str]) -> anyhow::Result<String> {
+        let chart = self.bed.repo.join("charts/weir");
+        let mut args = vec![
+            verb.to_owned(),
+            "weir".into(),
+            chart.to_string_lossy().into_owned(),
+            "--wait".into(),
+            "--timeout".into(),
+            "4m".into(),
+            "--set".into(),
+            "image.pullPolicy=Never".into(),
+            "--set".into(),
+            format!("operator.watchNamespace={}", self.namespace),
+        ];
+        for s in sets {
+            args.push("--set".into());
+            args.push((*s).into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.helm(&args)
+    }
+
+    /// Uninstalls and waits for the release's pods to go.
+    pub fn uninstall(mut self) -> anyhow::Result<String> {
+        self.installed = false;
+        self.helm(&["uninstall", "weir", "--wait", "--timeout", "3m"])
+    }
+
+    pub fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(self.bed.bin.join("helm"))
+            .args(args)
+            .args(["--namespace", &self.namespace])
+            .arg("--kubeconfig")
+            .arg(&self.bed.kubeconfig)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "helm {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }

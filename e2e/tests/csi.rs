@@ -1,14 +1,17 @@
-//! The CSI node plugin on the real cluster: pods mount a dataset's PVC and
-//! read through the runtime's FUSE pod; two pods share one FUSE mount; a
+//! The CSI node plugin on the real cluster, installed with the chart (its
+//! operator running in the cluster): pods mount a dataset's PVC and read
+//! through the runtime's FUSE pod; two pods share one FUSE mount; a
 //! read-only volume refuses writes; a killed FUSE pod's mounts come back in
-//! the same app pod.
+//! the same app pod; a restarted plugin keeps the mounts and mounts new
+//! pods; when the last pod goes, the node label and the FUSE pod go too.
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, CustomResourceExt, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::{Duration, Instant};
-use weir_e2e::weir::{BridgeS3, OperatorProcess, bytes};
+use weir_e2e::weir::{BridgeS3, HelmRelease, bytes};
 use weir_e2e::{TestNamespace, in_namespace, install_crd, wait_for};
 use weir_operator::crd::dataset::DatasetPhase;
 use weir_operator::crd::{CacheRuntime, DataLoad, Dataset};
@@ -16,104 +19,6 @@ use weir_operator::crd::{CacheRuntime, DataLoad, Dataset};
 fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     format!("{:x}", sha2::Sha256::digest(data))
-}
-
-async fn apply(ns: &TestNamespace, obj: Value) -> anyhow::Result<()> {
-    let gvk: kube::core::GroupVersionKind = serde_json::from_value(json!({
-        "group": obj["apiVersion"].as_str().unwrap_or_default().split_once('/').map(|(g, _)| g).unwrap_or(""),
-        "version": obj["apiVersion"].as_str().unwrap_or_default().rsplit('/').next().unwrap_or_default(),
-        "kind": obj["kind"],
-    }))?;
-    let (resource, caps) = kube::discovery::pinned_kind(&ns.client, &gvk).await?;
-    let api: Api<kube::api::DynamicObject> = if caps.scope == kube::discovery::Scope::Cluster {
-        Api::all_with(ns.client.clone(), &resource)
-    } else {
-        Api::namespaced_with(ns.client.clone(), &ns.name, &resource)
-    };
-    let name = obj["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    api.patch(
-        &name,
-        &PatchParams::apply("weir-e2e").force(),
-        &Patch::Apply(&obj),
-    )
-    .await?;
-    Ok(())
-}
-
-/// The plugin as a DaemonSet of the Weir image, registering itself with
-/// the kubelet, with the RBAC it needs to label nodes.
-async fn deploy_plugin(ns: &TestNamespace) -> anyhow::Result<()> {
-    let role = format!("weir-csi-{}", ns.name);
-    apply(ns, json!({"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
-        "metadata": {"name": "csi.weir.io"},
-        "spec": {"attachRequired": false, "podInfoOnMount": false, "volumeLifecycleModes": ["Persistent"]}})).await?;
-    apply(
-        ns,
-        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "weir-csi"}}),
-    )
-    .await?;
-    apply(
-        ns,
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": role},
-        "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]}),
-    )
-    .await?;
-    apply(
-        ns,
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": role},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-        "subjects": [{"kind": "ServiceAccount", "name": "weir-csi", "namespace": ns.name}]}),
-    )
-    .await?;
-    let host = |name: &str, path: &str, kind: &str| json!({"name": name, "hostPath": {"path": path, "type": kind}});
-    apply(ns, json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
-        "metadata": {"name": "weir-csi"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "weir-csi"}},
-            "template": {
-                "metadata": {"labels": {"app": "weir-csi"}},
-                "spec": {
-                    "serviceAccountName": "weir-csi",
-                    "containers": [{
-                        "name": "plugin",
-                        "image": "weir.io/weir:dev",
-                        "imagePullPolicy": "Never",
-                        "command": ["/usr/local/bin/weir-csi"],
-                        "args": ["--endpoint", "unix:///plugin/csi.sock",
-                            "--state-file", "/var/lib/weir/csi/state.json"],
-                        "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-                                {"name": "RUST_LOG", "value": "info"}],
-                        "securityContext": {"privileged": true},
-                        "volumeMounts": [
-                            {"name": "plugin", "mountPath": "/plugin"},
-                            {"name": "kubelet", "mountPath": "/var/lib/kubelet", "mountPropagation": "Bidirectional"},
-                            {"name": "weir", "mountPath": "/var/lib/weir", "mountPropagation": "Bidirectional"},
-                        ],
-                    }, {
-                        "name": "registrar",
-                        "image": "weir.io/weir:dev",
-                        "imagePullPolicy": "Never",
-                        "command": ["/usr/local/bin/weir-csi-registrar"],
-                        "args": ["--kubelet-endpoint", "/var/lib/kubelet/plugins/csi.weir.io/csi.sock",
-                            "--registration-dir", "/registration"],
-                        "volumeMounts": [{"name": "registration", "mountPath": "/registration"}],
-                    }],
-                    "terminationGracePeriodSeconds": 5,
-                    "volumes": [
-                        host("plugin", "/var/lib/kubelet/plugins/csi.weir.io", "DirectoryOrCreate"),
-                        host("registration", "/var/lib/kubelet/plugins_registry", "Directory"),
-                        host("kubelet", "/var/lib/kubelet", "Directory"),
-                        host("weir", "/var/lib/weir", "DirectoryOrCreate"),
-                    ],
-                }
-            }
-        }})).await?;
-    Ok(())
 }
 
 /// The CSI node plugin's pod reports itself registered with the kubelet.
@@ -176,12 +81,11 @@ async fn pods_read_datasets_through_csi_and_survive_fuse_restarts() -> anyhow::R
         for crd in [Dataset::crd(), CacheRuntime::crd(), DataLoad::crd()] {
             install_crd(&ns.client, &crd).await?;
         }
-        deploy_plugin(ns).await?;
+        let _release = HelmRelease::install(&ns.bed, &ns.name, &[])?;
         let s3 = BridgeS3::start("csi")?;
         let file = bytes(12 << 20, 7);
         s3.put("data/a.bin", &file)?;
         ns.kubectl(&["create", "secret", "generic", "s3-creds", "--from-literal=accessKeyId=k", "--from-literal=secretAccessKey=s"])?;
-        let _op = OperatorProcess::start(&ns.bed, &ns.name, "op-csi")?;
         let name = "shared";
         let ds: Dataset = serde_json::from_value(json!({
             "apiVersion": "data.weir.io/v1alpha1", "kind": "Dataset", "metadata": {"name": name},
@@ -242,8 +146,108 @@ async fn pods_read_datasets_through_csi_and_survive_fuse_restarts() -> anyhow::R
         let restarts = pods.get("app-1").await?.status.and_then(|s| s.container_statuses).map(|c| c[0].restart_count);
         assert_eq!(restarts, Some(0), "the app pod was not restarted");
 
-        let _ = ns.bed.kubectl(&["delete", "clusterrole,clusterrolebinding", &format!("weir-csi-{}", ns.name)]);
+        // The repair is visible to the pod's owner and on /metrics.
+        wait_for("a MountRecovered Event on app-1", Duration::from_secs(20), || async {
+            let events = ns.kubectl(&["get", "events", "--field-selector", "involvedObject.name=app-1"])?;
+            Ok(events.contains("MountRecovered").then_some(()))
+        })
+        .await?;
+        let plugin_pods = || async {
+            let list = pods.list(&ListParams::default().labels("app.kubernetes.io/component=csi")).await?;
+            Ok::<_, weir_e2e::Error>(list.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect::<Vec<_>>())
+        };
+        let plugin = plugin_pods().await?.remove(0);
+        let plugin_ip = plugin.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
+        let metrics = http_get(&format!("{plugin_ip}:9091"), "/metrics").unwrap_or_default();
+        let recoveries: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_csi_mount_recoveries_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        assert!(recoveries >= 1.0, "{metrics}");
+
+        // Restart the plugin while app-1 reads: its reads never fail, and a
+        // pod created after the restart mounts and reads.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (stop, kubeconfig, bin, namespace, want) = (stop.clone(), ns.bed.kubeconfig.clone(), ns.bed.bin.clone(), ns.name.clone(), want.clone());
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                let mut reads = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Past the page cache, so every read reaches the mount.
+                    let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+                    let out = std::process::Command::new(bin.join("kubectl"))
+                        .arg("--kubeconfig").arg(&kubeconfig)
+                        .args(["-n", &namespace, "exec", "app-1", "--", "sha256sum", "/data/data/a.bin"])
+                        .output();
+                    match out {
+                        Ok(o) if String::from_utf8_lossy(&o.stdout).starts_with(&want) => {}
+                        Ok(o) => failures.push(format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))),
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                    reads += 1;
+                }
+                (reads, failures)
+            })
+        };
+        pods.delete(&plugin.name_any(), &DeleteParams::default()).await?;
+        wait_for("a new CSI plugin pod running", Duration::from_secs(120), || async {
+            let running = plugin_pods().await?.into_iter().any(|p| {
+                p.uid() != plugin.uid() && p.status.and_then(|s| s.phase).as_deref() == Some("Running")
+            });
+            Ok(running.then_some(()))
+        })
+        .await?;
+        pods.create(&pp, &app_pod("app-3", name)).await?;
+        wait_running(ns, "app-3").await?;
+        assert_eq!(sha_in(ns, "app-3", "/data/data/a.bin").as_deref(), Some(want.as_str()), "a pod mounted after the plugin restart reads");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (reads, failures) = reader.join().expect("reader thread");
+        eprintln!("{reads} reads in app-1 across the plugin restart");
+        if !failures.is_empty() {
+            let logs = ns.kubectl(&["logs", "-l", "app.kubernetes.io/component=csi", "-c", "plugin", "--tail=60"]).unwrap_or_default();
+            let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let ours: Vec<&str> = table.lines().filter(|l| l.contains(&format!("{}-{name}", ns.name)) || l.contains("fuse")).collect();
+            panic!("reads across the plugin restart: {failures:?}\nplugin log:\n{logs}\nmounts:\n{}", ours.join("\n"));
+        }
+        assert!(reads >= 2, "reads across the plugin restart: {reads}");
+
+        // The last pod gone: the node label and the FUSE pod go (OnDemand).
+        for pod in ["app-1", "app-2", "app-3"] {
+            pods.delete(pod, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+        }
+        let label = format!("weir.io/fuse-{}-{name}", ns.name);
+        let nodes: Api<Node> = Api::all(ns.client.clone());
+        let daemonsets: Api<DaemonSet> = ns.api();
+        wait_for("node label and FUSE pod gone", Duration::from_secs(120), || async {
+            let labelled = nodes.list(&ListParams::default().labels(&label)).await?.items.len();
+            let scheduled = daemonsets
+                .get(&format!("{name}-fuse"))
+                .await?
+                .status
+                .map(|s| s.current_number_scheduled)
+                .unwrap_or(0);
+            let fuse = fuse_pods().await?.len();
+            Ok((labelled == 0 && scheduled == 0 && fuse == 0).then_some(()))
+        })
+        .await?;
         Ok(())
     })
     .await
+}
+
+/// The body of a GET, over plain HTTP/1.1.
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_owned())
 }

@@ -135,18 +135,28 @@ impl Elector {
         }
     }
 
-    /// Gives the Lease up on a clean exit, so a standby takes over at once.
+    /// Gives the Lease up on a clean exit, so a standby takes over at once
+    /// (it creates the Lease anew). Deleted rather than emptied, so an
+    /// uninstalled operator leaves no Lease behind; the resourceVersion
+    /// precondition keeps a Lease a standby just took.
     pub async fn release(&self) {
-        if let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await
-            && let Some(spec) = lease.spec.as_mut()
-            && spec.holder_identity.as_deref() == Some(&self.identity)
+        if let Ok(Some(lease)) = self.api.get_opt(&self.name).await
+            && lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.as_deref())
+                == Some(&self.identity)
         {
-            spec.holder_identity = None;
-            spec.renew_time = None;
-            let _ = self
-                .api
-                .replace(&self.name, &PostParams::default(), &lease)
-                .await;
+            let params = kube::api::DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    resource_version: lease.metadata.resource_version.clone(),
+                    uid: lease.metadata.uid.clone(),
+                }),
+                ..Default::default()
+            };
+            if let Err(e) = self.api.delete(&self.name, &params).await {
+                tracing::warn!(error = %e, lease = %self.name, "releasing the lease");
+            }
         }
     }
 }

@@ -693,6 +693,10 @@ pub fn fuse_daemonset(ds: &Dataset, rt: &CacheRuntime, cfg: &RenderConfig) -> Da
         "metadata": meta(&names, names.fuse(), "fuse", rt),
         "spec": {
             "selector": {"matchLabels": names.labels("fuse")},
+            // A new image or setting never restarts a FUSE pod under the
+            // pods reading through it: it takes effect when the pod next
+            // starts (the node's last reader gone, or the pod deleted).
+            "updateStrategy": {"type": "OnDelete"},
             "template": {"metadata": {"labels": names.labels("fuse")}, "spec": pod},
         }
     }))
@@ -890,14 +894,13 @@ mod tests {
     fn fuse_runs_on_labelled_nodes_and_the_pv_names_the_host_mount() {
         let (ds, rt, cfg) = pair();
         let ds_fuse = fuse_daemonset(&ds, &rt, &cfg);
-        let sel = ds_fuse
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap()
-            .node_selector
-            .unwrap();
+        let fuse_spec = ds_fuse.spec.unwrap();
+        assert_eq!(
+            fuse_spec.update_strategy.and_then(|u| u.type_).as_deref(),
+            Some("OnDelete"),
+            "an upgrade must not restart FUSE under readers"
+        );
+        let sel = fuse_spec.template.spec.unwrap().node_selector.unwrap();
         assert_eq!(sel["weir.io/fuse-team-imagenet"], "true");
         let pv = persistent_volume(&ds, &rt);
         let csi = pv.spec.unwrap().csi.unwrap();

@@ -25,8 +25,12 @@ pub type FsResult<T> = Result<T, ClientError>;
 
 /// How long a worker that failed is passed over.
 const FAILED_WORKER_PAUSE: Duration = Duration::from_secs(10);
-/// Attempts per block before a read fails.
+/// Attempts per block, one right after the other, on other workers.
 const READ_ATTEMPTS: usize = 6;
+/// After those, a read keeps trying this long (a worker restarting, a
+/// rolling upgrade) before it fails.
+const READ_RETRY_BUDGET: Duration = Duration::from_secs(15);
+const READ_RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Bytes buffered by a writer before they go out as one frame.
 const WRITE_FRAME: usize = 1 << 20;
 /// Idle data connections kept per worker.
@@ -231,6 +235,13 @@ impl FileSystem {
             }
             None => false,
         }
+    }
+
+    /// Every worker is worth a try again (and the live list is fetched
+    /// anew): used when all of them failed and a read is still waiting.
+    fn forget_failures(&self) {
+        self.failed.lock().expect("failed").clear();
+        *self.workers.lock().expect("workers") = None;
     }
 
     fn mark_failed(&self, addr: &str) {
@@ -671,7 +682,17 @@ impl FileReader {
         let mut block = block.clone();
         let mut first: Option<String> = None;
         let mut last = String::new();
-        for attempt in 0..READ_ATTEMPTS {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            if attempt >= READ_ATTEMPTS {
+                if started.elapsed() >= READ_RETRY_BUDGET {
+                    break;
+                }
+                // Every worker failed: wait for one to come back.
+                tokio::time::sleep(READ_RETRY_PAUSE).await;
+                self.fs.forget_failures();
+            }
             if attempt > 0 {
                 // Locations may have changed: ask again.
                 self.fs.invalidate(&self.path);
@@ -695,19 +716,22 @@ impl FileReader {
                     last = why;
                 }
             }
+            attempt += 1;
         }
         let first = first.unwrap_or_default();
         Err(ClientError::Data {
             path: self.path.clone(),
             reason: if first == last {
                 format!(
-                    "block {} failed {READ_ATTEMPTS} times: {last}",
-                    block.block_id
+                    "block {} failed {attempt} times in {:?}: {last}",
+                    block.block_id,
+                    started.elapsed()
                 )
             } else {
                 format!(
-                    "block {} failed {READ_ATTEMPTS} times: first {first}; last {last}",
-                    block.block_id
+                    "block {} failed {attempt} times in {:?}: first {first}; last {last}",
+                    block.block_id,
+                    started.elapsed()
                 )
             },
         })

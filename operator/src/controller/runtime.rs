@@ -74,7 +74,18 @@ async fn apply_runtime(rt: Arc<CacheRuntime>, ctx: &Context) -> Result<Action> {
         // The Dataset's finalizer deletes this runtime; nothing to build.
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
-    let cfg = &ctx.config.render;
+    // Pinned at creation: an operator upgrade does not roll the cache.
+    let image = rt
+        .spec
+        .image
+        .clone()
+        .or_else(|| status.image.clone())
+        .unwrap_or_else(|| ctx.config.render.image.clone());
+    status.image = Some(image.clone());
+    let cfg = &crate::render::RenderConfig {
+        image,
+        ..ctx.config.render.clone()
+    };
     let rendered = (|| {
         Ok::<_, Error>((
             render::config_map(&ds, &rt, cfg)?,

@@ -40,6 +40,11 @@ pub struct CacheRuntimeSpec {
     pub data: DataSpec,
     #[serde(default)]
     pub management: Management,
+    /// Image of the masters, workers and FUSE pods. Unset, a runtime keeps
+    /// the operator's image of the day it was created (`status.image`), so
+    /// upgrading Weir never restarts a running cache; set it to move one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 fn one() -> i32 {
@@ -235,6 +240,9 @@ pub struct CacheRuntimeStatus {
     /// pods go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainStatus>,
+    /// The image the runtime's pods run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
