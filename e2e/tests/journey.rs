@@ -174,9 +174,21 @@ async fn the_demo_journey_upgrade_and_uninstall() -> anyhow::Result<()> {
         })
         .await?;
         release.uninstall()?;
-        let left = ns.kubectl(&["get", "all,configmaps,pvc,serviceaccounts,roles,rolebindings,leases", "-o", "name"])?;
-        let left: Vec<&str> = left.lines().filter(|l| !l.contains("serviceaccount/default") && !l.contains("configmap/kube-root-ca.crt")).collect();
-        assert!(left.is_empty(), "left in the namespace: {left:?}");
+        // Pods terminate after `helm uninstall` returns; the Lease goes
+        // with its holder's pod.
+        let leftovers = || -> weir_e2e::Result<Vec<String>> {
+            let out = ns.kubectl(&["get", "all,configmaps,pvc,serviceaccounts,roles,rolebindings,leases", "-o", "name"])?;
+            Ok(out
+                .lines()
+                .filter(|l| !l.contains("serviceaccount/default") && !l.contains("configmap/kube-root-ca.crt"))
+                .map(str::to_owned)
+                .collect())
+        };
+        let gone = wait_for("the release's objects and pods gone", Duration::from_secs(120), || async {
+            Ok(leftovers()?.is_empty().then_some(()))
+        })
+        .await;
+        assert!(gone.is_ok(), "left in the namespace: {:?}", leftovers()?);
         for kind in ["csidriver", "clusterrole", "clusterrolebinding"] {
             let out = ns.bed.kubectl(&["get", kind, "-l", "app.kubernetes.io/name=weir", "-o", "name"])?;
             assert!(out.trim().is_empty(), "left: {out}");

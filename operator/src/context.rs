@@ -34,6 +34,8 @@ pub struct OperatorConfig {
     pub lease_name: String,
     /// This replica's name in the Lease.
     pub identity: String,
+    /// This replica's pod UID when it runs in a pod named `identity`.
+    pub pod_uid: Option<String>,
     pub lease_duration: Duration,
     /// Reconcile only this namespace's objects (a namespaced install).
     pub watch_namespace: Option<String>,

@@ -7,7 +7,7 @@
 
 use crate::{Error, Result};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::PostParams;
 use kube::{Api, Client};
@@ -19,6 +19,10 @@ pub struct Elector {
     name: String,
     identity: String,
     duration: Duration,
+    /// The holder's pod, made the Lease's owner: when the pods go (an
+    /// uninstall), the Lease goes with them, even though their service
+    /// account may already be gone and they cannot delete it themselves.
+    owner: Option<OwnerReference>,
 }
 
 impl Elector {
@@ -34,7 +38,24 @@ impl Elector {
             name: name.into(),
             identity: identity.into(),
             duration,
+            owner: None,
         }
+    }
+
+    /// Makes the holding pod the Lease's owner.
+    pub fn owned_by_pod(mut self, name: &str, uid: &str) -> Self {
+        self.owner = Some(OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: name.into(),
+            uid: uid.into(),
+            ..Default::default()
+        });
+        self
+    }
+
+    fn owners(&self) -> Option<Vec<OwnerReference>> {
+        self.owner.clone().map(|o| vec![o])
     }
 
     fn spec(&self, previous: Option<&LeaseSpec>, now: Timestamp) -> LeaseSpec {
@@ -62,6 +83,7 @@ impl Elector {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
+                    owner_references: self.owners(),
                     ..Default::default()
                 },
                 spec: Some(self.spec(None, now)),
@@ -85,6 +107,9 @@ impl Elector {
             }
         }
         lease.spec = Some(self.spec(Some(&spec), now));
+        if self.owner.is_some() {
+            lease.metadata.owner_references = self.owners();
+        }
         // `replace` carries the resourceVersion read: a concurrent writer
         // makes this fail with a conflict instead of both winning.
         match self

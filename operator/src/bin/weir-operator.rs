@@ -32,6 +32,10 @@ struct Args {
     /// This replica's name in the Lease [default: host name and pid].
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// This replica's pod UID (with `--identity` its pod name): the pod
+    /// then owns the Lease it holds.
+    #[arg(long, env = "POD_UID", requires = "identity")]
+    pod_uid: Option<String>,
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
     /// Reconcile only this namespace [default: all namespaces].
@@ -75,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
         lease_namespace: args.lease_namespace,
         lease_name: args.lease_name,
         identity,
+        pod_uid: args.pod_uid,
         lease_duration: Duration::from_secs(args.lease_seconds),
         watch_namespace: args.watch_namespace,
     };

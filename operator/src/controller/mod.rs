@@ -236,6 +236,10 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<()> {
         &config.identity,
         config.lease_duration,
     );
+    let elector = match &config.pod_uid {
+        Some(uid) => elector.owned_by_pod(&config.identity, uid),
+        None => elector,
+    };
     tokio::select! {
         r = elector.acquire() => r?,
         r = metrics_server => return r.map_err(|e| Error::Lease(e.to_string()))?,

@@ -30,6 +30,7 @@ fn context() -> (Arc<Context>, ApiHandle) {
         lease_namespace: "default".into(),
         lease_name: "weir-operator".into(),
         identity: "test".into(),
+        pod_uid: None,
         lease_duration: Duration::from_secs(15),
         watch_namespace: None,
     };
