@@ -31,6 +31,11 @@ struct Args {
     /// under csi-sanity).
     #[arg(long)]
     no_node_labels: bool,
+    /// Mount and check mounts in the mount namespace of the host process
+    /// of this name (`kubelet`, from a pod with `hostPID`) rather than in
+    /// the plugin's own.
+    #[arg(long)]
+    mount_namespace_of: Option<String>,
     /// Serve Prometheus `/metrics` here.
     #[arg(long, env = "WEIR_CSI_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -46,6 +51,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Some(process) = args.mount_namespace_of.clone() {
+        weir_csi::mounts::use_mount_namespace_of(process);
+    }
     let api: Option<Arc<dyn NodeApi>> = if args.no_node_labels {
         None
     } else {

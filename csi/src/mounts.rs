@@ -7,6 +7,84 @@ use crate::{Error, Result};
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Set when the plugin works in the mount namespace of a host process (the
+/// kubelet; the plugin's pod shares the host's PID namespace). Mounts
+/// stacked by repairs propagate into each namespace's copy in its own
+/// order, so only the kubelet's view (which is the pods') tells what a pod
+/// sees: checks read it through `/proc/<pid>/root` and
+/// `/proc/<pid>/mountinfo`, and mounts are made there with `nsenter`.
+static HOST_PROCESS: OnceLock<String> = OnceLock::new();
+static HOST_PID: std::sync::Mutex<Option<u32>> = std::sync::Mutex::new(None);
+
+/// Works in the mount namespace of the host process named `comm` from now on.
+pub fn use_mount_namespace_of(comm: String) {
+    let _ = HOST_PROCESS.set(comm);
+}
+
+/// The pid of the host process whose namespace is used, found again when
+/// it restarted.
+fn host_pid() -> Option<u32> {
+    let comm = HOST_PROCESS.get()?;
+    let is_it = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+    };
+    let mut cached = HOST_PID.lock().expect("host pid");
+    if let Some(pid) = *cached
+        && is_it(pid)
+    {
+        return Some(pid);
+    }
+    let found = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| is_it(*pid));
+    if found.is_none() {
+        tracing::warn!(process = %comm, "no such host process: mounts are checked in the plugin's own namespace");
+    }
+    *cached = found;
+    found
+}
+
+/// `path` as the host process sees it.
+fn host_view(path: &Path) -> PathBuf {
+    match host_pid() {
+        Some(pid) => {
+            Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path))
+        }
+        None => path.to_path_buf(),
+    }
+}
+
+/// Runs `mount` or `umount` in the host process's mount namespace.
+fn in_host(pid: u32, what: &'static str, target: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("nsenter")
+        .arg(format!("-m/proc/{pid}/ns/mnt"))
+        .arg("--")
+        .args(args)
+        .output()
+        .map_err(|source| Error::Io {
+            what,
+            path: target.into(),
+            source,
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(Error::Io {
+        what,
+        path: target.into(),
+        source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+    })
+}
+
+/// Whether anything exists at `path` (a broken mount counts).
+pub fn exists(path: &Path) -> bool {
+    host_view(path).exists() || is_broken(path)
+}
 
 /// One line of `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,9 +133,13 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 }
 
 pub fn mount_table() -> Result<Vec<MountEntry>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| Error::Io {
+    let table = match host_pid() {
+        Some(pid) => format!("/proc/{pid}/mountinfo"),
+        None => "/proc/self/mountinfo".to_owned(),
+    };
+    let text = std::fs::read_to_string(&table).map_err(|source| Error::Io {
         what: "reading the mount table",
-        path: "/proc/self/mountinfo".into(),
+        path: table.into(),
         source,
     })?;
     Ok(parse_mountinfo(&text))
@@ -75,7 +157,7 @@ pub fn fuse_mounted(path: &Path) -> Result<bool> {
 
 /// A mount whose FUSE daemon is gone answers every call with ENOTCONN.
 pub fn is_broken(path: &Path) -> bool {
-    match std::fs::metadata(path) {
+    match std::fs::metadata(host_view(path)) {
         Ok(_) => false,
         Err(e) => e.raw_os_error() == Some(Errno::ENOTCONN as i32),
     }
@@ -84,7 +166,7 @@ pub fn is_broken(path: &Path) -> bool {
 /// The device of the filesystem at `path`: a new FUSE mount has a new one.
 pub fn device(path: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| m.dev())
+    std::fs::metadata(host_view(path)).ok().map(|m| m.dev())
 }
 
 fn io(what: &'static str, path: &Path, e: Errno) -> Error {
@@ -98,6 +180,27 @@ fn io(what: &'static str, path: &Path, e: Errno) -> Error {
 /// Bind-mounts `source` onto `target` (which must exist), read-only when
 /// asked: a read-only bind needs a second, remounting call.
 pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<()> {
+    if let Some(ns) = host_pid() {
+        let (src, dst) = (source.to_string_lossy(), target.to_string_lossy());
+        in_host(
+            ns,
+            "bind-mounting onto",
+            target,
+            &["mount", "--bind", &src, &dst],
+        )?;
+        if read_only
+            && let Err(e) = in_host(
+                ns,
+                "making read-only",
+                target,
+                &["mount", "-o", "remount,bind,ro", &dst],
+            )
+        {
+            let _ = in_host(ns, "unmounting", target, &["umount", "-l", &dst]);
+            return Err(e);
+        }
+        return Ok(());
+    }
     mount(
         Some(source),
         target,
@@ -119,6 +222,14 @@ pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<()> {
 /// Unmounts `target`; a busy mount (a process still has a file open) is
 /// detached lazily so the pod can go. Not mounted is fine.
 pub fn unmount(target: &Path) -> Result<()> {
+    if let Some(ns) = host_pid() {
+        if mounted_at(target)?.is_none() {
+            return Ok(());
+        }
+        let t = target.to_string_lossy();
+        return in_host(ns, "unmounting", target, &["umount", &t])
+            .or_else(|_| in_host(ns, "unmounting", target, &["umount", "-l", &t]));
+    }
     match umount2(target, MntFlags::empty()) {
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
         Err(Errno::EBUSY) | Err(Errno::ENOTCONN) => umount2(target, MntFlags::MNT_DETACH)
@@ -142,7 +253,7 @@ pub fn unmount_all(target: &Path) -> Result<()> {
 
 /// Total, free and used bytes and inodes of the filesystem at `path`.
 pub fn usage(path: &Path) -> Result<(u64, u64, u64, u64)> {
-    let s = nix::sys::statvfs::statvfs(path).map_err(|e| io("statfs of", path, e))?;
+    let s = nix::sys::statvfs::statvfs(&host_view(path)).map_err(|e| io("statfs of", path, e))?;
     let frsize = s.fragment_size();
     Ok((
         s.blocks() * frsize,

@@ -509,7 +509,7 @@ impl NodeService {
             return Err(Error::InvalidArgument("volume path is required".into()));
         }
         let path = PathBuf::from(&r.volume_path);
-        if !path.exists() && !mounts::is_broken(&path) {
+        if !mounts::exists(&path) {
             return Err(Error::NotFound(format!(
                 "volume path {} does not exist",
                 path.display()
