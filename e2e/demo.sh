@@ -31,7 +31,18 @@ stop_s3() {
   fi
 }
 
+# Whether the kubelet still has the demo's volume staged on this node.
+staged() {
+  grep -qs "\"$NS-demo\"" "$WEIR_KUBELET_DIR"/plugins/kubernetes.io/csi/csi.weir.io/*/vol_data.json
+}
+
 if [ "${1:-}" = down ]; then
+  # The pods go first, and the CSI plugin must still be there while the
+  # kubelet unmounts their volume; only then can Weir be uninstalled.
+  log "deleting the pods of $NS and waiting for the kubelet to unmount the volume"
+  k delete pod -n "$NS" --all --wait --timeout=120s 2>/dev/null || true
+  for _ in $(seq 120); do staged || break; sleep 1; done
+  staged && log "warning: the volume is still staged; uninstalling anyway"
   log "deleting namespace $NS (the operator removes the cache, PV and node labels)"
   k delete namespace "$NS" --ignore-not-found --wait --timeout=180s
   log "uninstalling Weir"

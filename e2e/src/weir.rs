@@ -198,17 +198,78 @@ impl OperatorProcess {
 
     /// The `/metrics` page.
     pub fn scrape(&self) -> anyhow::Result<String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&self.metrics)?;
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.metrics
-        )?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
+        http_get(&self.metrics, "/metrics")
+            .ok_or_else(|| anyhow::anyhow!("no /metrics at {}", self.metrics))
     }
+}
+
+/// One read a `PodReader` made: when it started (since the reader began)
+/// and what went wrong, if anything.
+pub type TimedRead = (Duration, Result<(), String>);
+
+/// Reads a file in a pod again and again (`kubectl exec ... sha256sum`,
+/// the node's page cache dropped first so each read reaches the mount)
+/// until stopped, checking its SHA-256 every time.
+pub struct PodReader {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<TimedRead>>,
+}
+
+impl PodReader {
+    pub fn start(bed: &Bed, namespace: &str, pod: &str, path: &str, sha256: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (bed, namespace, pod, path, want) = (
+            bed.clone(),
+            namespace.to_owned(),
+            pod.to_owned(),
+            path.to_owned(),
+            sha256.to_owned(),
+        );
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut reads = Vec::new();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+                let at = started.elapsed();
+                let read = bed
+                    .kubectl(&["-n", &namespace, "exec", &pod, "--", "sha256sum", &path])
+                    .map_err(|e| e.to_string())
+                    .and_then(|out| {
+                        if out.starts_with(&want) {
+                            Ok(())
+                        } else {
+                            Err(format!("wrong bytes: {out}"))
+                        }
+                    });
+                reads.push((at, read));
+            }
+            reads
+        });
+        PodReader { stop, thread }
+    }
+
+    /// Stops and returns every read made.
+    pub fn stop(self) -> Vec<TimedRead> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("pod reader thread")
+    }
+}
+
+/// The body of a plain HTTP/1.1 GET (metrics, health pages), or `None`
+/// when the server does not answer in 5 s.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_owned())
 }
 
 /// `charts/weir` installed as release `weir` in a test's namespace, its

@@ -11,7 +11,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
-use weir_e2e::weir::{HelmRelease, NODE_IP, free_port};
+use weir_e2e::weir::{HelmRelease, NODE_IP, PodReader, free_port};
 use weir_e2e::{in_namespace, profile_dir, wait_for};
 
 /// Stops the demo's S3 server even when the test fails half way.
@@ -116,38 +116,7 @@ async fn the_demo_journey_upgrade_and_uninstall() -> anyhow::Result<()> {
             .and_then(|l| l.split_whitespace().next())
             .unwrap_or_default()
             .to_owned();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let reading = {
-            let (stop, bin, kubeconfig, namespace, want) = (
-                stop.clone(),
-                ns.bed.bin.clone(),
-                ns.bed.kubeconfig.clone(),
-                ns.name.clone(),
-                want.clone(),
-            );
-            std::thread::spawn(move || {
-                let (mut reads, mut failures) = (0, Vec::new());
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
-                    let out = Command::new(bin.join("kubectl"))
-                        .arg("--kubeconfig")
-                        .arg(&kubeconfig)
-                        .args(["-n", &namespace, "exec", "long-reader", "--", "sha256sum", "/data/data/shards/part-0.bin"])
-                        .output();
-                    match out {
-                        Ok(o) if String::from_utf8_lossy(&o.stdout).starts_with(&want) => {}
-                        Ok(o) => failures.push(format!(
-                            "{}{}",
-                            String::from_utf8_lossy(&o.stdout),
-                            String::from_utf8_lossy(&o.stderr)
-                        )),
-                        Err(e) => failures.push(e.to_string()),
-                    }
-                    reads += 1;
-                }
-                (reads, failures)
-            })
-        };
+        let reader = PodReader::start(&ns.bed, &ns.name, "long-reader", "/data/data/shards/part-0.bin", &want);
         release.upgrade_reusing(&["image.tag=upgrade"])?;
         for (kind, name) in [("deployment", "weir-operator"), ("daemonset", "weir-csi")] {
             let image = ns.kubectl(&["get", kind, name, "-o", "jsonpath={.spec.template.spec.containers[0].image}"])?;
@@ -156,18 +125,32 @@ async fn the_demo_journey_upgrade_and_uninstall() -> anyhow::Result<()> {
         // Past a reconcile of the new operator: the cache and its FUSE pod
         // stay on the image they were created with.
         tokio::time::sleep(Duration::from_secs(10)).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (reads, failures) = reading.join().expect("reader thread");
-        eprintln!("{reads} reads through the open mount across the upgrade");
-        assert!(reads >= 3 && failures.is_empty(), "reads across the upgrade: {failures:?}");
+        let reads = reader.stop();
+        let failures: Vec<_> = reads.iter().filter(|(_, r)| r.is_err()).collect();
+        eprintln!("{} reads through the open mount across the upgrade", reads.len());
+        assert!(reads.len() >= 3 && failures.is_empty(), "reads across the upgrade: {failures:?}");
         assert_eq!(fuse_pods().await?, fuse_before, "the FUSE pod was not restarted");
         let restarts = pods.get("long-reader").await?.status.and_then(|s| s.container_statuses).map(|c| c[0].restart_count);
         assert_eq!(restarts, Some(0));
         let worker_image = ns.kubectl(&["get", "statefulset", "demo-worker", "-o", "jsonpath={.spec.template.spec.containers[0].image}"])?;
         assert_eq!(worker_image, "weir.io/weir:dev", "the cache keeps its image");
 
-        // Delete the CRs and the pods, then uninstall: nothing is left.
-        ns.kubectl(&["delete", "pod", "--all", "--grace-period=0", "--force"])?;
+        // Delete the pods, and once the kubelet has unmounted their volume
+        // through the plugin, the CRs; then uninstall: nothing is left. (A
+        // CSI plugin uninstalled before the kubelet unstages leaves the
+        // staging mount behind; the kubelet reports no in-use state for
+        // unattached volumes that the operator could wait on.)
+        ns.kubectl(&["delete", "pod", "--all", "--wait", "--timeout=120s"])?;
+        let handle = format!("\"{}-demo\"", ns.name);
+        wait_for("the kubelet to unstage the volume", Duration::from_secs(120), || async {
+            let staged = std::fs::read_dir("/var/lib/kubelet/plugins/kubernetes.io/csi/csi.weir.io")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|d| std::fs::read_to_string(d.path().join("vol_data.json")).is_ok_and(|v| v.contains(&handle)));
+            Ok((!staged).then_some(()))
+        })
+        .await?;
         ns.kubectl(&["delete", "dataload,dataset", "--all", "--wait", "--timeout=180s"])?;
         wait_for("the runtime gone", Duration::from_secs(180), || async {
             Ok(ns.kubectl(&["get", "cacheruntimes", "-o", "name"])?.trim().is_empty().then_some(()))

@@ -400,17 +400,7 @@ fn workers_known_by(pod_ip: &str) -> Option<u64> {
 
 /// The body of a GET to a master's HTTP port.
 fn master_http(pod_ip: &str, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect((pod_ip, 19200)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {pod_ip}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out.split_once("\r\n\r\n")?.1.to_string())
+    weir_e2e::weir::http_get(&format!("{pod_ip}:19200"), path)
 }
 
 /// The Dataset's cached percentage; it must still be Bound.
