@@ -17,7 +17,7 @@ HELM ?= $(HOME)/.cache/weir/bin/helm
 DEMO := /tmp/weir-demo
 WEIR := $(CARGO_TARGET_DIR)/debug/weir
 
-.PHONY: demo demo-down local-demo local-demo-down test install build lint crds up down unit e2e
+.PHONY: demo demo-down local-demo local-demo-down test install build lint crds up down unit e2e bench
 
 install:
 	$(CLUSTER)/install.sh
@@ -60,6 +60,10 @@ local-demo: install build
 
 local-demo-down:
 	$(WEIR) local down --state-dir $(DEMO)/state
+
+# The benchmark report (bench/report/): release builds, root, no cluster.
+bench:
+	bench/suite.sh
 
 # The life-cycle test stops and restarts the shared cluster, so it runs alone
 # and first; every other test then reuses the cluster it leaves up.

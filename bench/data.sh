@@ -14,21 +14,13 @@
 # Needs root (FUSE, drop_caches).
 #
 #   bench/data.sh [SIZE=2GiB] [S3_SIZE=1GiB] [TRIALS=3]
-set -euo pipefail
-cd "$(dirname "$0")/.."
 SIZE=${SIZE:-2GiB}
 S3_SIZE=${S3_SIZE:-1GiB}
 TRIALS=${TRIALS:-3}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
-cargo build -q --release -p weir-dataplane --bin weir
-WEIR=$CARGO_TARGET_DIR/release/weir
+source "$(dirname "$0")/lib.sh"
 S3_SERVER=${S3_SERVER:-s3s}
 MOTO=${WEIR_MOTO_SERVER:-$HOME/.cache/weir/venv/bin/moto_server}
-S3S=$HOME/.cache/weir/s3s/bin/s3s-fs
-if [ "$S3_SERVER" = s3s ] && [ ! -x "$S3S" ]; then
-  CARGO_TARGET_DIR=$HOME/.cache/weir/s3s-target cargo install -q --root "$HOME/.cache/weir/s3s" \
-    s3s-fs --version 0.14.1 --features binary --locked
-fi
+[ "$S3_SERVER" != s3s ] || ensure_s3s
 work=$(mktemp -d)
 tier=/dev/shm/weir-bench-$$
 pids=()
@@ -40,28 +32,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now() { date +%s.%N; }
-# seconds for "$@", best of TRIALS; PRE runs before each trial, untimed.
-best() {
-  local best="" s e t
-  for _ in $(seq "$TRIALS"); do
-    ${PRE:-true}
-    s=$(now); "$@" > /dev/null; e=$(now)
-    t=$(awk -v s="$s" -v e="$e" 'BEGIN { printf "%.4f", e - s }')
-    if [ -z "$best" ] || awk -v a="$t" -v b="$best" 'BEGIN { exit !(a < b) }'; then best=$t; fi
-  done
-  echo "$best"
-}
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-mibs() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / 1048576 / s }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-json_field() { python3 -c "import json,sys; print(json.loads(sys.stdin.readline())['$1'])"; }
-
-mport=$(free_port); dport=$(free_port); hport=$(free_port); s3port=$(free_port)
-masters=127.0.0.1:$mport
-RUST_LOG=warn "$WEIR" master --id 1 --peers "1=$masters" --listen "$masters" --data-dir "$work/master" > "$work/master.log" 2>&1 &
-pids+=($!)
+s3port=$(free_port)
+start_master
+masters=$MASTERS
 if [ "$S3_SERVER" = s3s ]; then
   mkdir -p "$work/s3/bkt"
   "$S3S" --host 127.0.0.1 --port "$s3port" --access-key testing --secret-key testing "$work/s3" > "$work/s3.log" 2>&1 &
@@ -70,14 +43,11 @@ else
 fi
 pids+=($!)
 sleep 2
-RUST_LOG=warn "$WEIR" worker --masters "$masters" --host 127.0.0.1 --data-listen "127.0.0.1:$dport" \
-  --http-listen "127.0.0.1:$hport" --tier "MEM:$tier:12GiB" --state-dir "$work/worker" > "$work/worker.log" 2>&1 &
-pids+=($!)
+start_worker worker "$tier" 12GiB
 mkdir -p "$work/mnt"
 RUST_LOG=warn "$WEIR" fuse --masters "$masters" --mount-point "$work/mnt" > "$work/fuse.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do mountpoint -q "$work/mnt" && break; sleep 0.2; done
-mountpoint -q "$work/mnt" || { cat "$work/fuse.log"; exit 1; }
+wait_mounted "$work/mnt" "$work/fuse.log"
 
 # Files written into the cache (MUST_CACHE): SIZE in 64 MiB blocks, and
 # the same bytes as one block.
@@ -103,8 +73,8 @@ t_fuse1=$(PRE=drop_caches best cat "$work/mnt/bench/single")
 read_mibs() { "$WEIR" bench --masters "$masters" read "$@" | json_field mib_per_s; }
 sc=0; remote=0
 for _ in $(seq "$TRIALS"); do
-  v=$(read_mibs /bench/multi); awk -v a="$v" -v b="$sc" 'BEGIN { exit !(a > b) }' && sc=$v
-  v=$(read_mibs /bench/multi --no-short-circuit); awk -v a="$v" -v b="$remote" 'BEGIN { exit !(a > b) }' && remote=$v
+  sc=$(max "$(read_mibs /bench/multi)" "$sc")
+  remote=$(max "$(read_mibs /bench/multi --no-short-circuit)" "$remote")
 done
 
 # Cold reads from S3 through Weir vs direct ranged GETs of the same object.
@@ -115,10 +85,8 @@ s3opts=(--option "endpoint=http://127.0.0.1:$s3port" --credential-file "accessKe
 "$WEIR" fs --masters "$masters" mount --read-only /s3 s3://bkt "${s3opts[@]}" 2> /dev/null
 direct=0; cold=0
 for _ in $(seq "$TRIALS"); do
-  v=$("$WEIR" bench ufs-read --root s3://bkt --path obj "${s3opts[@]}" | json_field mib_per_s)
-  awk -v a="$v" -v b="$direct" 'BEGIN { exit !(a > b) }' && direct=$v
-  v=$(read_mibs /s3/obj)
-  awk -v a="$v" -v b="$cold" 'BEGIN { exit !(a > b) }' && cold=$v
+  direct=$(max "$("$WEIR" bench ufs-read --root s3://bkt --path obj "${s3opts[@]}" | json_field mib_per_s)" "$direct")
+  cold=$(max "$(read_mibs /s3/obj)" "$cold")
   # Make the next read cold again.
   "$WEIR" fs --masters "$masters" free /s3/obj 2> /dev/null
   for _ in $(seq 50); do
@@ -132,7 +100,9 @@ echo "### data path, $(nproc) cores, kernel $(uname -r), $(date -u +%Y-%m-%d), b
 echo
 echo "| measurement | Weir MiB/s | baseline | baseline MiB/s | ratio |"
 echo "|---|---|---|---|---|"
-echo "| FUSE sequential read, $SIZE in 64 MiB blocks, page cache dropped | $(mibs "$bytes" "$t_fuse") | cat of the worker's tmpfs block files | $(mibs "$bytes" "$t_tmpfs") | $(ratio "$t_tmpfs" "$t_fuse") |"
-echo "| FUSE sequential read, $SIZE as one block (passthrough), page cache dropped | $(mibs "$bytes" "$t_fuse1") | cat of the tmpfs block file | $(mibs "$bytes" "$t_tmpfs1") | $(ratio "$t_tmpfs1" "$t_fuse1") |"
-echo "| client read from the worker's data port (remote) | ${remote%.*} | short-circuit read | ${sc%.*} | $(ratio "$remote" "$sc") |"
-echo "| first (cold) read of $S3_SIZE from S3 ($S3_SERVER) through Weir | ${cold%.*} | one direct ranged GET | ${direct%.*} | $(ratio "$cold" "$direct") |"
+row data "FUSE sequential read, $SIZE in 64 MiB blocks, page cache dropped" "$(mibs "$bytes" "$t_fuse")" \
+  "cat of the worker's tmpfs block files" "$(mibs "$bytes" "$t_tmpfs")"
+row data "FUSE sequential read, $SIZE as one block (passthrough), page cache dropped" "$(mibs "$bytes" "$t_fuse1")" \
+  "cat of the tmpfs block file" "$(mibs "$bytes" "$t_tmpfs1")"
+row data "client read from the worker's data port (remote)" "$remote" "short-circuit read" "$sc"
+row data "first (cold) read of $S3_SIZE from S3 ($S3_SERVER) through Weir" "$cold" "one direct ranged GET" "$direct"

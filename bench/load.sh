@@ -7,18 +7,10 @@
 # ~/.cache/weir/s3s on first use).
 #
 #   bench/load.sh [SIZE_MIB=2048] [TRIALS=3]
-set -euo pipefail
-cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-2048}
 TRIALS=${TRIALS:-3}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
-cargo build -q --release -p weir-dataplane --bin weir
-WEIR=$CARGO_TARGET_DIR/release/weir
-S3S=$HOME/.cache/weir/s3s/bin/s3s-fs
-if [ ! -x "$S3S" ]; then
-  CARGO_TARGET_DIR=$HOME/.cache/weir/s3s-target cargo install -q --root "$HOME/.cache/weir/s3s" \
-    s3s-fs --version 0.14.1 --features binary --locked
-fi
+source "$(dirname "$0")/lib.sh"
+ensure_s3s
 work=$(mktemp -d)
 tiers=(/dev/shm/weir-load-bench-$$-0 /dev/shm/weir-load-bench-$$-1)
 pids=()
@@ -29,25 +21,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-json_field() { python3 -c "import json,sys; print(json.loads(sys.stdin.readline())['$1'])"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-max() { awk -v a="$1" -v b="$2" 'BEGIN { print (a > b) ? a : b }'; }
-
-mport=$(free_port); s3port=$(free_port)
-masters=127.0.0.1:$mport
-RUST_LOG=warn "$WEIR" master --id 1 --peers "1=$masters" --listen "$masters" --data-dir "$work/master" > "$work/master.log" 2>&1 &
-pids+=($!)
+s3port=$(free_port)
+start_master
+masters=$MASTERS
 mkdir -p "$work/s3/bkt"
 "$S3S" --host 127.0.0.1 --port "$s3port" --access-key testing --secret-key testing "$work/s3" > "$work/s3.log" 2>&1 &
 pids+=($!)
 sleep 2
-for i in 0 1; do
-  RUST_LOG=warn "$WEIR" worker --masters "$masters" --host 127.0.0.1 --data-listen "127.0.0.1:$(free_port)" \
-    --http-listen "127.0.0.1:$(free_port)" --tier "MEM:${tiers[$i]}:$((SIZE_MIB * 2))MiB" \
-    --state-dir "$work/worker$i" > "$work/worker$i.log" 2>&1 &
-  pids+=($!)
-done
+for i in 0 1; do start_worker "worker$i" "${tiers[$i]}" "$((SIZE_MIB * 2))MiB"; done
 
 # Mixed sizes: half the bytes in 256 MiB files, a quarter in 32 MiB files,
 # a quarter in 1 MiB files.
@@ -82,4 +63,5 @@ echo "### load job, $(nproc) cores, kernel $(uname -r), $(date -u +%Y-%m-%d), be
 echo
 echo "| measurement | Weir MiB/s | baseline | baseline MiB/s | ratio |"
 echo "|---|---|---|---|---|"
-echo "| load of $SIZE_MIB MiB in $n files (256 MiB / 32 MiB / 1 MiB) from S3 (s3s-fs) into 2 workers | ${load%.*} | parallel ranged GETs ($parallel in flight, 64 MiB) of the same objects | ${get%.*} | $(ratio "$load" "$get") |"
+row load "load of $SIZE_MIB MiB in $n files (256 MiB / 32 MiB / 1 MiB) from S3 (s3s-fs) into 2 workers" "$load" \
+  "parallel ranged GETs ($parallel in flight, 64 MiB) of the same objects" "$get"

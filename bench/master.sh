@@ -1,21 +1,16 @@
 #!/usr/bin/env bash
-# Master metadata benchmark: getStatus and create ops/s with 16 and 64
+# Master metadata benchmark: getStatus and create ops/s with CLIENTS
 # concurrent clients against 1 master and against 3 masters, each next to a
 # no-op RPC measured in the same run. Prints markdown tables.
 #
-#   bench/master.sh [seconds-per-measurement]
-set -euo pipefail
-cd "$(dirname "$0")/.."
+#   bench/master.sh [seconds-per-measurement] [CLIENTS=16,64]
 SECONDS_EACH=${1:-10}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
-cargo build -q --release -p weir-dataplane --bin weir
-WEIR=$CARGO_TARGET_DIR/release/weir
+CLIENTS=${CLIENTS:-16,64}
+source "$(dirname "$0")/lib.sh"
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 run() { # masters
   local n=$1 peers="" addrs=""
@@ -34,7 +29,23 @@ run() { # masters
   echo
   echo "### $n master(s), $(nproc) cores, $(date -u +%Y-%m-%d)"
   echo
-  "$WEIR" bench --masters "$addrs" meta --seconds "$SECONDS_EACH" --clients 16,64
+  "$WEIR" bench --masters "$addrs" meta --seconds "$SECONDS_EACH" --clients "$CLIENTS" --json > "$work/meta-$n.jsonl"
+  python3 - "$n" "$work/meta-$n.jsonl" "${RESULTS:-}" <<'PY'
+import json, sys
+n, cells, results = int(sys.argv[1]), [json.loads(l) for l in open(sys.argv[2])], sys.argv[3]
+print("| op | transport | clients | ops/s | p50 µs | p99 µs | errors | no-op RPC ops/s (baseline) | ratio |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+for c in cells:
+    print(f"| {c['op']} | {c['transport']} | {c['clients']} | {c['opsPerSec']:.0f} | {c['p50Us']} | {c['p99Us']} "
+          f"| {c['errors']} | {c['baselineOpsPerSec']:.0f} | {c['ratio']:.2f} |")
+if results:
+    with open(results, "a") as f:
+        for c in cells:
+            print(json.dumps({"bench": "meta", "measurement": f"{c['op']} ({c['transport']}), {c['clients']} clients, {n} master(s)",
+                              "op": c["op"], "transport": c["transport"], "clients": c["clients"], "masters": n,
+                              "weir": c["opsPerSec"], "baselineName": "no-op RPC", "baseline": c["baselineOpsPerSec"],
+                              "ratio": c["ratio"], "unit": "ops/s", "errors": c["errors"]}), file=f)
+PY
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }

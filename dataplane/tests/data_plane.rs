@@ -325,8 +325,10 @@ async fn client_sha(fs: &Arc<FileSystem>, path: &str) -> String {
 }
 
 fn file_sha(path: &Path) -> String {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    read_sha(std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+fn read_sha(mut f: impl std::io::Read) -> String {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -425,6 +427,24 @@ async fn t10_reads_match_cold_and_warm_and_warm_reads_stay_off_s3() {
         }
     }
     assert_eq!(proxy.bytes(), fetched, "warm reads went to S3");
+
+    // Many readers holding one cached single-block file open at once: the
+    // kernel reads it by passthrough and takes one backing file per inode,
+    // so each open must get the one the others have (a second backing
+    // fails the open with EIO).
+    let single = mnt.join("d/block");
+    let opened: Vec<std::fs::File> = (0..8)
+        .map(|i| {
+            std::fs::File::open(&single).unwrap_or_else(|e| panic!("open {i} of d/block: {e}"))
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for (i, f) in opened.iter().enumerate() {
+            let want = &want["block"];
+            s.spawn(move || assert_eq!(&read_sha(f), want, "reader {i} of d/block"));
+        }
+    });
+    drop(opened);
 
     // Random offsets, through the client and through FUSE.
     let mut x: u64 = 7;

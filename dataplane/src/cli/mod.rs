@@ -4,6 +4,7 @@
 mod bench;
 mod databench;
 mod fs;
+mod fsbench;
 mod job;
 mod local;
 mod worker;
@@ -95,6 +96,9 @@ pub enum BenchCommand {
     UfsParallelRead(databench::UfsParallelReadArgs),
     /// Run a load job and time it from submission to its end.
     Load(databench::LoadBenchArgs),
+    /// Sequential and random reads and writes and small files against any
+    /// mounted directory: throughput, ops/s and latency percentiles.
+    Fs(fsbench::FsBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -373,6 +377,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             BenchCommand::UfsRead(args) => databench::ufs_read(args).await,
             BenchCommand::UfsParallelRead(args) => databench::ufs_parallel_read(args).await,
             BenchCommand::Load(args) => databench::load(&conn, args).await,
+            BenchCommand::Fs(args) => tokio::task::spawn_blocking(move || fsbench::fs(args))
+                .await
+                .map_err(|e| CliError::Usage(format!("the benchmark stopped: {e}")))?,
         },
         Command::CheckPath { paths } => {
             let mut bad = 0;

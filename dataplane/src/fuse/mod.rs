@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +83,7 @@ enum Handle {
         /// Reused for every read of this handle.
         buf: Vec<u8>,
         /// Passthrough: the kernel reads this leased block file itself.
-        _backing: Option<(BackingId, LocalBlock)>,
+        _backing: Option<Arc<Backing>>,
     },
     Write(Option<FileWriter>),
     Dir {
@@ -92,6 +92,15 @@ enum Handle {
         cursor: String,
         done: bool,
     },
+}
+
+/// A leased block file registered with the kernel for passthrough reads.
+/// The kernel keeps one backing file per inode while any passthrough open of
+/// it lasts and fails (EIO) an open that names another, so every open of an
+/// inode shares one of these until the last is released.
+struct Backing {
+    id: BackingId,
+    _block: LocalBlock,
 }
 
 struct WeirFuse {
@@ -111,6 +120,8 @@ struct WeirFuse {
     /// so reads inside one block are answered from the block file by any FUSE
     /// thread at once, without the handle's lock.
     local: Mutex<HashMap<u64, Arc<LocalReads>>>,
+    /// Inode number -> its passthrough backing, while an open holds it.
+    backings: Mutex<HashMap<u64, Weak<Backing>>>,
     next_fh: AtomicU64,
 }
 
@@ -326,6 +337,30 @@ impl WeirFuse {
     }
 
     /// Deletes `name` if it is a directory (`dir`) or a file (`!dir`).
+    /// The inode's passthrough backing: the one its open files share, or a
+    /// new one over the block leased from this machine's worker.
+    fn backing(&self, ino: u64, block: &pb::BlockInfo, reply: &ReplyOpen) -> Option<Arc<Backing>> {
+        // Held while a new backing is made, so two concurrent first opens
+        // cannot register two.
+        let mut backings = self.backings.lock().expect("backings");
+        if let Some(shared) = backings.get(&ino).and_then(Weak::upgrade) {
+            return Some(shared);
+        }
+        let local = self.rt.block_on(self.fs.lease_local(block))?;
+        match reply.open_backing(&local.file) {
+            Ok(id) => {
+                let backing = Arc::new(Backing { id, _block: local });
+                backings.insert(ino, Arc::downgrade(&backing));
+                Some(backing)
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "passthrough refused; reading through the daemon");
+                self.passthrough.store(false, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
     fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
         let path = match self.writable().and_then(|()| self.child(parent, name)) {
             Ok(p) => p,
@@ -527,27 +562,19 @@ impl Filesystem for WeirFuse {
         if self.passthrough.load(Ordering::Relaxed)
             && reader.info().length > 0
             && let [block] = reader.blocks()
-            && let Some(local) = self.rt.block_on(self.fs.lease_local(block))
+            && let Some(backing) = self.backing(ino.0, block, &reply)
         {
-            match reply.open_backing(&local.file) {
-                Ok(id) => {
-                    let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-                    self.handles.lock().expect("handles").insert(
-                        fh,
-                        Arc::new(Mutex::new(Handle::Read {
-                            reader: Box::new(reader),
-                            buf: Vec::new(),
-                            _backing: Some((id, local)),
-                        })),
-                    );
-                    return;
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, "passthrough refused; reading through the daemon");
-                    self.passthrough.store(false, Ordering::Relaxed);
-                }
-            }
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing.id);
+            self.handles.lock().expect("handles").insert(
+                fh,
+                Arc::new(Mutex::new(Handle::Read {
+                    reader: Box::new(reader),
+                    buf: Vec::new(),
+                    _backing: Some(backing),
+                })),
+            );
+            return;
         }
         let local = Arc::new(LocalReads {
             blocks: reader.blocks().to_vec(),
@@ -689,7 +716,7 @@ impl Filesystem for WeirFuse {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -698,6 +725,16 @@ impl Filesystem for WeirFuse {
     ) {
         self.local.lock().expect("local").remove(&fh.0);
         let h = self.handles.lock().expect("handles").remove(&fh.0);
+        if let Some(h) = &h
+            && let Handle::Read {
+                _backing: Some(_), ..
+            } = &*h.lock().expect("handle")
+        {
+            let mut backings = self.backings.lock().expect("backings");
+            if backings.get(&ino.0).is_some_and(|b| b.strong_count() <= 1) {
+                backings.remove(&ino.0);
+            }
+        }
         if let Some(h) = h
             && let Handle::Write(w) = &mut *h.lock().expect("handle")
             && let Some(w) = w.take()
@@ -862,6 +899,7 @@ pub async fn run(
         root_id: AtomicU64::new(root_info.id),
         handles: Mutex::new(HashMap::new()),
         local: Mutex::new(HashMap::new()),
+        backings: Mutex::new(HashMap::new()),
         next_fh: AtomicU64::new(1),
     };
     let mount_err = |source| FuseError::Mount {
