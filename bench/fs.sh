@@ -110,7 +110,7 @@ for k, w in weir.items():
     ratio = w[field] / j[field]
     print(f"| {what} | {w['threads']} | {size(w['requestBytes'])} | {w[field]:.0f} {unit} | {j[field]:.0f} {unit} "
           f"| {ratio:.2f} | {w['p99Us']} | {j['p99Us']} |")
-    records.append({"bench": "juicefs", "measurement": f"{what}, {w['threads']} threads, {size(w['requestBytes'])}",
+    records.append({"bench": "juicefs", "measurement": f"{what}, {w['threads']} thread{'s' if w['threads'] > 1 else ''}, {size(w['requestBytes'])}",
                     "phase": w["phase"], "op": w["op"], "threads": w["threads"], "requestBytes": w["requestBytes"],
                     "weir": w[field], "baselineName": "JuiceFS", "baseline": j[field], "ratio": ratio, "unit": unit,
                     "weirP99Us": w["p99Us"], "baselineP99Us": j["p99Us"]})

@@ -87,6 +87,7 @@ def plot_metadata(records, path):
             ax.plot([r["clients"] for r in base], [r["baseline"] for r in base], ":", color="gray",
                     label="no-op RPC (baseline)")
         ax.set_xscale("log", base=2)
+        ax.set_xticks([1, 4, 16, 64], ["1", "4", "16", "64"])
         ax.set_yscale("log")
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel("ops/s")

@@ -472,6 +472,7 @@ impl FileSystem {
             return Ok(FileWriter {
                 fs: self.clone(),
                 path: path.to_owned(),
+                info: info.clone(),
                 mode,
                 conn: Some(conn),
                 addr,
@@ -999,6 +1000,8 @@ impl FileReader {
 pub struct FileWriter {
     fs: Arc<FileSystem>,
     path: String,
+    /// The file as the master created it.
+    info: pb::FileInfo,
     mode: WriteMode,
     conn: Option<TcpStream>,
     addr: String,
@@ -1007,6 +1010,11 @@ pub struct FileWriter {
 }
 
 impl FileWriter {
+    /// The new file's status as of its creation (length 0, incomplete).
+    pub fn info(&self) -> &pb::FileInfo {
+        &self.info
+    }
+
     pub fn written(&self) -> u64 {
         self.written
     }
@@ -1080,20 +1088,23 @@ impl FileWriter {
             path: self.path.clone(),
             length: self.written,
         };
-        let mut info = self
-            .fs
-            .master
-            .call(|mut c| {
-                let req = req.clone();
-                async move { c.complete_file(req).await }
-            })
-            .await?;
-        if self.mode.writes_through() {
-            self.fs
-                .set_persist(&self.path, pb::PersistState::Persisted)
-                .await?;
+        let complete = self.fs.master.call(|mut c| {
+            let req = req.clone();
+            async move { c.complete_file(req).await }
+        });
+        let info = if self.mode.writes_through() {
+            // The worker answered after closing the under-storage object,
+            // so the file is persisted whichever of the two lands first;
+            // sent together, the master commits them in one log write.
+            let (mut info, ()) = tokio::try_join!(
+                complete,
+                self.fs.set_persist(&self.path, pb::PersistState::Persisted)
+            )?;
             info.persist = pb::PersistState::Persisted as i32;
-        }
+            info
+        } else {
+            complete.await?
+        };
         self.fs.invalidate(&self.path);
         Ok(info)
     }

@@ -85,7 +85,7 @@ enum Handle {
         /// Passthrough: the kernel reads this leased block file itself.
         _backing: Option<Arc<Backing>>,
     },
-    Write(Option<FileWriter>),
+    Write(Option<Box<FileWriter>>),
     Dir {
         path: String,
         entries: Vec<(u64, FileType, String)>,
@@ -638,16 +638,12 @@ impl Filesystem for WeirFuse {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let created = self.rt.block_on(async {
-            let w = self.fs.create(&path, None).await?;
-            let info = self.fs.status(&path).await?;
-            Ok::<_, ClientError>((w, info))
-        });
-        match created {
-            Ok((w, mut info)) => {
+        match self.rt.block_on(self.fs.create(&path, None)) {
+            Ok(w) => {
+                let mut info = w.info().clone();
                 info.mode = mode & !umask & 0o7777;
                 self.remember(&info);
-                let fh = self.add_handle(Handle::Write(Some(w)));
+                let fh = self.add_handle(Handle::Write(Some(Box::new(w))));
                 reply.created(
                     &Duration::ZERO,
                     &self.attr(&info),
@@ -707,7 +703,7 @@ impl Filesystem for WeirFuse {
             Handle::Write(w) if w.as_ref().is_some_and(|w| w.written() > 0) => w.take(),
             _ => None,
         };
-        match writer.map(|w| self.commit(w)) {
+        match writer.map(|w| self.commit(*w)) {
             Some(Err(e)) => reply.error(e),
             _ => reply.ok(),
         }
@@ -738,7 +734,7 @@ impl Filesystem for WeirFuse {
         if let Some(h) = h
             && let Handle::Write(w) = &mut *h.lock().expect("handle")
             && let Some(w) = w.take()
-            && let Err(e) = self.commit(w)
+            && let Err(e) = self.commit(*w)
         {
             return reply.error(e);
         }
