@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
 
 pub type FsResult<T> = Result<T, ClientError>;
 
@@ -91,6 +92,9 @@ pub struct FileSystem {
     mounts: Mutex<Option<(Instant, Arc<pb::MountTable>)>>,
     pool: Mutex<HashMap<String, Vec<TcpStream>>>,
     failed: Mutex<HashMap<String, Instant>>,
+    /// Local worker address -> the connection that carries every lease
+    /// held there.
+    leases: Mutex<HashMap<String, mpsc::UnboundedSender<LeaseOp>>>,
 }
 
 impl FileSystem {
@@ -105,6 +109,7 @@ impl FileSystem {
             mounts: Mutex::new(None),
             pool: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -341,30 +346,60 @@ impl FileSystem {
             .filter_map(|l| l.worker.as_ref())
             .find(|w| self.is_local(&w.host) && !self.failed_recently(&addr_of(w)))?;
         let addr = addr_of(holder);
-        let leased = async {
-            let mut conn = self.connect(&addr).await.ok()?;
-            wire::send(
-                &mut conn,
-                &Request::Lease {
-                    block: block.block_id,
-                },
-            )
-            .await
-            .ok()?;
-            match wire::recv::<_, Response>(&mut conn).await.ok()?? {
-                Response::Leased { path, len } if len == block.length => {
-                    let file = std::fs::File::open(path).ok()?;
-                    Some(LocalBlock {
-                        block: block.block_id,
-                        len,
-                        file,
-                        _lease: conn,
-                    })
+        for _ in 0..2 {
+            let channel = self.lease_channel(&addr).await?;
+            let (reply, answer) = oneshot::channel();
+            let asked = channel.send(LeaseOp::Take {
+                block: block.block_id,
+                reply,
+            });
+            let answer = match asked {
+                Ok(()) => answer.await.ok(),
+                Err(_) => None,
+            };
+            let (path, len) = match answer {
+                Some(Some(leased)) => leased,
+                // The worker does not have it.
+                Some(None) => return None,
+                None => {
+                    // The connection broke: forget it, try once on a new one.
+                    self.leases.lock().expect("leases").remove(&addr);
+                    continue;
                 }
-                _ => None,
+            };
+            let lease = LeaseGuard {
+                block: block.block_id,
+                channel,
+            };
+            if len != block.length {
+                return None;
             }
-        };
-        leased.await
+            let file = std::fs::File::open(path).ok()?;
+            return Some(LocalBlock {
+                block: block.block_id,
+                len,
+                file,
+                _lease: lease,
+            });
+        }
+        None
+    }
+
+    /// The lease connection to a local worker, opened on first use.
+    async fn lease_channel(&self, addr: &str) -> Option<mpsc::UnboundedSender<LeaseOp>> {
+        if let Some(tx) = self.leases.lock().expect("leases").get(addr)
+            && !tx.is_closed()
+        {
+            return Some(tx.clone());
+        }
+        let conn = self.connect(addr).await.ok()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(carry_leases(conn, rx));
+        self.leases
+            .lock()
+            .expect("leases")
+            .insert(addr.to_owned(), tx.clone());
+        Some(tx)
     }
 
     /// Creates a file for writing with `mode`, or with its mount's write
@@ -561,8 +596,81 @@ pub struct LocalBlock {
     pub block: u64,
     pub file: std::fs::File,
     pub len: u64,
-    /// The lease lives as long as this connection.
-    _lease: TcpStream,
+    _lease: LeaseGuard,
+}
+
+#[derive(Debug)]
+enum LeaseOp {
+    Take {
+        block: u64,
+        reply: oneshot::Sender<Option<(String, u64)>>,
+    },
+    Release {
+        block: u64,
+    },
+}
+
+/// Releases its lease when dropped. Should the connection break first, the
+/// worker has already let go of every lease on it; the block file stays
+/// readable through the open descriptor either way.
+#[derive(Debug)]
+struct LeaseGuard {
+    block: u64,
+    channel: mpsc::UnboundedSender<LeaseOp>,
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        let _ = self.channel.send(LeaseOp::Release { block: self.block });
+    }
+}
+
+/// A worker on this machine that takes longer than this to answer is
+/// treated as gone: reads fall back to the data path.
+const LEASE_ROUND_TRIP: Duration = Duration::from_secs(2);
+
+/// Serves one lease connection: a lease per open of a local block costs one
+/// round trip on it instead of a connection of its own.
+async fn carry_leases(mut conn: TcpStream, mut ops: mpsc::UnboundedReceiver<LeaseOp>) {
+    while let Some(op) = ops.recv().await {
+        let ok = match op {
+            LeaseOp::Take { block, reply } => {
+                match lease_round_trip(&mut conn, &Request::Lease { block }).await {
+                    Some(Response::Leased { path, len }) => {
+                        let _ = reply.send(Some((path, len)));
+                        true
+                    }
+                    // Not there (evicted): an answer, the connection is fine.
+                    Some(Response::Error { .. }) => {
+                        let _ = reply.send(None);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            LeaseOp::Release { block } => matches!(
+                lease_round_trip(&mut conn, &Request::Release { block }).await,
+                Some(Response::Released)
+            ),
+        };
+        if !ok {
+            // Dropping the receiver fails every queued Take's reply.
+            return;
+        }
+    }
+}
+
+/// One request and its answer; `None` when the connection broke or the
+/// worker took longer than [`LEASE_ROUND_TRIP`].
+async fn lease_round_trip(conn: &mut TcpStream, req: &Request) -> Option<Response> {
+    let exchange = async {
+        wire::send(conn, req).await.ok()?;
+        wire::recv::<_, Response>(conn).await.ok().flatten()
+    };
+    tokio::time::timeout(LEASE_ROUND_TRIP, exchange)
+        .await
+        .ok()
+        .flatten()
 }
 
 impl LocalBlock {
