@@ -14,8 +14,9 @@ import platform
 import sys
 
 # A ratio that falls by more than this against the recorded run is
-# reported; two runs on this machine differ by up to about 10%.
-REGRESSION = 0.15
+# reported. Best-of-three cells on this shared 2-core machine still move by
+# 10-20% from run to run; a warning asks for a second run, not a revert.
+REGRESSION = 0.25
 
 
 def load(path):
@@ -145,7 +146,7 @@ def main():
         if chosen:
             lines += table(chosen, title)
     lines += ["### Against the last recorded run", ""]
-    lines += [f"- WARNING {f}" for f in fell] or ["No ratio fell by more than 15%." if args.previous
+    lines += [f"- WARNING {f}" for f in fell] or [f"No ratio fell by more than {REGRESSION:.0%}." if args.previous
                                                   else "No recorded run to compare with."]
     with open(os.path.join(args.out_dir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
