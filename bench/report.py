@@ -34,6 +34,26 @@ def table(records, title):
     return lines + [""]
 
 
+def decorate(ax, ticks, xlabel, ylabel, title, log_y):
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def save(fig, path):
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_reads(records, path):
     import matplotlib
 
@@ -53,19 +73,9 @@ def plot_reads(records, path):
             ax.plot(threads, [r["weir"] for r in cells], style, marker="o", color="tab:blue", label=f"Weir, {req}")
             ax.plot(threads, [r["baseline"] for r in cells], style, marker="s", color="tab:orange",
                     label=f"JuiceFS, {req}")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks([1, 4, 16], ["1", "4", "16"])
-        if phase == "rand-read":
-            # 4 KiB random reads are two orders below 1 MiB ones.
-            ax.set_yscale("log")
-        ax.set_xlabel("threads")
-        ax.set_ylabel("MiB/s")
-        ax.set_title(f"cached {label} through FUSE")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        # 4 KiB random reads are two orders below 1 MiB ones.
+        decorate(ax, [1, 4, 16], "threads", "MiB/s", f"cached {label} through FUSE", phase == "rand-read")
+    save(fig, path)
 
 
 def plot_metadata(records, path):
@@ -90,17 +100,9 @@ def plot_metadata(records, path):
         if base:
             ax.plot([r["clients"] for r in base], [r["baseline"] for r in base], ":", color="gray",
                     label="no-op RPC (baseline)")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks([1, 4, 16, 64], ["1", "4", "16", "64"])
-        ax.set_yscale("log")
-        ax.set_xlabel("concurrent clients")
-        ax.set_ylabel("ops/s")
-        ax.set_title(f"master metadata ops/s, {masters} master(s)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        decorate(ax, [1, 4, 16, 64], "concurrent clients", "ops/s", f"master metadata ops/s, {masters} master(s)",
+                 True)
+    save(fig, path)
 
 
 def regressions(records, previous):

@@ -94,16 +94,21 @@ pub struct Measurement {
     pub max_us: u64,
 }
 
+/// What the threads of one cell did: wall time, every operation's latency,
+/// bytes moved.
+struct Run {
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    bytes: u64,
+}
+
 impl Measurement {
-    fn new(
-        phase: Phase,
-        op: &'static str,
-        threads: usize,
-        request_bytes: u64,
-        elapsed: Duration,
-        mut latencies: Vec<Duration>,
-        bytes: u64,
-    ) -> Self {
+    fn new(phase: Phase, op: &'static str, threads: usize, request_bytes: u64, run: Run) -> Self {
+        let Run {
+            elapsed,
+            mut latencies,
+            bytes,
+        } = run;
         latencies.sort_unstable();
         let seconds = elapsed.as_secs_f64().max(1e-9);
         let at = |p: f64| -> u64 {
@@ -137,7 +142,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CliError {
 
 /// Runs `work(thread)` on `threads` threads at once and returns the wall
 /// time with each thread's latencies and bytes merged.
-fn parallel<F>(threads: usize, work: F) -> Result<(Duration, Vec<Duration>, u64), CliError>
+fn parallel<F>(threads: usize, work: F) -> Result<Run, CliError>
 where
     F: Fn(usize) -> Result<(Vec<Duration>, u64), CliError> + Sync,
 {
@@ -162,7 +167,11 @@ where
         latencies.extend(l);
         bytes += b;
     }
-    Ok((elapsed, latencies, bytes))
+    Ok(Run {
+        elapsed,
+        latencies,
+        bytes,
+    })
 }
 
 /// Reads `path` start to end in `request` sized reads.
@@ -209,7 +218,7 @@ fn seq_read(
     threads: usize,
     request: u64,
 ) -> Result<Measurement, CliError> {
-    let (elapsed, latencies, bytes) = parallel(threads, |t| {
+    let run = parallel(threads, |t| {
         let mut latencies = Vec::new();
         let mut bytes = 0;
         for (path, _) in files.iter().skip(t).step_by(threads) {
@@ -222,9 +231,7 @@ fn seq_read(
         "read",
         threads,
         request,
-        elapsed,
-        latencies,
-        bytes,
+        run,
     ))
 }
 
@@ -241,7 +248,7 @@ fn rand_read(
         )));
     }
     let budget = Duration::from_secs_f64(seconds);
-    let (elapsed, latencies, bytes) = parallel(threads, |t| {
+    let run = parallel(threads, |t| {
         let handles = readable
             .iter()
             .map(|(p, len)| {
@@ -273,9 +280,7 @@ fn rand_read(
         "read",
         threads,
         request,
-        elapsed,
-        latencies,
-        bytes,
+        run,
     ))
 }
 
@@ -288,7 +293,7 @@ fn write_files(
     let paths: Vec<PathBuf> = (0..threads)
         .map(|t| dir.join(format!("big-{threads}x{request}-{t}")))
         .collect();
-    let (elapsed, latencies, bytes) = parallel(threads, |t| {
+    let run = parallel(threads, |t| {
         let path = &paths[t];
         let mut file =
             File::create_new(path).map_err(io_err(format!("creating {}", path.display())))?;
@@ -312,15 +317,7 @@ fn write_files(
         latencies.push(at.elapsed());
         Ok((latencies, written))
     })?;
-    let measured = Measurement::new(
-        Phase::Write,
-        "write",
-        threads,
-        request,
-        elapsed,
-        latencies,
-        bytes,
-    );
+    let measured = Measurement::new(Phase::Write, "write", threads, request, run);
     Ok((
         measured,
         paths.into_iter().map(|p| (p, file_size)).collect(),
@@ -345,7 +342,7 @@ fn small_files(
         let mut rng = XorShift(size | 1);
         (0..size).map(|_| rng.next() as u8).collect()
     };
-    let (elapsed, latencies, bytes) = parallel(threads, |t| {
+    let run = parallel(threads, |t| {
         let mut latencies = Vec::with_capacity(count);
         for i in 0..count {
             let path = name(t, i);
@@ -359,17 +356,9 @@ fn small_files(
         }
         Ok((latencies, count as u64 * size))
     })?;
-    let create = Measurement::new(
-        Phase::SmallFiles,
-        "create",
-        threads,
-        size,
-        elapsed,
-        latencies,
-        bytes,
-    );
+    let create = Measurement::new(Phase::SmallFiles, "create", threads, size, run);
     drop_page_cache(drop_caches)?;
-    let (elapsed, latencies, _) = parallel(threads, |t| {
+    let run = parallel(threads, |t| {
         let mut latencies = Vec::with_capacity(count);
         for i in 0..count {
             let path = name(t, i);
@@ -387,17 +376,9 @@ fn small_files(
         }
         Ok((latencies, 0))
     })?;
-    let stat = Measurement::new(
-        Phase::SmallFiles,
-        "stat",
-        threads,
-        size,
-        elapsed,
-        latencies,
-        0,
-    );
+    let stat = Measurement::new(Phase::SmallFiles, "stat", threads, size, run);
     drop_page_cache(drop_caches)?;
-    let (elapsed, latencies, bytes) = parallel(threads, |t| {
+    let run = parallel(threads, |t| {
         let mut latencies = Vec::with_capacity(count);
         let mut bytes = 0;
         for i in 0..count {
@@ -416,15 +397,7 @@ fn small_files(
         }
         Ok((latencies, bytes))
     })?;
-    let read = Measurement::new(
-        Phase::SmallFiles,
-        "read",
-        threads,
-        size,
-        elapsed,
-        latencies,
-        bytes,
-    );
+    let read = Measurement::new(Phase::SmallFiles, "read", threads, size, run);
     Ok(vec![create, stat, read])
 }
 
