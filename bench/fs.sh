@@ -50,7 +50,7 @@ done
 
 start_master
 start_worker worker "$tier" "$((FILES * FILE_MIB * 2 + 2048))MiB"
-RUST_LOG=${FUSE_LOG:-warn} "$WEIR" fuse --masters "$MASTERS" --mount-point "$work/weir" --allow-other > "$work/fuse.log" 2>&1 &
+RUST_LOG=warn "$WEIR" fuse --masters "$MASTERS" --mount-point "$work/weir" --allow-other > "$work/fuse.log" 2>&1 &
 pids+=($!)
 wait_mounted "$work/weir" "$work/fuse.log"
 "$WEIR" fs --masters "$MASTERS" mount --read-only /data "local://$work/src" 2> /dev/null

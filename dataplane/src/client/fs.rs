@@ -1203,7 +1203,7 @@ impl FileWriter {
         let info = if self.mode.writes_through() {
             // The worker answered after closing the under-storage object,
             // so the file is persisted whichever of the two lands first;
-            // sent together, the master commits them in one log write.
+            // sent together, neither waits for the other's commit.
             let (mut info, ()) = tokio::try_join!(
                 complete,
                 self.fs.set_persist(&self.path, pb::PersistState::Persisted)

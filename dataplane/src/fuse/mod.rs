@@ -336,17 +336,23 @@ impl WeirFuse {
         attr
     }
 
-    /// Deletes `name` if it is a directory (`dir`) or a file (`!dir`).
     /// The inode's passthrough backing: the one its open files share, or a
     /// new one over the block leased from this machine's worker.
     fn backing(&self, ino: u64, block: &pb::BlockInfo, reply: &ReplyOpen) -> Option<Arc<Backing>> {
-        // Held while a new backing is made, so two concurrent first opens
-        // cannot register two.
-        let mut backings = self.backings.lock().expect("backings");
-        if let Some(shared) = backings.get(&ino).and_then(Weak::upgrade) {
-            return Some(shared);
+        let shared =
+            |backings: &HashMap<u64, Weak<Backing>>| backings.get(&ino).and_then(Weak::upgrade);
+        if let Some(b) = shared(&self.backings.lock().expect("backings")) {
+            return Some(b);
         }
+        // The lease is a round trip to the worker: taken without the lock,
+        // so opens of other files do not wait for it.
         let local = self.rt.block_on(self.fs.lease_local(block))?;
+        // Registered under the lock, so two first opens racing here end up
+        // with one backing (the loser's lease is released).
+        let mut backings = self.backings.lock().expect("backings");
+        if let Some(b) = shared(&backings) {
+            return Some(b);
+        }
         match reply.open_backing(&local.file) {
             Ok(id) => {
                 let backing = Arc::new(Backing { id, _block: local });
@@ -361,6 +367,7 @@ impl WeirFuse {
         }
     }
 
+    /// Deletes `name` if it is a directory (`dir`) or a file (`!dir`).
     fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
         let path = match self.writable().and_then(|()| self.child(parent, name)) {
             Ok(p) => p,

@@ -594,82 +594,12 @@ pub(super) async fn async_cacher(
     }
 }
 
-/// Frames queued for the under-storage before the receiver waits.
-const UFS_QUEUE: usize = 4;
-
-/// The under-storage side of a write, run by a task of its own behind a
-/// short queue: the under-storage write of one frame overlaps receiving and
-/// caching the next, instead of each frame paying for both in turn.
-struct UfsPipe {
-    frames: Option<mpsc::Sender<Bytes>>,
-    task: tokio::task::JoinHandle<(Box<dyn UfsWriter>, crate::ufs::UfsResult<()>)>,
-}
-
-impl UfsPipe {
-    fn start(worker: &Arc<Worker>, mut writer: Box<dyn UfsWriter>) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Bytes>(UFS_QUEUE);
-        let worker = worker.clone();
-        let task = tokio::spawn(async move {
-            while let Some(frame) = rx.recv().await {
-                let n = frame.len() as u64;
-                if let Err(e) = writer.write(frame).await {
-                    return (writer, Err(e));
-                }
-                worker.metrics.ufs_bytes_written.inc_by(n);
-            }
-            (writer, Ok(()))
-        });
-        UfsPipe {
-            frames: Some(tx),
-            task,
-        }
-    }
-
-    async fn push(&mut self, data: &[u8]) -> WorkerResult<()> {
-        let sent = match &self.frames {
-            Some(tx) => tx.send(Bytes::copy_from_slice(data)).await.is_ok(),
-            None => false,
-        };
-        if sent {
-            return Ok(());
-        }
-        // The task stopped: its error says why.
-        self.frames = None;
-        match (&mut self.task).await {
-            Ok((_, Err(e))) => Err(e.into()),
-            Ok((_, Ok(()))) => Err(WorkerError::Invalid("under-storage writer closed".into())),
-            Err(e) => Err(WorkerError::Invalid(format!("under-storage writer: {e}"))),
-        }
-    }
-
-    /// Waits for every queued frame; the writer back, with how it went.
-    async fn drain(&mut self) -> WorkerResult<(Box<dyn UfsWriter>, crate::ufs::UfsResult<()>)> {
-        self.frames = None;
-        (&mut self.task)
-            .await
-            .map_err(|e| WorkerError::Invalid(format!("under-storage writer: {e}")))
-    }
-
-    async fn close(&mut self) -> WorkerResult<()> {
-        let (mut writer, written) = self.drain().await?;
-        written?;
-        writer.close().await?;
-        Ok(())
-    }
-
-    async fn abort(&mut self) {
-        if let Ok((mut writer, _)) = self.drain().await {
-            let _ = writer.abort().await;
-        }
-    }
-}
-
 /// A file arriving on a data connection: cut into blocks for the cache
 /// and/or streamed to the under-storage, as the write type says.
 struct FileSink<'a> {
     worker: &'a Arc<Worker>,
     req: &'a WriteRequest,
-    ufs: Option<UfsPipe>,
+    ufs: Option<Box<dyn UfsWriter>>,
     current: Option<BlockWriter>,
     index: u64,
     length: u64,
@@ -679,7 +609,11 @@ struct FileSink<'a> {
 impl FileSink<'_> {
     async fn push(&mut self, data: &[u8]) -> WorkerResult<()> {
         if let Some(u) = self.ufs.as_mut() {
-            u.push(data).await?;
+            u.write(Bytes::copy_from_slice(data)).await?;
+            self.worker
+                .metrics
+                .ufs_bytes_written
+                .inc_by(data.len() as u64);
         }
         self.length += data.len() as u64;
         if !self.req.mode.caches() {
@@ -729,7 +663,7 @@ impl FileSink<'_> {
     async fn abort(&mut self) {
         self.current = None;
         if let Some(u) = self.ufs.as_mut() {
-            u.abort().await;
+            let _ = u.abort().await;
         }
         for (block, _, _) in self.committed.drain(..) {
             self.worker.store.remove(block);
@@ -771,7 +705,7 @@ async fn write(
     let mut sink = FileSink {
         worker,
         req: &req,
-        ufs: ufs.map(|w| UfsPipe::start(worker, w)),
+        ufs,
         current: None,
         index: 0,
         length: 0,
