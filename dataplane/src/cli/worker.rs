@@ -240,6 +240,12 @@ pub struct FuseArgs {
     pub uid: u32,
     #[arg(long, env = "WEIR_FUSE_GID", default_value_t = 0)]
     pub gid: u32,
+    /// The unix socket of a process that keeps a copy of the mount's
+    /// `/dev/fuse` descriptor (the CSI node plugin): a restarted `weir fuse`
+    /// takes the live mount back from it instead of remounting, so readers
+    /// wait through the restart instead of failing.
+    #[arg(long, env = "WEIR_FUSE_FD_HOLDER")]
+    pub fd_holder: Option<PathBuf>,
 }
 
 impl FuseArgs {
@@ -258,6 +264,7 @@ impl FuseArgs {
             passthrough: !self.no_passthrough,
             uid: self.uid,
             gid: self.gid,
+            fd_holder: self.fd_holder.clone(),
         }
     }
 }

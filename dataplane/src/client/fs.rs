@@ -168,6 +168,14 @@ impl FileSystem {
     }
 
     /// One page of a directory listing, after `start_after`.
+    /// The file or directory with inode id `id`, wherever it is now.
+    pub async fn status_by_id(&self, id: u64) -> FsResult<pb::FileInfo> {
+        let req = pb::InodeRequest { id };
+        self.master
+            .call(|mut c| async move { c.get_status_by_id(req).await })
+            .await
+    }
+
     pub async fn list_page(
         &self,
         path: &str,

@@ -6,6 +6,8 @@
 //! reads the worker's block file itself. New files are written once,
 //! sequentially, and committed when closed.
 
+mod takeover;
+
 use crate::client::fs::{ClientConfig, FileReader, FileSystem, FileWriter, LocalBlock};
 use crate::client::master::ClientError;
 use crate::proto::master as pb;
@@ -17,6 +19,7 @@ use fuser::{
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -51,6 +54,8 @@ pub struct FuseConfig {
     /// `owner`): pods that run as that user can read and write.
     pub uid: u32,
     pub gid: u32,
+    /// The fd holder's socket (see `weir_handover`).
+    pub fd_holder: Option<PathBuf>,
 }
 
 /// A FUSE process that died (killed, OOM) leaves its mount answering
@@ -109,7 +114,12 @@ struct WeirFuse {
     root: String,
     read_only: bool,
     ttl: Duration,
-    passthrough: AtomicBool,
+    /// Shared with `run`, which tells the fd holder what INIT granted.
+    passthrough: Arc<AtomicBool>,
+    /// FUSE processes that served this mount before this one: file handles
+    /// carry it in their top bits, so a handle of an earlier process (the
+    /// kernel keeps those across a takeover) is told from one of ours.
+    generation: u64,
     /// Owner shown for every entry.
     owner: (u32, u32),
     /// Inode number -> namespace path, learnt from lookups.
@@ -124,6 +134,9 @@ struct WeirFuse {
     backings: Mutex<HashMap<u64, Weak<Backing>>>,
     next_fh: AtomicU64,
 }
+
+/// File handles are numbered from `generation << FH_GENERATION_SHIFT`.
+const FH_GENERATION_SHIFT: u32 = 40;
 
 /// Local block files one open file keeps leased at most.
 const LEASES_PER_HANDLE: usize = 16;
@@ -279,7 +292,72 @@ impl WeirFuse {
         if ino.0 == 1 {
             return Some(self.root.clone());
         }
-        self.paths.lock().expect("paths").get(&ino.0).cloned()
+        if let Some(path) = self.paths.lock().expect("paths").get(&ino.0) {
+            return Some(path.clone());
+        }
+        // An inode the kernel learnt from an earlier FUSE process of this
+        // mount: the master knows where it is now.
+        let id = if ino.0 == self.root_id.load(Ordering::Relaxed) {
+            1
+        } else {
+            ino.0
+        };
+        let info = self.rt.block_on(self.fs.status_by_id(id)).ok()?;
+        let inside = self.root == "/"
+            || info.path == self.root
+            || info.path.starts_with(&format!("{}/", self.root));
+        if !inside {
+            return None;
+        }
+        self.remember(&info);
+        Some(info.path)
+    }
+
+    /// Whether `fh` was handed out by an earlier FUSE process of this mount.
+    fn inherited(&self, fh: FileHandle) -> bool {
+        fh.0 >> FH_GENERATION_SHIFT < self.generation
+    }
+
+    /// The handle `fh`; one an earlier FUSE process opened is opened again
+    /// here (a file for reading, a directory listed from its start), so
+    /// applications keep reading through a takeover. A file it was writing
+    /// is lost with it: that handle stays unknown (EBADF).
+    fn handle_or_inherited(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        dir: bool,
+    ) -> Option<Arc<Mutex<Handle>>> {
+        if let Some(h) = self.handle(fh) {
+            return Some(h);
+        }
+        if !self.inherited(fh) {
+            return None;
+        }
+        let path = self.path_of(ino)?;
+        let handle = if dir {
+            Handle::Dir {
+                path,
+                entries: Vec::new(),
+                cursor: String::new(),
+                done: false,
+            }
+        } else {
+            let reader = self.rt.block_on(self.fs.open(&path)).ok()?;
+            Handle::Read {
+                reader: Box::new(reader),
+                buf: Vec::new(),
+                _backing: None,
+            }
+        };
+        tracing::debug!(fh = fh.0, ino = ino.0, "reopened an inherited handle");
+        let mut handles = self.handles.lock().expect("handles");
+        Some(
+            handles
+                .entry(fh.0)
+                .or_insert_with(|| Arc::new(Mutex::new(handle)))
+                .clone(),
+        )
     }
 
     fn child(&self, parent: INodeNo, name: &OsStr) -> Result<String, Errno> {
@@ -600,7 +678,7 @@ impl Filesystem for WeirFuse {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -611,7 +689,7 @@ impl Filesystem for WeirFuse {
         let Some(reply) = self.read_local(fh, offset, size, reply) else {
             return;
         };
-        let Some(h) = self.handle(fh) else {
+        let Some(h) = self.handle_or_inherited(ino, fh, false) else {
             return reply.error(Errno::EBADF);
         };
         let mut h = h.lock().expect("handle");
@@ -769,7 +847,7 @@ impl Filesystem for WeirFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(h) = self.handle(fh) else {
+        let Some(h) = self.handle_or_inherited(ino, fh, true) else {
             return reply.error(Errno::EBADF);
         };
         let mut h = h.lock().expect("handle");
@@ -877,7 +955,44 @@ fn raise_readahead(mount_point: &std::path::Path) {
     }
 }
 
-/// Mounts and serves until `shutdown` resolves, then unmounts.
+/// A live mount of this mount point whose descriptor the holder keeps
+/// (its FUSE process died or stopped while volumes used it).
+fn held_mount(
+    socket: &std::path::Path,
+    mount_point: &std::path::Path,
+) -> Option<(weir_handover::MountState, OwnedFd)> {
+    let (state, fd) = match weir_handover::take(socket, mount_point) {
+        Ok(Some(held)) => held,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::info!(error = %e, "no fd holder to take a mount from; mounting");
+            return None;
+        }
+    };
+    let device = takeover::mount_device(mount_point);
+    if device.as_deref() == Some(state.device.as_str()) {
+        Some((state, fd))
+    } else {
+        tracing::info!(held = %state.device, mounted = ?device, "the held descriptor belongs to a mount that is gone; mounting");
+        None
+    }
+}
+
+/// A running session and what shutdown needs of it.
+struct Served {
+    session: fuser::BackgroundSession,
+    /// A copy of the connection's descriptor, for the fd holder.
+    fd: Option<OwnedFd>,
+    /// Taken over from the holder: fuser did not mount it, so it does not
+    /// unmount it either.
+    adopted: bool,
+    generation: u64,
+}
+
+/// Mounts (or takes over the live mount from the fd holder) and serves
+/// until `shutdown` resolves; then unmounts, unless the fd holder says
+/// volumes still use the mount: it is then left, alive, to the next FUSE
+/// process.
 pub async fn run(
     config: FuseConfig,
     shutdown: impl std::future::Future<Output = ()>,
@@ -890,27 +1005,41 @@ pub async fn run(
     if !root_info.is_dir {
         return Err(ClientError::Invalid(format!("{root} is not a directory")).into());
     }
+    let mount_point = config.mount_point.clone();
+    let held = match &config.fd_holder {
+        Some(socket) => {
+            let (socket, mp) = (socket.clone(), mount_point.clone());
+            tokio::task::spawn_blocking(move || held_mount(&socket, &mp))
+                .await
+                .ok()
+                .flatten()
+        }
+        None => None,
+    };
+    let generation = held.as_ref().map_or(0, |(s, _)| s.generation + 1);
+    let passthrough = Arc::new(AtomicBool::new(
+        config.passthrough && held.as_ref().is_none_or(|(s, _)| s.passthrough),
+    ));
     let weir = WeirFuse {
         rt: tokio::runtime::Handle::current(),
         fs,
         root,
         read_only: config.read_only,
         ttl: config.attr_ttl,
-        passthrough: AtomicBool::new(config.passthrough),
+        passthrough: passthrough.clone(),
+        generation,
         owner: (config.uid, config.gid),
         paths: Mutex::new(HashMap::new()),
         root_id: AtomicU64::new(root_info.id),
         handles: Mutex::new(HashMap::new()),
         local: Mutex::new(HashMap::new()),
         backings: Mutex::new(HashMap::new()),
-        next_fh: AtomicU64::new(1),
+        next_fh: AtomicU64::new((generation << FH_GENERATION_SHIFT) + 1),
     };
     let mount_err = |source| FuseError::Mount {
         path: config.mount_point.clone(),
         source,
     };
-    clear_dead_mount(&config.mount_point);
-    std::fs::create_dir_all(&config.mount_point).map_err(mount_err)?;
     let mut fc = fuser::Config::default();
     fc.mount_options.extend([
         MountOption::FSName("weir".into()),
@@ -925,21 +1054,117 @@ pub async fn run(
             .push(MountOption::CUSTOM("allow_other".into()));
     }
     fc.n_threads = Some(config.threads.max(1));
-    fc.clone_fd = config.threads > 1;
-    let mount_point = config.mount_point.clone();
+    // A cloned descriptor's unanswered requests fail when the process dies
+    // (the kernel ends them as it closes that descriptor); on the one the
+    // holder keeps they wait for the next process instead.
+    fc.clone_fd = config.threads > 1 && config.fd_holder.is_none();
+    let lodge = config.fd_holder.is_some();
     // Mounting blocks on the kernel's INIT, which needs the runtime the
     // file system calls into: mount off the runtime's threads.
-    let session = tokio::task::spawn_blocking(move || fuser::spawn_mount(weir, &mount_point, &fc))
-        .await
-        .map_err(|e| mount_err(std::io::Error::other(e.to_string())))?
-        .map_err(mount_err)?;
-    tracing::info!(mount_point = %config.mount_point.display(), sub_path = %config.sub_path, "mounted");
-    raise_readahead(&config.mount_point);
+    let served = match held {
+        Some((state, fd)) => {
+            let (session, fd) = tokio::task::spawn_blocking(move || {
+                let session = takeover::adopt(weir, &fd, state.passthrough, READAHEAD, fc)?;
+                let session = session.spawn()?;
+                takeover::resend_pending(&fd)?;
+                Ok::<_, std::io::Error>((session, fd))
+            })
+            .await
+            .map_err(|e| mount_err(std::io::Error::other(e.to_string())))?
+            .map_err(mount_err)?;
+            tracing::info!(mount_point = %mount_point.display(), generation, "took over the live mount from the fd holder");
+            Served {
+                session,
+                fd: Some(fd),
+                adopted: true,
+                generation,
+            }
+        }
+        None => {
+            clear_dead_mount(&mount_point);
+            std::fs::create_dir_all(&mount_point).map_err(mount_err)?;
+            let mp = mount_point.clone();
+            let (session, fd) = tokio::task::spawn_blocking(move || {
+                let session = fuser::Session::new(weir, &mp, &fc)?;
+                let fd = if lodge {
+                    Some(std::os::fd::AsFd::as_fd(&session).try_clone_to_owned()?)
+                } else {
+                    None
+                };
+                Ok::<_, std::io::Error>((session.spawn()?, fd))
+            })
+            .await
+            .map_err(|e| mount_err(std::io::Error::other(e.to_string())))?
+            .map_err(mount_err)?;
+            tracing::info!(mount_point = %mount_point.display(), sub_path = %config.sub_path, "mounted");
+            raise_readahead(&mount_point);
+            Served {
+                session,
+                fd,
+                adopted: false,
+                generation,
+            }
+        }
+    };
+    let lodging = match (&config.fd_holder, served.fd) {
+        (Some(socket), Some(fd)) => match takeover::mount_device(&mount_point) {
+            Some(device) => Some(weir_handover::lodge(
+                socket.clone(),
+                weir_handover::MountState {
+                    mount_point: mount_point.clone(),
+                    device,
+                    passthrough: passthrough.load(Ordering::Relaxed),
+                    generation: served.generation,
+                },
+                fd,
+            )),
+            None => {
+                tracing::warn!(mount_point = %mount_point.display(), "the mount is not in the mount table; nothing to lodge");
+                None
+            }
+        },
+        _ => None,
+    };
     shutdown.await;
-    tokio::task::spawn_blocking(move || session.umount_and_join())
-        .await
-        .map_err(|e| mount_err(std::io::Error::other(e.to_string())))?
-        .map_err(mount_err)?;
-    tracing::info!(mount_point = %config.mount_point.display(), "unmounted");
+    if let (Some(socket), Some(lodging)) = (&config.fd_holder, &lodging) {
+        lodging.stop();
+        let (socket, mp) = (socket.clone(), mount_point.clone());
+        let verdict = tokio::task::spawn_blocking(move || weir_handover::release(&socket, &mp))
+            .await
+            .map_err(|e| mount_err(std::io::Error::other(e.to_string())))?;
+        match verdict {
+            Ok(weir_handover::Verdict::Keep) => {
+                tracing::info!(mount_point = %mount_point.display(), "volumes still use the mount: left to the fd holder for the next FUSE process");
+                // Dropping the session would unmount; the process ends instead.
+                std::mem::forget(served.session);
+                return Ok(());
+            }
+            Ok(weir_handover::Verdict::Released) => {}
+            Err(e) => tracing::warn!(error = %e, "the fd holder did not answer; unmounting"),
+        }
+    }
+    let session = served.session;
+    let adopted = served.adopted;
+    let mp = mount_point.clone();
+    tokio::task::spawn_blocking(move || {
+        if !adopted {
+            return session.umount_and_join();
+        }
+        match nix::mount::umount2(&mp, nix::mount::MntFlags::empty()) {
+            Ok(()) => session.join(),
+            Err(nix::errno::Errno::EBUSY) => {
+                // Still in use: detached, it goes when its last user does,
+                // served until this process exits.
+                nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH)?;
+                std::mem::forget(session);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await
+    .map_err(|e| mount_err(std::io::Error::other(e.to_string())))?
+    .map_err(mount_err)?;
+    tracing::info!(mount_point = %mount_point.display(), "unmounted");
     Ok(())
 }

@@ -462,6 +462,31 @@ impl Namespace {
         Ok(self.store.inode(id)?)
     }
 
+    /// The path of the inode `id`, walking its parents up to the root, or
+    /// `None` when it does not exist (any more).
+    pub fn path_of(&self, id: InodeId) -> FsResult<Option<WeirPath>> {
+        let mut names = Vec::new();
+        let mut at = id;
+        while at != ROOT_ID {
+            let Some(inode) = self.store.inode(at)? else {
+                return Ok(None);
+            };
+            names.push(inode.name);
+            at = inode.parent;
+            // A path has at most one component per two bytes.
+            if names.len() > crate::path::MAX_PATH_BYTES / 2 {
+                return Err(FsError::Store(format!(
+                    "inode {id}: parent chain has a loop"
+                )));
+            }
+        }
+        let mut path = WeirPath::root();
+        for name in names.iter().rev() {
+            path = path.child(name)?;
+        }
+        Ok(Some(path))
+    }
+
     pub fn get(&self, path: &WeirPath) -> FsResult<Inode> {
         self.lookup(path)?
             .ok_or_else(|| FsError::NotFound(path.to_string()))
@@ -1255,6 +1280,48 @@ mod tests {
             seed + 2,
             "the mount's directory took seed + 1"
         );
+    }
+
+    #[test]
+    fn path_of_an_id_follows_renames_and_forgets_deleted_inodes() {
+        let ns = ns();
+        let mkdir = |path: &str| match ns
+            .apply(
+                &Command::CreateDirectory {
+                    path: path.into(),
+                    recursive: true,
+                    stamp: stamp(),
+                },
+                vec![],
+            )
+            .unwrap()
+        {
+            Reply::Inode(i) => i.id,
+            other => panic!("{other:?}"),
+        };
+        let deep = mkdir("/a/b/c");
+        assert_eq!(ns.path_of(deep).unwrap(), Some(p("/a/b/c")));
+        assert_eq!(ns.path_of(ROOT_ID).unwrap(), Some(WeirPath::root()));
+        ns.apply(
+            &Command::Rename {
+                src: "/a/b".into(),
+                dst: "/a/z".into(),
+                now_ms: 2,
+            },
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(ns.path_of(deep).unwrap(), Some(p("/a/z/c")));
+        ns.apply(
+            &Command::Delete {
+                path: "/a".into(),
+                recursive: true,
+            },
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(ns.path_of(deep).unwrap(), None);
+        assert_eq!(ns.path_of(9_999).unwrap(), None);
     }
 
     #[test]

@@ -357,6 +357,26 @@ impl MasterService for MasterApi {
         .await
     }
 
+    #[tracing::instrument(skip_all, fields(id = request.get_ref().id))]
+    async fn get_status_by_id(
+        &self,
+        request: Request<pb::InodeRequest>,
+    ) -> Result<Response<pb::FileInfo>, Status> {
+        self.observe("GetStatusById", async {
+            let id = request.get_ref().id;
+            self.master.linearize().await?;
+            let path = self
+                .master
+                .namespace
+                .path_of(id)
+                .map_err(MasterError::from)?
+                .ok_or_else(|| Status::not_found(format!("inode {id}")))?;
+            let inode = self.linearized_inode(&path).await?;
+            Ok(self.info(&path, &inode))
+        })
+        .await
+    }
+
     #[tracing::instrument(skip_all, fields(path = %request.get_ref().path))]
     async fn list_status(
         &self,

@@ -243,9 +243,12 @@ impl CountingProxy {
 
 /// SIGTERM, then SIGKILL if the process has not exited within 15 s.
 pub fn terminate(mut c: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &c.id().to_string()])
-        .status();
+    // A signal, not a `kill` process: nothing is forked, so nothing hangs
+    // in exec on files this test holds on a mount whose daemon is down.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = c.try_wait() {
@@ -295,6 +298,39 @@ impl Proc {
             .stderr(log)
             .spawn()
             .expect("spawn weir");
+        self.child = Some(child);
+    }
+
+    /// Forks the next run of this process now and lets it exec only at
+    /// [`Proc::restart_prepared`]. A process forked while this one holds
+    /// files open on a FUSE mount whose daemon is down hangs in exec
+    /// (closing them waits for the daemon), so a test that restarts the
+    /// daemon under its own readers forks its successor beforehand.
+    pub fn prepare_restart(&self) -> (Child, std::process::ChildStdin) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(r#"read -r go && exec "$0" "$@""#)
+            .arg(weir_bin())
+            .args(&self.args)
+            .env("RUST_LOG", "warn,weir=info")
+            .env("WEIR_LOG_FORMAT", "text")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sh");
+        let go = child.stdin.take().expect("stdin");
+        (child, go)
+    }
+
+    pub fn restart_prepared(&mut self, (child, mut go): (Child, std::process::ChildStdin)) {
+        use std::io::Write;
+        go.write_all(b"go\n").expect("start the prepared process");
         self.child = Some(child);
     }
 
