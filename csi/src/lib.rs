@@ -64,6 +64,9 @@ pub struct CsiConfig {
     pub repair_every: Duration,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The unix socket FUSE processes lodge their `/dev/fuse` descriptors
+    /// at (`weir fuse --fd-holder`), if the plugin holds them.
+    pub fuse_fd_holder: Option<PathBuf>,
 }
 
 /// Serves the plugin until SIGTERM / ctrl-c; a stale socket from an earlier
@@ -84,6 +87,9 @@ pub async fn run(config: CsiConfig, api: Option<Arc<dyn node::NodeApi>>) -> Resu
     }
     let listener = tokio::net::UnixListener::bind(&path).map_err(|e| serve_err(e.to_string()))?;
     let service = Arc::new(node::NodeService::new(config.node.clone(), api)?);
+    if let Some(socket) = &config.fuse_fd_holder {
+        service.hold_fuse_descriptors(socket)?;
+    }
     let metrics_server = match config.metrics_listen {
         Some(addr) => {
             let mut registry = prometheus_client::registry::Registry::default();

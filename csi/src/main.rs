@@ -36,6 +36,10 @@ struct Args {
     /// the plugin's own.
     #[arg(long)]
     mount_namespace_of: Option<String>,
+    /// Hold FUSE processes' `/dev/fuse` descriptors at this unix socket
+    /// (`weir fuse --fd-holder`), so a FUSE restart never breaks a mount.
+    #[arg(long, env = "WEIR_CSI_FUSE_FD_HOLDER")]
+    fuse_fd_holder: Option<PathBuf>,
     /// Serve Prometheus `/metrics` here.
     #[arg(long, env = "WEIR_CSI_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -73,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         endpoint: args.endpoint,
         repair_every: Duration::from_millis(args.repair_every_ms),
         metrics_listen: args.metrics_listen,
+        fuse_fd_holder: args.fuse_fd_holder,
     };
     run(config, api).await?;
     Ok(())

@@ -177,6 +177,7 @@ impl NodeApi for KubeNode {
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
     pub recoveries: Counter,
+    pub takeovers: Counter,
     pub recovery_failures: Counter,
     pub staged: Gauge,
     pub published: Gauge,
@@ -188,6 +189,11 @@ impl Metrics {
             "weir_csi_mount_recoveries",
             "Mounts re-bound after their FUSE daemon came back",
             self.recoveries.clone(),
+        );
+        registry.register(
+            "weir_csi_fuse_takeovers",
+            "FUSE restarts that took over a live mount held here (readers waited, none failed)",
+            self.takeovers.clone(),
         );
         registry.register(
             "weir_csi_mount_recovery_failures",
@@ -216,6 +222,10 @@ pub struct NodeService {
     pub metrics: Metrics,
     /// The device of each staged volume's FUSE mount when last seen.
     fuse_devices: Mutex<std::collections::HashMap<PathBuf, u64>>,
+    /// Keeps FUSE mounts' `/dev/fuse` descriptors across FUSE restarts.
+    holder: std::sync::OnceLock<Arc<weir_handover::Holder>>,
+    /// The FUSE generation of each held mount when last seen.
+    fuse_generations: Mutex<std::collections::HashMap<PathBuf, u64>>,
 }
 
 impl std::fmt::Debug for NodeService {
@@ -248,7 +258,37 @@ impl NodeService {
             ops: tokio::sync::Mutex::new(()),
             metrics: Metrics::default(),
             fuse_devices: Mutex::default(),
+            holder: std::sync::OnceLock::new(),
+            fuse_generations: Mutex::default(),
         })
+    }
+
+    /// Holds the `/dev/fuse` descriptors that FUSE processes lodge at
+    /// `socket`, each kept while a staged volume uses its mount.
+    pub fn hold_fuse_descriptors(self: &Arc<Self>, socket: &Path) -> Result<()> {
+        let service = Arc::downgrade(self);
+        let holder = weir_handover::Holder::new(move |mount_path| {
+            service.upgrade().is_some_and(|s| s.uses_mount(mount_path))
+        });
+        holder.listen(socket).map_err(|e| Error::Io {
+            what: "holding FUSE descriptors at",
+            path: socket.into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let _ = self.holder.set(holder);
+        Ok(())
+    }
+
+    /// Whether a staged volume uses the FUSE mount at `mount_path`.
+    pub fn uses_mount(&self, mount_path: &Path) -> bool {
+        let state = self.state.lock().expect("state");
+        state.staged.values().any(|s| s.mount_path == mount_path)
+    }
+
+    /// Whether the FUSE process of `mount_path` is gone and the held mount
+    /// waits for the next one: a stat of it would block until then.
+    fn fuse_waiting(&self, mount_path: &Path) -> bool {
+        self.holder.get().is_some_and(|h| h.waiting(mount_path))
     }
 
     pub fn state(&self) -> State {
@@ -302,11 +342,12 @@ impl NodeService {
     async fn wait_for_fuse(&self, mount_path: &Path) -> Result<()> {
         let deadline = Instant::now() + self.config.fuse_wait;
         loop {
-            if mounts::is_broken(mount_path) {
+            if self.fuse_waiting(mount_path) {
+                // Its FUSE pod is restarting; the mount is alive.
+            } else if mounts::is_broken(mount_path) {
                 tracing::warn!(path = %mount_path.display(), "clearing a FUSE mount whose daemon is gone");
                 mounts::unmount(mount_path)?;
-            }
-            if mounts::fuse_mounted(mount_path)? && !mounts::is_broken(mount_path) {
+            } else if mounts::fuse_mounted(mount_path)? {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -399,6 +440,11 @@ impl NodeService {
         self.update(|s| {
             s.staged.remove(&staging);
         })?;
+        if let (Some(gone), Some(holder)) = (&gone, self.holder.get())
+            && !self.uses_mount(&gone.mount_path)
+        {
+            holder.forget(&gone.mount_path);
+        }
         // The FUSE pod leaves this node once no staged volume needs it.
         if let Some(Staged {
             fuse_label: Some(label),
@@ -515,6 +561,25 @@ impl NodeService {
                 path.display()
             )));
         }
+        let waiting = {
+            let state = self.state.lock().expect("state");
+            state
+                .published
+                .get(&path)
+                .map(|p| &p.staging)
+                .or(state.staged.contains_key(&path).then_some(&path))
+                .and_then(|staging| state.staged.get(staging))
+                .is_some_and(|s| self.fuse_waiting(&s.mount_path))
+        };
+        if waiting {
+            return Ok(pb::NodeGetVolumeStatsResponse {
+                usage: vec![],
+                volume_condition: Some(pb::VolumeCondition {
+                    abnormal: true,
+                    message: "the FUSE daemon is restarting; reads wait for it".into(),
+                }),
+            });
+        }
         if mounts::is_broken(&path) {
             return Ok(pb::NodeGetVolumeStatsResponse {
                 usage: vec![],
@@ -553,7 +618,39 @@ impl NodeService {
             tracing::warn!(path = %what.display(), error = %e, "could not repair a mount");
             self.metrics.recovery_failures.inc();
         };
+        let held = self.holder.get().map(|h| h.held()).unwrap_or_default();
         for (staging, staged) in &state.staged {
+            if self.fuse_waiting(&staged.mount_path) {
+                // Alive and held: nothing to repair, and a look would block
+                // until the next FUSE process takes it over.
+                continue;
+            }
+            // A FUSE process took the held mount over from its predecessor:
+            // nothing broke, but the pods are told their daemon restarted.
+            let generation = held
+                .iter()
+                .find(|h| h.mount_point == staged.mount_path)
+                .map(|h| h.generation);
+            let taken_over = generation.is_some_and(|g| {
+                let mut seen = self.fuse_generations.lock().expect("generations");
+                seen.insert(staged.mount_path.clone(), g)
+                    .is_some_and(|before| before < g)
+            });
+            if taken_over {
+                self.metrics.takeovers.inc();
+                for p in state.published.values().filter(|p| p.staging == *staging) {
+                    tracing::info!(volume = %p.volume_id, "a restarted FUSE daemon took over the live mount");
+                    if let (Some(pod), Some(api)) = (&p.pod, &self.api) {
+                        let note = format!(
+                            "the FUSE daemon of volume {} restarted and took over the live mount: reads waited for it, none failed",
+                            p.volume_id
+                        );
+                        if let Err(e) = api.mount_repaired(pod, note).await {
+                            tracing::warn!(error = %e, pod = %pod.name, "could not record the takeover");
+                        }
+                    }
+                }
+            }
             let healthy_source = mounts::fuse_mounted(&staged.mount_path).unwrap_or(false)
                 && !mounts::is_broken(&staged.mount_path);
             if !healthy_source {

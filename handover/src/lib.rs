@@ -326,6 +326,9 @@ fn is_fuse_device(fd: &OwnedFd) -> bool {
 struct HeldMount {
     state: MountState,
     fd: OwnedFd,
+    /// The connection it was lodged on closed: its FUSE process is gone
+    /// and calls on the mount wait for the next one.
+    orphaned: bool,
 }
 
 /// The holder: keeps one descriptor per mount point for FUSE processes.
@@ -440,6 +443,16 @@ impl Holder {
         gone
     }
 
+    /// Whether the mount's FUSE process is gone and the mount waits, held,
+    /// for the next one: looking at it (stat) would block until then.
+    pub fn waiting(&self, mount_point: &Path) -> bool {
+        self.mounts
+            .lock()
+            .expect("held mounts")
+            .get(mount_point)
+            .is_some_and(|m| m.orphaned)
+    }
+
     /// The mounts whose descriptors are held.
     pub fn held(&self) -> Vec<MountState> {
         let mounts = self.mounts.lock().expect("held mounts");
@@ -449,15 +462,20 @@ impl Holder {
     }
 
     fn serve(&self, mut stream: UnixStream, socket: &Path) {
+        // What this connection lodged: orphaned when it closes.
+        let mut lodged: Option<MountState> = None;
         loop {
             let (request, fd) = match recv::<Request>(&mut stream, socket) {
                 Ok(Some(r)) => r,
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "fd holder: a bad request");
-                    return;
+                    break;
                 }
             };
+            if let Request::Hold(state) = &request {
+                lodged = Some(state.clone());
+            }
             let (reply, fd_out) = self.answer(request, fd);
             let sent = match &fd_out {
                 Some(fd) => send(&stream, socket, &reply, Some(fd.as_fd())),
@@ -465,7 +483,16 @@ impl Holder {
             };
             if let Err(e) = sent {
                 tracing::warn!(error = %e, "fd holder: could not reply");
-                return;
+                break;
+            }
+        }
+        if let Some(state) = lodged {
+            let mut mounts = self.mounts.lock().expect("held mounts");
+            if let Some(held) = mounts.get_mut(&state.mount_point)
+                && held.state == state
+            {
+                tracing::info!(mount_point = %state.mount_point.display(), "a FUSE process left its mount: holding it for the next one");
+                held.orphaned = true;
             }
         }
     }
@@ -481,7 +508,14 @@ impl Holder {
                     );
                 };
                 tracing::info!(mount_point = %state.mount_point.display(), generation = state.generation, "holding a FUSE descriptor");
-                mounts.insert(state.mount_point.clone(), HeldMount { state, fd });
+                mounts.insert(
+                    state.mount_point.clone(),
+                    HeldMount {
+                        state,
+                        fd,
+                        orphaned: false,
+                    },
+                );
                 (Reply::Held, None)
             }
             Request::Take { mount_point } => match mounts.get(&mount_point) {
@@ -553,6 +587,10 @@ mod tests {
 
         let lodging = lodge(socket.clone(), state("/m", 3), fd);
         wait_until(|| lodging.is_held());
+        assert!(
+            !holder.waiting(Path::new("/m")),
+            "its FUSE process is there"
+        );
         let (got, taken) = take(&socket, Path::new("/m")).unwrap().expect("held");
         assert_eq!(got, state("/m", 3));
         assert!(is_fuse_device(&taken), "what comes back is /dev/fuse");
@@ -566,6 +604,7 @@ mod tests {
         second.listen(&socket).unwrap();
         holder.close();
         wait_until(|| second.held() == vec![state("/m", 3)]);
+        assert!(holder.held().is_empty(), "a closed holder holds nothing");
         lodging.stop();
         assert_eq!(
             release(&socket, Path::new("/m")).unwrap(),
@@ -604,6 +643,24 @@ mod tests {
         if let Some(fd) = dev_fuse() {
             let lodging = lodge(socket.clone(), state("/m", 0), fd);
             wait_until(|| lodging.is_held());
+            // The lodging process goes away: the mount waits, held.
+            let mut gone = UnixStream::connect(&socket).unwrap();
+            let copy = dev_fuse().unwrap();
+            send(
+                &gone,
+                &socket,
+                &Request::Hold(state("/n", 1)),
+                Some(copy.as_fd()),
+            )
+            .unwrap();
+            assert!(matches!(
+                recv::<Reply>(&mut gone, &socket).unwrap(),
+                Some((Reply::Held, None))
+            ));
+            assert!(!holder.waiting(Path::new("/n")));
+            drop(gone);
+            wait_until(|| holder.waiting(Path::new("/n")));
+            assert!(!holder.waiting(Path::new("/m")));
             assert!(holder.forget(Path::new("/m")));
             assert!(!holder.forget(Path::new("/m")));
             assert!(take(&socket, Path::new("/m")).unwrap().is_none());
