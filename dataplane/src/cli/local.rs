@@ -92,10 +92,7 @@ fn spawn(state: &Path, role: &str, args: &[String]) -> Result<u32, CliError> {
 }
 
 fn is_mounted(mount_point: &Path) -> bool {
-    let target = mount_point.to_string_lossy();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&*target)))
-        .unwrap_or(false)
+    crate::fuse::mount_device(mount_point).is_some()
 }
 
 async fn wait_for<F, Fut>(what: &str, state: &Path, role: &str, mut ok: F) -> Result<(), CliError>

@@ -8,6 +8,8 @@
 
 mod takeover;
 
+pub(crate) use takeover::mount_device;
+
 use crate::client::fs::{ClientConfig, FileReader, FileSystem, FileWriter, LocalBlock};
 use crate::client::master::ClientError;
 use crate::proto::master as pb;

@@ -92,7 +92,7 @@ pub(super) fn resend_pending(fd: &OwnedFd) -> std::io::Result<()> {
 /// The device ("major:minor") of the FUSE mount at `mount_point`, read from
 /// the mount table: looking at the mount itself would wait for a FUSE
 /// process to answer.
-pub(super) fn mount_device(mount_point: &Path) -> Option<String> {
+pub(crate) fn mount_device(mount_point: &Path) -> Option<String> {
     let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     device_in(&table, mount_point)
 }
