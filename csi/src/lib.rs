@@ -72,6 +72,7 @@ pub struct CsiConfig {
 /// Serves the plugin until SIGTERM / ctrl-c; a stale socket from an earlier
 /// run is removed first.
 pub async fn run(config: CsiConfig, api: Option<Arc<dyn node::NodeApi>>) -> Result<()> {
+    let stop = shutdown();
     let path = PathBuf::from(config.endpoint.trim_start_matches("unix://"));
     let serve_err = |message: String| Error::Serve {
         endpoint: config.endpoint.clone(),
@@ -123,7 +124,7 @@ pub async fn run(config: CsiConfig, api: Option<Arc<dyn node::NodeApi>>) -> Resu
         .add_service(proto::node_server::NodeServer::new(plugin))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
-            shutdown(),
+            stop,
         )
         .await;
     repairer.abort();
@@ -156,11 +157,17 @@ async fn serve_metrics(
     }
 }
 
-async fn shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// Resolves on SIGTERM or Ctrl-C, with the handlers installed at the call:
+/// as a container's PID 1 the plugin would otherwise lose a SIGTERM that
+/// comes while it starts, and wait out the grace period.
+fn shutdown() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
     }
 }

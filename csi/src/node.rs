@@ -1,9 +1,11 @@
 //! The Identity and Node services. Staging makes sure the dataset's FUSE
 //! mount exists on this node (labelling the node so the runtime's FUSE
-//! DaemonSet comes) and binds it at the staging path; publishing binds the
-//! staging path (or a sub-path of it) into the pod. What is staged and
-//! published is kept in a state file, so a restarted plugin still knows
-//! which mounts to repair and which labels to drop.
+//! DaemonSet comes) and records it; publishing binds the FUSE mount (or a
+//! sub-path of it) into the pod. Nothing is mounted at the staging path:
+//! the kubelet refuses to unstage while another mount shares the staging
+//! path's device, and every target does. What is staged and published is
+//! kept in a state file, so a restarted plugin still knows which mounts to
+//! repair and which labels to drop.
 
 use crate::mounts;
 use crate::proto as pb;
@@ -388,6 +390,15 @@ impl NodeService {
         ))
     }
 
+    /// What a target binds: the staged FUSE mount, or a sub-path of it
+    /// that must stay inside it.
+    fn bind_source(staged: &Staged, sub_path: Option<&str>) -> Result<PathBuf> {
+        match sub_path {
+            Some(sub) => validate::sub_path(&staged.mount_path, sub),
+            None => Ok(staged.mount_path.clone()),
+        }
+    }
+
     pub async fn stage(&self, r: pb::NodeStageVolumeRequest) -> Result<()> {
         let volume_id = validate::volume_id(&r.volume_id)?.to_owned();
         let staging = self.staging_path(&r.staging_target_path)?;
@@ -411,10 +422,9 @@ impl NodeService {
             path: staging.clone(),
             source,
         })?;
-        // A dead mount here is covered, not removed (see `repair`).
-        if mounts::is_broken(&staging) || mounts::mounted_at(&staging)?.is_none() {
-            mounts::bind(&mount_path, &staging, false)?;
-        }
+        // A bind left here by an earlier version of the plugin would keep
+        // the kubelet from ever unstaging.
+        mounts::unmount_all(&staging)?;
         tracing::info!(volume = %volume_id, staging = %staging.display(), "staged");
         self.update(|s| {
             s.staged.insert(
@@ -440,10 +450,20 @@ impl NodeService {
         self.update(|s| {
             s.staged.remove(&staging);
         })?;
-        if let (Some(gone), Some(holder)) = (&gone, self.holder.get())
+        if let Some(gone) = &gone
             && !self.uses_mount(&gone.mount_path)
         {
-            holder.forget(&gone.mount_path);
+            if let Some(holder) = self.holder.get() {
+                holder.forget(&gone.mount_path);
+            }
+            // A FUSE process that left its mount to a holder which then went
+            // away (or a FUSE process that died) leaves a dead mount that
+            // nothing else unmounts once no volume needs it: its FUSE pod
+            // leaves this node rather than coming back to clear it.
+            if mounts::is_broken(&gone.mount_path) {
+                tracing::info!(path = %gone.mount_path.display(), "unmounting a dead FUSE mount no volume uses");
+                mounts::unmount(&gone.mount_path)?;
+            }
         }
         // The FUSE pod leaves this node once no staged volume needs it.
         if let Some(Staged {
@@ -475,22 +495,19 @@ impl NodeService {
         let cap_read_only = Self::check_capability(r.volume_capability.as_ref())?;
         let read_only = r.readonly || cap_read_only;
         let _op = self.ops.lock().await;
-        if mounts::mounted_at(&staging)?.is_none() {
+        let Some(staged) = self.state().staged.get(&staging).cloned() else {
             return Err(Error::FailedPrecondition(format!(
                 "volume {volume_id} is not staged at {}",
                 staging.display()
             )));
-        }
+        };
         let pod = PodRef::from_context(&r.volume_context);
         let sub_path = r
             .volume_context
             .get("subPath")
             .filter(|s| !s.is_empty())
             .cloned();
-        let source = match &sub_path {
-            Some(sub) => validate::sub_path(&staging, sub)?,
-            None => staging.clone(),
-        };
+        let source = Self::bind_source(&staged, sub_path.as_deref())?;
         std::fs::create_dir_all(&target).map_err(|source| Error::Io {
             what: "creating the target path",
             path: target.clone(),
@@ -657,9 +674,10 @@ impl NodeService {
                 continue;
             }
             // A new FUSE mount (a new device) under a staged volume: its
-            // daemon restarted. The host's shared mounts usually carry the
-            // new mount into the staging path and the pods' targets by
-            // themselves; either way the pods are told their mount is back.
+            // daemon restarted. When it was stacked on the dead mount, the
+            // host's shared mounts carry it into the pods' targets (peers of
+            // the dead one) by themselves; either way the pods are told
+            // their mount is back.
             let device = mounts::device(&staged.mount_path);
             let restarted = {
                 let mut seen = self.fuse_devices.lock().expect("fuse devices");
@@ -672,15 +690,7 @@ impl NodeService {
             // Repairs stack the new mount on top of the dead one, never
             // unmount first: pods hold copies of their targets (slaves of
             // the host's), and only a mount made on top reaches those
-            // copies; an unmounted and re-made target would not. The
-            // staging path and its targets are peers, so a mount stacked on
-            // the staging path usually repairs every target at once.
-            if mounts::is_broken(staging) {
-                match mounts::bind(&staged.mount_path, staging, false) {
-                    Ok(()) => repaired += 1,
-                    Err(e) => fail(staging, e),
-                }
-            }
+            // copies; an unmounted and re-made target would not.
             for (target, p) in state
                 .published
                 .iter()
@@ -688,11 +698,8 @@ impl NodeService {
             {
                 let broken = mounts::is_broken(target);
                 if broken {
-                    let source = match &p.sub_path {
-                        Some(sub) => validate::sub_path(staging, sub),
-                        None => Ok(staging.clone()),
-                    };
-                    let done = source.and_then(|src| mounts::bind(&src, target, p.read_only));
+                    let done = Self::bind_source(staged, p.sub_path.as_deref())
+                        .and_then(|src| mounts::bind(&src, target, p.read_only));
                     if let Err(e) = done {
                         fail(target, e);
                         continue;

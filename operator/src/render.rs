@@ -637,9 +637,16 @@ fn placement(ds: &Dataset, names: &RuntimeNames) -> Value {
     }]})
 }
 
+/// Where the CSI node plugin (the chart's `--fuse-fd-holder`) holds FUSE
+/// pods' `/dev/fuse` descriptors, so a FUSE pod that restarts takes its
+/// live mount over and readers only wait.
+const FUSE_FD_HOLDER_DIR: &str = "/var/lib/weir/csi";
+const FUSE_FD_HOLDER: &str = "/var/lib/weir/csi/fuse-fds.sock";
+
 /// The FUSE client of every node labelled for this runtime. Its mount
 /// lives on the host (Bidirectional) where the CSI plugin bind-mounts it
-/// into pods; `weir fuse` unmounts on SIGTERM.
+/// into pods; on SIGTERM `weir fuse` unmounts, unless the plugin still
+/// holds its descriptor for a staged volume (a restart, not a removal).
 pub fn fuse_daemonset(ds: &Dataset, rt: &CacheRuntime, cfg: &RenderConfig) -> DaemonSet {
     let names = names_of(rt);
     let spec = &rt.spec.fuse;
@@ -653,6 +660,8 @@ pub fn fuse_daemonset(ds: &Dataset, rt: &CacheRuntime, cfg: &RenderConfig) -> Da
         "--mount-point".into(),
         names.host_mount_path(),
         "--allow-other".into(),
+        "--fd-holder".into(),
+        FUSE_FD_HOLDER.into(),
     ];
     if ds.spec.mounts.iter().all(|m| m.read_only) {
         args.push("--read-only".into());
@@ -678,11 +687,17 @@ pub fn fuse_daemonset(ds: &Dataset, rt: &CacheRuntime, cfg: &RenderConfig) -> Da
                 "name": "mnt",
                 "mountPath": names.host_mount_dir(),
                 "mountPropagation": "Bidirectional",
+            }, {
+                "name": "fd-holder",
+                "mountPath": FUSE_FD_HOLDER_DIR,
             }],
             // Ready once the FUSE mount is there, not just its directory.
             "readinessProbe": {"exec": {"command": ["sh", "-c", format!("grep -q ' {} fuse' /proc/self/mounts", names.host_mount_path())]}, "periodSeconds": 2},
         }],
-        "volumes": [{"name": "mnt", "hostPath": {"path": names.host_mount_dir(), "type": "DirectoryOrCreate"}}],
+        "volumes": [
+            {"name": "mnt", "hostPath": {"path": names.host_mount_dir(), "type": "DirectoryOrCreate"}},
+            {"name": "fd-holder", "hostPath": {"path": FUSE_FD_HOLDER_DIR, "type": "DirectoryOrCreate"}},
+        ],
         "terminationGracePeriodSeconds": 30,
     });
     merge(&mut pod, scheduling(ds, &node_selector, &[]));
@@ -900,8 +915,24 @@ mod tests {
             Some("OnDelete"),
             "an upgrade must not restart FUSE under readers"
         );
-        let sel = fuse_spec.template.spec.unwrap().node_selector.unwrap();
+        let pod = fuse_spec.template.spec.unwrap();
+        let sel = pod.node_selector.clone().unwrap();
         assert_eq!(sel["weir.io/fuse-team-imagenet"], "true");
+        let args = pod.containers[0].args.clone().unwrap();
+        let holder = args.iter().position(|a| a == "--fd-holder").unwrap();
+        assert_eq!(
+            args[holder + 1],
+            FUSE_FD_HOLDER,
+            "the chart's CSI plugin holds it"
+        );
+        assert!(FUSE_FD_HOLDER.starts_with(FUSE_FD_HOLDER_DIR));
+        let host_dirs: Vec<String> = pod
+            .volumes
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.host_path.as_ref().map(|h| h.path.clone()))
+            .collect();
+        assert!(host_dirs.contains(&FUSE_FD_HOLDER_DIR.to_owned()));
         let pv = persistent_volume(&ds, &rt);
         let csi = pv.spec.unwrap().csi.unwrap();
         assert_eq!(csi.driver, "csi.weir.io");

@@ -226,6 +226,10 @@ async fn serve_metrics(addr: std::net::SocketAddr, registry: Registry) -> Result
 /// The operator: serves `/metrics`, waits to lead, then reconciles until
 /// SIGTERM (releasing the Lease) or until leadership is lost (an error).
 pub async fn run(config: OperatorConfig, client: Client) -> Result<()> {
+    // Installed now: a standby's SIGTERM must not be lost (as PID 1 of its
+    // container it would be) while it waits to lead.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Lease(format!("installing the SIGTERM handler: {e}")))?;
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let metrics_server = tokio::spawn(serve_metrics(config.metrics_listen, registry));
@@ -244,6 +248,7 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<()> {
         r = elector.acquire() => r?,
         r = metrics_server => return r.map_err(|e| Error::Lease(e.to_string()))?,
         _ = tokio::signal::ctrl_c() => return Ok(()),
+        _ = term.recv() => return Ok(()),
     }
     metrics.leader.set(1);
     let ctx = Arc::new(Context::new(client, config, metrics));
