@@ -138,7 +138,7 @@ async fn the_demo_journey_upgrade_and_uninstall() -> anyhow::Result<()> {
         // Delete the pods, and once the kubelet has unmounted their volume
         // through the plugin, the CRs; then uninstall: nothing is left. (A
         // CSI plugin uninstalled before the kubelet unstages leaves the
-        // staging mount behind; the kubelet reports no in-use state for
+        // pod mounts behind; the kubelet reports no in-use state for
         // unattached volumes that the operator could wait on.)
         ns.kubectl(&["delete", "pod", "--all", "--wait", "--timeout=120s"])?;
         let handle = format!("\"{}-demo\"", ns.name);
