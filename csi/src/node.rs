@@ -281,6 +281,14 @@ impl NodeService {
         Ok(())
     }
 
+    /// The mount points whose `/dev/fuse` descriptors are held here.
+    pub fn held_fuse_mounts(&self) -> Vec<PathBuf> {
+        self.holder
+            .get()
+            .map(|h| h.held().into_iter().map(|m| m.mount_point).collect())
+            .unwrap_or_default()
+    }
+
     /// Whether a staged volume uses the FUSE mount at `mount_path`.
     pub fn uses_mount(&self, mount_path: &Path) -> bool {
         let state = self.state.lock().expect("state");
@@ -501,6 +509,13 @@ impl NodeService {
                 staging.display()
             )));
         };
+        if self.fuse_waiting(&staged.mount_path) {
+            // Resolving the sub-path would block until the next FUSE process
+            // takes the mount over, with every other volume call waiting.
+            return Err(Error::Unavailable(format!(
+                "the FUSE daemon of volume {volume_id} is restarting; try again"
+            )));
+        }
         let pod = PodRef::from_context(&r.volume_context);
         let sub_path = r
             .volume_context
@@ -572,12 +587,8 @@ impl NodeService {
             return Err(Error::InvalidArgument("volume path is required".into()));
         }
         let path = PathBuf::from(&r.volume_path);
-        if !mounts::exists(&path) {
-            return Err(Error::NotFound(format!(
-                "volume path {} does not exist",
-                path.display()
-            )));
-        }
+        // Asked first: a look at a mount that waits for its FUSE process
+        // would block until the next one takes it over.
         let waiting = {
             let state = self.state.lock().expect("state");
             state
@@ -596,6 +607,12 @@ impl NodeService {
                     message: "the FUSE daemon is restarting; reads wait for it".into(),
                 }),
             });
+        }
+        if !mounts::exists(&path) {
+            return Err(Error::NotFound(format!(
+                "volume path {} does not exist",
+                path.display()
+            )));
         }
         if mounts::is_broken(&path) {
             return Ok(pb::NodeGetVolumeStatsResponse {

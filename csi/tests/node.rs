@@ -86,70 +86,213 @@ async fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A `weir local up` over a small UFS, and the paths a node plugin of it
+/// uses, all below one temporary directory.
+struct Bed {
+    dir: tempfile::TempDir,
+    ufs: PathBuf,
+    /// 3 MB at `train/data.bin`.
+    big: Vec<u8>,
+    mount_root: PathBuf,
+    fuse_mount: PathBuf,
+    kubelet: PathBuf,
+    local: Local,
+}
+
+impl Bed {
+    fn up() -> Bed {
+        let dir = tempfile::tempdir().unwrap();
+        let ufs = dir.path().join("ufs");
+        std::fs::create_dir_all(ufs.join("train/images")).unwrap();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(ufs.join("train/data.bin"), &big).unwrap();
+        std::fs::write(ufs.join("train/images/a.txt"), b"image a\n").unwrap();
+        let mount_root = dir.path().join("mnt");
+        let fuse_mount = mount_root.join("team/imagenet/fuse");
+        let kubelet = dir.path().join("kubelet");
+        let (master_port, worker_port) = (free_port(), free_port());
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let local = Local {
+            root: dir.path().to_path_buf(),
+            state: dir.path().join("state"),
+            master_port,
+            fuse: None,
+        };
+        let up = Command::new(weir())
+            .args(["local", "up"])
+            .arg(&ufs)
+            .arg("--mount-point")
+            .arg(&fuse_mount)
+            .arg("--state-dir")
+            .arg(&local.state)
+            .args([
+                "--mem",
+                "64MiB",
+                "--master-port",
+                &master_port.to_string(),
+                "--worker-port",
+                &worker_port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(up.success(), "weir local up");
+        Bed {
+            dir,
+            ufs,
+            big,
+            mount_root,
+            fuse_mount,
+            kubelet,
+            local,
+        }
+    }
+
+    fn service(&self) -> NodeService {
+        NodeService::new(
+            NodeConfig {
+                node_id: "node-a".into(),
+                kubelet_root: self.kubelet.clone(),
+                mount_root: self.mount_root.clone(),
+                state_file: self.dir.path().join("csi/state.json"),
+                fuse_wait: Duration::from_secs(5),
+            },
+            None,
+        )
+        .unwrap()
+    }
+
+    /// The pid of the FUSE daemon `weir local up` started.
+    fn local_fuse_pid(&self) -> String {
+        std::fs::read_to_string(self.local.state.join("fuse.pid"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// A `weir fuse` of the dataset at the FUSE mount; `wrapper` runs it
+    /// through `sh -c` (to delay its exec).
+    fn fuse_command(&self, extra: &[&str], wrapper: Option<&str>) -> Command {
+        let master = format!("127.0.0.1:{}", self.local.master_port);
+        let mut args = vec![
+            "fuse",
+            "--masters",
+            &master,
+            "--sub-path",
+            "/data",
+            "--allow-other",
+        ];
+        args.extend_from_slice(extra);
+        let mut command = match wrapper {
+            Some(script) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("{script}; exec \"$0\" \"$@\""))
+                    .arg(weir());
+                c
+            }
+            None => Command::new(weir()),
+        };
+        command
+            .args(args)
+            .arg("--mount-point")
+            .arg(&self.fuse_mount)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    }
+
+    fn staging(&self) -> PathBuf {
+        self.kubelet
+            .join("plugins/kubernetes.io/csi/csi.weir.io/abc/globalmount")
+    }
+
+    fn target(&self, pod: &str) -> PathBuf {
+        self.kubelet.join(format!(
+            "pods/{pod}/volumes/kubernetes.io~csi/team-imagenet/mount"
+        ))
+    }
+
+    fn context(&self) -> HashMap<String, String> {
+        [(
+            "mountPath".to_owned(),
+            self.fuse_mount.to_string_lossy().into_owned(),
+        )]
+        .into()
+    }
+
+    fn stage_request(&self) -> pb::NodeStageVolumeRequest {
+        use pb::volume_capability::access_mode::Mode;
+        pb::NodeStageVolumeRequest {
+            volume_id: "team-imagenet".into(),
+            staging_target_path: self.staging().to_string_lossy().into(),
+            volume_capability: capability(Mode::MultiNodeReaderOnly),
+            volume_context: self.context(),
+            ..Default::default()
+        }
+    }
+
+    fn publish_request(&self, pod: &str, sub: Option<&str>) -> pb::NodePublishVolumeRequest {
+        use pb::volume_capability::access_mode::Mode;
+        let mut ctx = self.context();
+        if let Some(s) = sub {
+            ctx.insert("subPath".into(), s.into());
+        }
+        pb::NodePublishVolumeRequest {
+            volume_id: "team-imagenet".into(),
+            staging_target_path: self.staging().to_string_lossy().into(),
+            target_path: self.target(pod).to_string_lossy().into(),
+            volume_capability: capability(Mode::MultiNodeReaderOnly),
+            readonly: true,
+            volume_context: ctx,
+            ..Default::default()
+        }
+    }
+
+    fn stats_request(&self, pod: &str) -> pb::NodeGetVolumeStatsRequest {
+        pb::NodeGetVolumeStatsRequest {
+            volume_id: "team-imagenet".into(),
+            volume_path: self.target(pod).to_string_lossy().into(),
+            ..Default::default()
+        }
+    }
+
+    /// Unpublishes `pods` and unstages; asserts that nothing is left
+    /// mounted in the kubelet's directories.
+    async fn tear_down(&self, service: &NodeService, pods: &[&str]) {
+        for pod in pods {
+            let r = pb::NodeUnpublishVolumeRequest {
+                volume_id: "team-imagenet".into(),
+                target_path: self.target(pod).to_string_lossy().into(),
+            };
+            service.unpublish(r.clone()).await.unwrap();
+            service
+                .unpublish(r)
+                .await
+                .expect("unpublishing twice is fine");
+            assert!(!self.target(pod).exists());
+        }
+        let r = pb::NodeUnstageVolumeRequest {
+            volume_id: "team-imagenet".into(),
+            staging_target_path: self.staging().to_string_lossy().into(),
+        };
+        service.unstage(r.clone()).await.unwrap();
+        service.unstage(r).await.expect("unstaging twice is fine");
+        let left: Vec<_> = mounts::mount_table()
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.target.starts_with(&self.kubelet))
+            .collect();
+        assert!(left.is_empty(), "mounts left: {left:?}");
+        assert!(service.state().staged.is_empty() && service.state().published.is_empty());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_publish_protect_and_repair_on_a_real_fuse_mount() {
-    let dir = tempfile::tempdir().unwrap();
-    let ufs = dir.path().join("ufs");
-    std::fs::create_dir_all(ufs.join("train/images")).unwrap();
-    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    std::fs::write(ufs.join("train/data.bin"), &big).unwrap();
-    std::fs::write(ufs.join("train/images/a.txt"), b"image a\n").unwrap();
-    let mount_root = dir.path().join("mnt");
-    let fuse_mount = mount_root.join("team/imagenet/fuse");
-    let kubelet = dir.path().join("kubelet");
-    let (master_port, worker_port) = (free_port(), free_port());
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let mut local = Local {
-        root: dir.path().to_path_buf(),
-        state: dir.path().join("state"),
-        master_port,
-        fuse: None,
-    };
-    let up = Command::new(weir())
-        .args(["local", "up"])
-        .arg(&ufs)
-        .arg("--mount-point")
-        .arg(&fuse_mount)
-        .arg("--state-dir")
-        .arg(&local.state)
-        .args([
-            "--mem",
-            "64MiB",
-            "--master-port",
-            &master_port.to_string(),
-            "--worker-port",
-            &worker_port.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(up.success(), "weir local up");
-
-    let service = NodeService::new(
-        NodeConfig {
-            node_id: "node-a".into(),
-            kubelet_root: kubelet.clone(),
-            mount_root: mount_root.clone(),
-            state_file: dir.path().join("csi/state.json"),
-            fuse_wait: Duration::from_secs(5),
-        },
-        None,
-    )
-    .unwrap();
-    use pb::volume_capability::access_mode::Mode;
-    let context: HashMap<String, String> = [(
-        "mountPath".to_owned(),
-        fuse_mount.to_string_lossy().into_owned(),
-    )]
-    .into();
-    let staging = kubelet.join("plugins/kubernetes.io/csi/csi.weir.io/abc/globalmount");
-    let stage = pb::NodeStageVolumeRequest {
-        volume_id: "team-imagenet".into(),
-        staging_target_path: staging.to_string_lossy().into(),
-        volume_capability: capability(Mode::MultiNodeReaderOnly),
-        volume_context: context.clone(),
-        ..Default::default()
-    };
+    let mut bed = Bed::up();
+    let service = bed.service();
+    let stage = bed.stage_request();
     let mut no_capability = stage.clone();
     no_capability.volume_capability = None;
     assert!(matches!(
@@ -163,46 +306,29 @@ async fn stage_publish_protect_and_repair_on_a_real_fuse_mount() {
         .expect("staging twice is fine");
     // The kubelet refuses to unstage while another mount shares the
     // staging path's device (every target would): nothing is mounted there.
-    assert_eq!(mounts::mounted_at(&staging).unwrap(), None);
+    assert_eq!(mounts::mounted_at(&bed.staging()).unwrap(), None);
 
-    let target = |pod: &str| {
-        kubelet.join(format!(
-            "pods/{pod}/volumes/kubernetes.io~csi/team-imagenet/mount"
-        ))
-    };
-    let publish = |pod: &str, sub: Option<&str>| {
-        let mut ctx = context.clone();
-        if let Some(s) = sub {
-            ctx.insert("subPath".into(), s.into());
-        }
-        pb::NodePublishVolumeRequest {
-            volume_id: "team-imagenet".into(),
-            staging_target_path: staging.to_string_lossy().into(),
-            target_path: target(pod).to_string_lossy().into(),
-            volume_capability: capability(Mode::MultiNodeReaderOnly),
-            readonly: true,
-            volume_context: ctx,
-            ..Default::default()
-        }
-    };
-    service.publish(publish("pod-1", None)).await.unwrap();
     service
-        .publish(publish("pod-1", None))
+        .publish(bed.publish_request("pod-1", None))
+        .await
+        .unwrap();
+    service
+        .publish(bed.publish_request("pod-1", None))
         .await
         .expect("publishing twice is fine");
     service
-        .publish(publish("pod-2", Some("train/images")))
+        .publish(bed.publish_request("pod-2", Some("train/images")))
         .await
         .unwrap();
     assert_eq!(
-        std::fs::read(target("pod-1").join("train/data.bin")).unwrap(),
-        big
+        std::fs::read(bed.target("pod-1").join("train/data.bin")).unwrap(),
+        bed.big
     );
     assert_eq!(
-        std::fs::read(target("pod-2").join("a.txt")).unwrap(),
+        std::fs::read(bed.target("pod-2").join("a.txt")).unwrap(),
         b"image a\n"
     );
-    let write = std::fs::write(target("pod-1").join("new.txt"), b"x").unwrap_err();
+    let write = std::fs::write(bed.target("pod-1").join("new.txt"), b"x").unwrap_err();
     assert_eq!(
         write.raw_os_error(),
         Some(30),
@@ -211,7 +337,7 @@ async fn stage_publish_protect_and_repair_on_a_real_fuse_mount() {
 
     // Escapes are refused, with the field named.
     let escape = service
-        .publish(publish("pod-3", Some("../../../../etc")))
+        .publish(bed.publish_request("pod-3", Some("../../../../etc")))
         .await
         .unwrap_err();
     assert!(matches!(escape, Error::InvalidArgument(_)), "{escape}");
@@ -221,7 +347,7 @@ async fn stage_publish_protect_and_repair_on_a_real_fuse_mount() {
         .insert("mountPath".into(), "/etc".into());
     let e = service.stage(outside).await.unwrap_err().to_string();
     assert!(e.contains("mountPath"), "{e}");
-    let mut host_target = publish("pod-4", None);
+    let mut host_target = bed.publish_request("pod-4", None);
     host_target.target_path = "/etc/weir-target".into();
     assert!(matches!(
         service.publish(host_target).await,
@@ -230,35 +356,20 @@ async fn stage_publish_protect_and_repair_on_a_real_fuse_mount() {
 
     // Kill the FUSE daemon: the binds break (ENOTCONN) until a new daemon
     // mounts; the repair loop re-binds them, same targets.
-    let pid = std::fs::read_to_string(local.state.join("fuse.pid")).unwrap();
     Command::new("kill")
-        .args(["-KILL", pid.trim()])
+        .args(["-KILL", &bed.local_fuse_pid()])
         .status()
         .unwrap();
     wait("the bind to break", Duration::from_secs(5), || {
-        mounts::is_broken(&target("pod-1"))
+        mounts::is_broken(&bed.target("pod-1"))
     })
     .await;
-    local.fuse = Some(
-        Command::new(weir())
-            .args([
-                "fuse",
-                "--masters",
-                &format!("127.0.0.1:{}", local.master_port),
-                "--sub-path",
-                "/data",
-                "--allow-other",
-                "--mount-point",
-            ])
-            .arg(&fuse_mount)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let fuse = bed.fuse_command(&[], None).spawn().unwrap();
+    bed.local.fuse = Some(fuse);
     let started = Instant::now();
     wait("a new FUSE mount", Duration::from_secs(15), || {
-        mounts::fuse_mounted(&fuse_mount).unwrap_or(false) && !mounts::is_broken(&fuse_mount)
+        mounts::fuse_mounted(&bed.fuse_mount).unwrap_or(false)
+            && !mounts::is_broken(&bed.fuse_mount)
     })
     .await;
     // What the plugin's repair loop does every second.
@@ -269,11 +380,11 @@ async fn stage_publish_protect_and_repair_on_a_real_fuse_mount() {
     }
     assert_eq!(repaired, 2, "both targets re-bound");
     assert_eq!(
-        std::fs::read(target("pod-1").join("train/data.bin")).unwrap(),
-        big
+        std::fs::read(bed.target("pod-1").join("train/data.bin")).unwrap(),
+        bed.big
     );
     assert_eq!(
-        std::fs::read(target("pod-2").join("a.txt")).unwrap(),
+        std::fs::read(bed.target("pod-2").join("a.txt")).unwrap(),
         b"image a\n"
     );
     eprintln!(
@@ -281,23 +392,21 @@ async fn stage_publish_protect_and_repair_on_a_real_fuse_mount() {
         started.elapsed()
     );
     assert!(
-        std::fs::write(target("pod-1").join("new.txt"), b"x").is_err(),
+        std::fs::write(bed.target("pod-1").join("new.txt"), b"x").is_err(),
         "still read-only"
     );
 
     // Stats of a published volume; a path that is not there is NotFound.
-    let stats = service
-        .stats(pb::NodeGetVolumeStatsRequest {
-            volume_id: "team-imagenet".into(),
-            volume_path: target("pod-1").to_string_lossy().into(),
-            ..Default::default()
-        })
-        .unwrap();
+    let stats = service.stats(bed.stats_request("pod-1")).unwrap();
     assert_eq!(stats.usage.len(), 2);
     assert!(!stats.volume_condition.unwrap().abnormal);
     let missing = service.stats(pb::NodeGetVolumeStatsRequest {
         volume_id: "team-imagenet".into(),
-        volume_path: kubelet.join("pods/nobody/mount").to_string_lossy().into(),
+        volume_path: bed
+            .kubelet
+            .join("pods/nobody/mount")
+            .to_string_lossy()
+            .into(),
         ..Default::default()
     });
     assert!(matches!(missing, Err(Error::NotFound(_))));
@@ -305,42 +414,149 @@ async fn stage_publish_protect_and_repair_on_a_real_fuse_mount() {
     // The FUSE daemon dies for good (its pod leaves the node): unpublish and
     // unstage leave no mount and no directory behind, the dead FUSE mount
     // included.
-    let mut fuse = local.fuse.take().expect("the restarted FUSE daemon");
+    let mut fuse = bed.local.fuse.take().expect("the restarted FUSE daemon");
     fuse.kill().unwrap();
     fuse.wait().unwrap();
     wait("the FUSE mount to die", Duration::from_secs(5), || {
-        mounts::is_broken(&fuse_mount)
+        mounts::is_broken(&bed.fuse_mount)
     })
     .await;
-    for pod in ["pod-1", "pod-2"] {
-        let r = pb::NodeUnpublishVolumeRequest {
-            volume_id: "team-imagenet".into(),
-            target_path: target(pod).to_string_lossy().into(),
-        };
-        service.unpublish(r.clone()).await.unwrap();
-        service
-            .unpublish(r)
-            .await
-            .expect("unpublishing twice is fine");
-        assert!(!target(pod).exists());
-    }
-    let r = pb::NodeUnstageVolumeRequest {
-        volume_id: "team-imagenet".into(),
-        staging_target_path: staging.to_string_lossy().into(),
-    };
-    service.unstage(r.clone()).await.unwrap();
-    service.unstage(r).await.expect("unstaging twice is fine");
-    let left: Vec<_> = mounts::mount_table()
-        .unwrap()
-        .into_iter()
-        .filter(|m| m.target.starts_with(&kubelet))
-        .collect();
-    assert!(left.is_empty(), "mounts left: {left:?}");
+    bed.tear_down(&service, &["pod-1", "pod-2"]).await;
     assert_eq!(
-        mounts::mounted_at(&fuse_mount).unwrap(),
+        mounts::mounted_at(&bed.fuse_mount).unwrap(),
         None,
         "the dead FUSE mount is unmounted with the last volume using it"
     );
-    assert!(service.state().staged.is_empty() && service.state().published.is_empty());
-    assert!(ufs.join("train/data.bin").exists(), "the data is untouched");
+    assert!(
+        bed.ufs.join("train/data.bin").exists(),
+        "the data is untouched"
+    );
+}
+
+/// With the plugin holding the FUSE mount's `/dev/fuse` descriptor, a
+/// SIGKILLed `weir fuse` leaves the mount alive: a read started in the gap
+/// waits and gets the right bytes, the plugin answers NodeGetVolumeStats
+/// and its repair pass without blocking on the waiting mount and refuses a
+/// publish until the next `weir fuse` has taken the mount over, which it
+/// counts as a takeover (nothing re-bound); at the last unstage it lets the
+/// descriptor go and the FUSE daemon unmounts on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_mount_survives_its_fuse_daemon_and_the_plugin_never_blocks_on_it() {
+    let mut bed = Bed::up();
+    // The daemon of `weir local up` lodges nowhere: replace it with one
+    // that lodges its descriptor with the plugin.
+    Command::new("kill")
+        .args(["-TERM", &bed.local_fuse_pid()])
+        .status()
+        .unwrap();
+    wait("the first FUSE mount gone", Duration::from_secs(10), || {
+        !mounts::fuse_mounted(&bed.fuse_mount).unwrap_or(true)
+    })
+    .await;
+    let service = std::sync::Arc::new(bed.service());
+    let socket = bed.dir.path().join("csi/fuse-fds.sock");
+    service.hold_fuse_descriptors(&socket).unwrap();
+    let holder = socket.to_string_lossy().into_owned();
+    let fuse = bed
+        .fuse_command(&["--fd-holder", &holder], None)
+        .spawn()
+        .unwrap();
+    bed.local.fuse = Some(fuse);
+    service.stage(bed.stage_request()).await.unwrap();
+    wait("the descriptor lodged", Duration::from_secs(10), || {
+        service.held_fuse_mounts() == vec![bed.fuse_mount.clone()]
+    })
+    .await;
+    service
+        .publish(bed.publish_request("pod-1", None))
+        .await
+        .unwrap();
+    let file = bed.target("pod-1").join("train/data.bin");
+    assert_eq!(std::fs::read(&file).unwrap(), bed.big);
+    // The plugin's repair loop has seen the mount's first daemon.
+    assert_eq!(service.repair().await, 0);
+
+    // The next daemon is forked now, before anything here opens a file on
+    // the mount (a process forking while it holds a file on a mount whose
+    // daemon is gone would wait in exec for that very daemon), and execs
+    // 1.5 s after the kill.
+    let mut old = bed.local.fuse.take().unwrap();
+    old.kill().unwrap();
+    old.wait().unwrap();
+    let killed = Instant::now();
+    let next = bed
+        .fuse_command(&["--fd-holder", &holder], Some("sleep 1.5"))
+        .spawn()
+        .unwrap();
+    bed.local.fuse = Some(next);
+    let (path, want) = (file.clone(), bed.big.clone());
+    let reader = std::thread::spawn(move || {
+        let read = std::fs::read(&path);
+        (read.map(|got| got == want), killed.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    let stats = service.stats(bed.stats_request("pod-1")).unwrap();
+    let condition = stats.volume_condition.unwrap();
+    assert!(
+        condition.abnormal && condition.message.contains("restarting"),
+        "{condition:?}"
+    );
+    assert_eq!(
+        service.repair().await,
+        0,
+        "nothing to re-bind: the mount lives"
+    );
+    let refused = service.publish(bed.publish_request("pod-2", None)).await;
+    assert!(matches!(refused, Err(Error::Unavailable(_))), "{refused:?}");
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "the plugin blocked on the waiting mount for {:?}",
+        asked.elapsed()
+    );
+    assert!(!reader.is_finished(), "the read waits for the next daemon");
+
+    let (read, after) = reader.join().unwrap();
+    assert!(
+        read.unwrap(),
+        "the read across the restart got the right bytes"
+    );
+    eprintln!("a read started in the gap finished {after:.1?} after the kill");
+    assert!(
+        after >= Duration::from_millis(1500),
+        "it waited for the next daemon"
+    );
+    // What the plugin's repair loop does every second.
+    let mut repaired = 0;
+    for _ in 0..5 {
+        repaired += tokio::time::timeout(Duration::from_secs(5), service.repair())
+            .await
+            .expect("a repair pass after the takeover");
+    }
+    assert_eq!(service.metrics.takeovers.get(), 1, "the takeover counted");
+    assert_eq!(repaired, 0, "a taken-over mount needs no re-bind");
+    assert_eq!(service.metrics.recoveries.get(), 0);
+    let stats = service.stats(bed.stats_request("pod-1")).unwrap();
+    assert!(!stats.volume_condition.unwrap().abnormal);
+    service
+        .publish(bed.publish_request("pod-2", Some("train")))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(bed.target("pod-2").join("data.bin")).unwrap(),
+        bed.big
+    );
+
+    // The volumes go: the descriptor is let go, and the daemon unmounts on
+    // SIGTERM instead of leaving the mount to a holder.
+    bed.tear_down(&service, &["pod-1", "pod-2"]).await;
+    assert!(service.held_fuse_mounts().is_empty());
+    let mut last = bed.local.fuse.take().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &last.id().to_string()])
+        .status()
+        .unwrap();
+    let status = last.wait().unwrap();
+    assert!(status.success(), "weir fuse: {status}");
+    assert_eq!(mounts::mounted_at(&bed.fuse_mount).unwrap(), None);
 }
