@@ -626,7 +626,7 @@ async fn t30_a_killed_worker_or_a_dead_s3_never_yields_wrong_bytes_or_half_block
     let len = 3 * BLOCK - 12345;
     upload(&*direct, "big", &pattern, len).await;
     upload(&*direct, "never-read", &pattern, 5 << 20).await;
-    let c = Cluster::start(2, "1GiB").await;
+    let mut c = Cluster::start(2, "1GiB").await;
     c.mount(
         "/s3",
         "s3://bkt",
@@ -698,6 +698,49 @@ async fn t30_a_killed_worker_or_a_dead_s3_never_yields_wrong_bytes_or_half_block
         }
     }
     assert!(first_block > 0);
+
+    // Every worker down (S3 still down, so only the cache has the bytes):
+    // a read waits for them to come back and then gets the right bytes...
+    for w in c.workers.iter_mut() {
+        w.kill9();
+    }
+    let down = Instant::now();
+    let reading = {
+        let fs = fs.clone();
+        tokio::spawn(async move { client_sha(&fs, "/s3/big").await })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!reading.is_finished(), "the read waits for a worker");
+    for w in c.workers.iter_mut() {
+        w.restart();
+    }
+    assert_eq!(
+        reading.await.unwrap(),
+        pattern.sha256(len),
+        "read across every worker's restart"
+    );
+    eprintln!(
+        "a read with every worker down finished {:.1?} after they went",
+        down.elapsed()
+    );
+    // ...and when none comes back, it fails (after its retry budget of
+    // 15 s) with an error, never with wrong bytes.
+    for w in c.workers.iter_mut() {
+        w.kill9();
+    }
+    let down = Instant::now();
+    let mut r = fs.open("/s3/big").await.unwrap();
+    let err = r.read_at(0, &mut buf).await.unwrap_err();
+    let waited = down.elapsed();
+    eprintln!("with no worker left the read failed after {waited:.1?}: {err}");
+    assert!(
+        matches!(err, ClientError::Worker { .. } | ClientError::Data { .. }),
+        "{err:?}"
+    );
+    assert!(
+        waited >= Duration::from_secs(15) && waited < Duration::from_secs(60),
+        "the read gave up after {waited:?}"
+    );
 }
 
 fn worker_pid(p: &Proc) -> u32 {
