@@ -135,6 +135,31 @@ async fn the_demo_journey_upgrade_and_uninstall() -> anyhow::Result<()> {
         let worker_image = ns.kubectl(&["get", "statefulset", "demo-worker", "-o", "jsonpath={.spec.template.spec.containers[0].image}"])?;
         assert_eq!(worker_image, "weir.io/weir:dev", "the cache keeps its image");
 
+        // Setting the runtime's image moves the cache (masters and workers
+        // roll to it and come back ready; the Dataset stays Bound).
+        ns.kubectl(&["patch", "cacheruntime", "demo", "--type=merge", "-p", r#"{"spec":{"image":"weir.io/weir:upgrade"}}"#])?;
+        let patched = std::time::Instant::now();
+        wait_for("the cache rolled to the runtime's image", Duration::from_secs(180), || async {
+            let mut rolled = ns.kubectl(&["get", "cacheruntime", "demo", "-o", "jsonpath={.status.image}"])? == "weir.io/weir:upgrade";
+            for sts in ["demo-master", "demo-worker"] {
+                let state = ns.kubectl(&[
+                    "get",
+                    "statefulset",
+                    sts,
+                    "-o",
+                    "jsonpath={.spec.template.spec.containers[0].image} {.status.replicas} {.status.updatedReplicas} {.status.readyReplicas} {.metadata.generation} {.status.observedGeneration}",
+                ])?;
+                let f: Vec<&str> = state.split(' ').collect();
+                // Counted by the controller for this template, not the last.
+                rolled &= f.len() == 6 && f[0] == "weir.io/weir:upgrade" && f[1] == f[2] && f[1] == f[3] && f[4] == f[5];
+            }
+            Ok(rolled.then_some(()))
+        })
+        .await?;
+        eprintln!("the cache rolled to the runtime's new image in {:.1?}", patched.elapsed());
+        let phase = ns.kubectl(&["get", "dataset", "demo", "-o", "jsonpath={.status.phase}"])?;
+        assert_eq!(phase, "Bound", "the Dataset across the cache's roll");
+
         // Delete the pods, and once the kubelet has unmounted their volume
         // through the plugin, the CRs; then uninstall: nothing is left. (A
         // CSI plugin uninstalled before the kubelet unstages leaves the
