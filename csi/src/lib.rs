@@ -69,6 +69,9 @@ pub struct CsiConfig {
     pub fuse_fd_holder: Option<PathBuf>,
 }
 
+/// How long in-flight calls may run once the plugin is told to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Serves the plugin until SIGTERM / ctrl-c; a stale socket from an earlier
 /// run is removed first.
 pub async fn run(config: CsiConfig, api: Option<Arc<dyn node::NodeApi>>) -> Result<()> {
@@ -116,17 +119,32 @@ pub async fn run(config: CsiConfig, api: Option<Arc<dyn node::NodeApi>>) -> Resu
         })
     };
     let plugin = node::Plugin(service);
-    let served = tonic::transport::Server::builder()
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let serving = tonic::transport::Server::builder()
         .add_service(proto::identity_server::IdentityServer::new(plugin.clone()))
         .add_service(proto::controller_server::ControllerServer::new(
             plugin.clone(),
         ))
         .add_service(proto::node_server::NodeServer::new(plugin))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            stop,
-        )
-        .await;
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), {
+            let stopping = stopping.clone();
+            async move {
+                stop.await;
+                stopping.notify_one();
+            }
+        });
+    // In-flight calls get a few seconds to finish; a call stuck on a mount
+    // must not keep the plugin (and the holder's descriptors) from going.
+    let served = tokio::select! {
+        served = serving => served,
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "calls still running at shutdown: leaving them");
+            Ok(())
+        }
+    };
     repairer.abort();
     if let Some(m) = metrics_server {
         m.abort();

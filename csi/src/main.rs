@@ -45,9 +45,17 @@ struct Args {
     metrics_listen: Option<std::net::SocketAddr>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(serve(args));
+    // A call still stuck on a mount must not keep the process (and the FUSE
+    // descriptors it holds) alive once serving has stopped.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -289,7 +289,9 @@ impl NodeService {
             .unwrap_or_default()
     }
 
-    /// Whether a staged volume uses the FUSE mount at `mount_path`.
+    /// Whether a staged volume uses the FUSE mount at `mount_path`. The
+    /// holder asks this with its lock held: nothing may ask the holder
+    /// while it holds the state lock.
     pub fn uses_mount(&self, mount_path: &Path) -> bool {
         let state = self.state.lock().expect("state");
         state.staged.values().any(|s| s.mount_path == mount_path)
@@ -589,7 +591,10 @@ impl NodeService {
         let path = PathBuf::from(&r.volume_path);
         // Asked first: a look at a mount that waits for its FUSE process
         // would block until the next one takes it over.
-        let waiting = {
+        // The state lock is let go before the holder is asked: the holder
+        // asks `uses_mount` (which takes the state lock) with its own lock
+        // held, so holding them the other way round here could deadlock.
+        let mount_path = {
             let state = self.state.lock().expect("state");
             state
                 .published
@@ -597,8 +602,9 @@ impl NodeService {
                 .map(|p| &p.staging)
                 .or(state.staged.contains_key(&path).then_some(&path))
                 .and_then(|staging| state.staged.get(staging))
-                .is_some_and(|s| self.fuse_waiting(&s.mount_path))
+                .map(|s| s.mount_path.clone())
         };
+        let waiting = mount_path.is_some_and(|m| self.fuse_waiting(&m));
         if waiting {
             return Ok(pb::NodeGetVolumeStatsResponse {
                 usage: vec![],

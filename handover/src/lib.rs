@@ -335,7 +335,8 @@ struct HeldMount {
 pub struct Holder {
     mounts: Mutex<HashMap<PathBuf, HeldMount>>,
     /// Whether volumes still use a mount point (asked when its FUSE process
-    /// stops).
+    /// stops, with `mounts` locked: it must not wait for anything that waits
+    /// for this holder).
     in_use: Box<dyn Fn(&Path) -> bool + Send + Sync>,
     /// Open connections, so [`Holder::close`] can end them.
     connections: Mutex<HashMap<u64, UnixStream>>,
