@@ -212,6 +212,20 @@ impl Cluster {
         FileSystem::new(self.client_config()).unwrap()
     }
 
+    /// Mounts a local directory as the under-storage of `path`.
+    async fn mount_local(&self, path: &str, dir: &Path, read_only: bool) {
+        let uri = format!("local://{}", dir.display());
+        self.mount(
+            path,
+            &uri,
+            &[],
+            &BTreeMap::new(),
+            pb::WriteType::CacheThrough,
+            read_only,
+        )
+        .await;
+    }
+
     async fn mount(
         &self,
         path: &str,
@@ -493,16 +507,7 @@ async fn t20_tiers_evict_to_the_low_watermark_keep_pinned_and_leased_blocks_and_
     }
     // 12 MiB, evicting from 10.8 MiB down to 6 MiB.
     let mut c = Cluster::start(1, "12MiB:0.9:0.5").await;
-    let uri = format!("local://{}", ufs.path().display());
-    c.mount(
-        "/l",
-        &uri,
-        &[],
-        &BTreeMap::new(),
-        pb::WriteType::CacheThrough,
-        false,
-    )
-    .await;
+    c.mount_local("/l", ufs.path(), false).await;
     let fs = c.fs();
     let read = |i: u64| {
         let fs = fs.clone();
@@ -888,16 +893,7 @@ async fn t50_bad_input_gets_the_right_errors() {
         std::fs::write(ufs.path().join(format!("many/f{i:05}")), b"").unwrap();
     }
     let mut c = Cluster::start(1, "64MiB").await;
-    let uri = format!("local://{}", ufs.path().display());
-    c.mount(
-        "/ro",
-        &uri,
-        &[],
-        &BTreeMap::new(),
-        pb::WriteType::CacheThrough,
-        true,
-    )
-    .await;
+    c.mount_local("/ro", ufs.path(), true).await;
     let rw = c.fuse("/", &[]).await;
     // Without passthrough, so the kernel's own page cache holds what is read.
     let ro = c.fuse("/ro", &["--read-only", "--no-passthrough"]).await;
@@ -1134,16 +1130,7 @@ async fn t60_a_fuse_restart_under_readers_is_a_pause_not_an_error() {
         std::fs::write(ufs.path().join(format!("d/f{i}")), small_file(i)).unwrap();
     }
     let mut c = Cluster::start(1, "512MiB").await;
-    let uri = format!("local://{}", ufs.path().display());
-    c.mount(
-        "/u",
-        &uri,
-        &[],
-        &BTreeMap::new(),
-        pb::WriteType::CacheThrough,
-        true,
-    )
-    .await;
+    c.mount_local("/u", ufs.path(), true).await;
 
     // The holder (the CSI plugin's part) in this process: it keeps the mount
     // while `in_use` says a volume needs it.
