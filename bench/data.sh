@@ -4,7 +4,9 @@
 #  1. FUSE sequential read (page cache dropped) of a Weir-cached file of
 #     SIZE (64 MiB blocks) vs `cat` of the same bytes from the worker's
 #     tmpfs tier;
-#  2. the same for a file cached as a single block (FUSE passthrough);
+#  2. the same for a file cached as a single block.
+#  Both are read by FUSE passthrough: the worker keeps a file's blocks on a
+#  tier in one data file, which the kernel reads itself;
 #  3. client read from a remote worker (data port) vs short-circuit;
 #  4. first (cold) read through Weir from a local S3 server vs one direct
 #     ranged GET of the same object. The server is s3s-fs (installed with
@@ -56,18 +58,15 @@ bytes=$(stat -c %s "$work/src")
 "$WEIR" fs --masters "$masters" cp --write-type MUST_CACHE "file:$work/src" /bench/multi 2> /dev/null
 "$WEIR" fs --masters "$masters" cp --write-type MUST_CACHE --block-size "$bytes" "file:$work/src" /bench/single 2> /dev/null
 rm "$work/src"
-block_files() { # path -> the worker's block files, in order
-  local id n i
-  id=$("$WEIR" fs --masters "$masters" stat --json "$1" | json_field id)
-  n=$(( (bytes + $2 - 1) / $2 ))
-  for i in $(seq 0 $((n - 1))); do echo "$tier/$(( (id << 24) | i ))"; done
+data_file() { # path -> the worker's tmpfs data file holding its blocks
+  echo "$tier/$("$WEIR" fs --masters "$masters" stat --json "$1" | json_field id).data"
 }
-mapfile -t multi_blocks < <(block_files /bench/multi $((64 << 20)))
-mapfile -t single_blocks < <(block_files /bench/single "$bytes")
+multi_file=$(data_file /bench/multi)
+single_file=$(data_file /bench/single)
 
-t_tmpfs=$(best cat "${multi_blocks[@]}")
+t_tmpfs=$(best cat "$multi_file")
 t_fuse=$(PRE=drop_caches best cat "$work/mnt/bench/multi")
-t_tmpfs1=$(best cat "${single_blocks[@]}")
+t_tmpfs1=$(best cat "$single_file")
 t_fuse1=$(PRE=drop_caches best cat "$work/mnt/bench/single")
 
 read_mibs() { "$WEIR" bench --masters "$masters" read "$@" | json_field mib_per_s; }
@@ -101,8 +100,8 @@ echo
 echo "| measurement | Weir MiB/s | baseline | baseline MiB/s | ratio |"
 echo "|---|---|---|---|---|"
 row data "FUSE sequential read, $SIZE in 64 MiB blocks, page cache dropped" "$(mibs "$bytes" "$t_fuse")" \
-  "cat of the worker's tmpfs block files" "$(mibs "$bytes" "$t_tmpfs")"
-row data "FUSE sequential read, $SIZE as one block (passthrough), page cache dropped" "$(mibs "$bytes" "$t_fuse1")" \
-  "cat of the tmpfs block file" "$(mibs "$bytes" "$t_tmpfs1")"
+  "cat of the worker's tmpfs data file" "$(mibs "$bytes" "$t_tmpfs")"
+row data "FUSE sequential read, $SIZE as one block, page cache dropped" "$(mibs "$bytes" "$t_fuse1")" \
+  "cat of the worker's tmpfs data file" "$(mibs "$bytes" "$t_tmpfs1")"
 row data "client read from the worker's data port (remote)" "$remote" "short-circuit read" "$sc"
 row data "first (cold) read of $S3_SIZE from S3 ($S3_SERVER) through Weir" "$cold" "one direct ranged GET" "$direct"

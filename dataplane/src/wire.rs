@@ -100,6 +100,8 @@ impl std::fmt::Display for Peer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoadRequest {
     pub block: u64,
+    /// The block's offset in its file (where the worker keeps it).
+    pub offset: u64,
     pub len: u64,
     pub from: Option<Peer>,
     pub source: Option<UfsSource>,
@@ -121,13 +123,21 @@ pub struct PersistRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     Read(ReadRequest),
-    /// Short-circuit: the path of the block file, leased (never evicted)
+    /// Short-circuit: where the block's bytes are, leased (never evicted)
     /// until released or the connection closes.
     Lease {
         block: u64,
     },
     Release {
         block: u64,
+    },
+    /// Short-circuit for a whole file: every block, as `(block, offset,
+    /// len)` in file order, leased at once when one file on this worker
+    /// holds exactly the file's bytes (what FUSE passthrough needs).
+    /// Released with one `Release` per block.
+    LeaseFile {
+        blocks: Vec<(u64, u64, u64)>,
+        length: u64,
     },
     Write(WriteRequest),
     /// Start caching a whole block from the under-storage in the
@@ -154,9 +164,15 @@ pub enum Response {
     Data {
         len: u64,
     },
+    /// The block is `len` bytes of the file at `path` from `offset`.
     Leased {
         path: String,
+        offset: u64,
         len: u64,
+    },
+    /// The whole file is the file at `path`.
+    LeasedFile {
+        path: String,
     },
     Released,
     Queued,

@@ -365,7 +365,7 @@ impl FileSystem {
                 Ok(()) => answer.await.ok(),
                 Err(_) => None,
             };
-            let (path, len) = match answer {
+            let (path, offset, len) = match answer {
                 Some(Some(leased)) => leased,
                 // The worker does not have it.
                 Some(None) => return None,
@@ -385,12 +385,63 @@ impl FileSystem {
             let file = std::fs::File::open(path).ok()?;
             return Some(LocalBlock {
                 block: block.block_id,
+                offset,
                 len,
                 file,
                 _lease: lease,
             });
         }
         None
+    }
+
+    /// Leases every block of a file from a local worker that keeps them in
+    /// one file holding exactly the file's bytes, and opens that file: what
+    /// FUSE hands the kernel to read the file itself. `None` when no local
+    /// worker has all of it that way.
+    pub async fn lease_local_file(&self, reader: &FileReader) -> Option<LocalFile> {
+        if !self.cfg.short_circuit || reader.blocks().is_empty() {
+            return None;
+        }
+        let (first, rest) = reader.blocks().split_first()?;
+        let holder = first
+            .locations
+            .iter()
+            .filter_map(|l| l.worker.as_ref())
+            .filter(|w| self.is_local(&w.host) && !self.failed_recently(&addr_of(w)))
+            .find(|w| {
+                rest.iter().all(|b| {
+                    b.locations.iter().any(|l| {
+                        l.worker
+                            .as_ref()
+                            .is_some_and(|o| o.worker_id == w.worker_id)
+                    })
+                })
+            })?;
+        let addr = addr_of(holder);
+        let blocks: Vec<(u64, u64, u64)> = reader
+            .blocks()
+            .iter()
+            .map(|b| (b.block_id, b.offset, b.length))
+            .collect();
+        let channel = self.lease_channel(&addr).await?;
+        let (reply, answer) = oneshot::channel();
+        channel
+            .send(LeaseOp::TakeFile {
+                blocks: blocks.clone(),
+                length: reader.len(),
+                reply,
+            })
+            .ok()?;
+        let path = answer.await.ok()??;
+        let lease = FileLeaseGuard {
+            blocks: blocks.into_iter().map(|b| b.0).collect(),
+            channel,
+        };
+        let file = std::fs::File::open(path).ok()?;
+        Some(LocalFile {
+            file,
+            _lease: lease,
+        })
     }
 
     /// The lease connection to a local worker, opened on first use.
@@ -598,23 +649,39 @@ impl FileSystem {
     }
 }
 
-/// A block file of a local worker, leased until this is dropped.
+/// A block of a local worker (`len` bytes of `file` from `offset`),
+/// leased until this is dropped.
 #[derive(Debug)]
 pub struct LocalBlock {
     pub block: u64,
-    pub file: std::fs::File,
+    file: std::fs::File,
+    offset: u64,
     pub len: u64,
     _lease: LeaseGuard,
+}
+
+/// A whole file as a local worker keeps it, every block leased until this
+/// is dropped.
+#[derive(Debug)]
+pub struct LocalFile {
+    pub file: std::fs::File,
+    _lease: FileLeaseGuard,
 }
 
 #[derive(Debug)]
 enum LeaseOp {
     Take {
         block: u64,
-        reply: oneshot::Sender<Option<(String, u64)>>,
+        /// Path, offset and length, or `None` when the worker lacks it.
+        reply: oneshot::Sender<Option<(String, u64, u64)>>,
+    },
+    TakeFile {
+        blocks: Vec<(u64, u64, u64)>,
+        length: u64,
+        reply: oneshot::Sender<Option<String>>,
     },
     Release {
-        block: u64,
+        blocks: Vec<u64>,
     },
 }
 
@@ -629,7 +696,24 @@ struct LeaseGuard {
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        let _ = self.channel.send(LeaseOp::Release { block: self.block });
+        let _ = self.channel.send(LeaseOp::Release {
+            blocks: vec![self.block],
+        });
+    }
+}
+
+/// [`LeaseGuard`] for every block of a file.
+#[derive(Debug)]
+struct FileLeaseGuard {
+    blocks: Vec<u64>,
+    channel: mpsc::UnboundedSender<LeaseOp>,
+}
+
+impl Drop for FileLeaseGuard {
+    fn drop(&mut self) {
+        let _ = self.channel.send(LeaseOp::Release {
+            blocks: std::mem::take(&mut self.blocks),
+        });
     }
 }
 
@@ -644,8 +728,8 @@ async fn carry_leases(mut conn: TcpStream, mut ops: mpsc::UnboundedReceiver<Leas
         let ok = match op {
             LeaseOp::Take { block, reply } => {
                 match lease_round_trip(&mut conn, &Request::Lease { block }).await {
-                    Some(Response::Leased { path, len }) => {
-                        let _ = reply.send(Some((path, len)));
+                    Some(Response::Leased { path, offset, len }) => {
+                        let _ = reply.send(Some((path, offset, len)));
                         true
                     }
                     // Not there (evicted): an answer, the connection is fine.
@@ -656,10 +740,31 @@ async fn carry_leases(mut conn: TcpStream, mut ops: mpsc::UnboundedReceiver<Leas
                     _ => false,
                 }
             }
-            LeaseOp::Release { block } => matches!(
-                lease_round_trip(&mut conn, &Request::Release { block }).await,
-                Some(Response::Released)
-            ),
+            LeaseOp::TakeFile {
+                blocks,
+                length,
+                reply,
+            } => match lease_round_trip(&mut conn, &Request::LeaseFile { blocks, length }).await {
+                Some(Response::LeasedFile { path }) => {
+                    let _ = reply.send(Some(path));
+                    true
+                }
+                Some(Response::Error { .. }) => {
+                    let _ = reply.send(None);
+                    true
+                }
+                _ => false,
+            },
+            LeaseOp::Release { blocks } => {
+                let mut released = true;
+                for block in blocks {
+                    released &= matches!(
+                        lease_round_trip(&mut conn, &Request::Release { block }).await,
+                        Some(Response::Released)
+                    );
+                }
+                released
+            }
         };
         if !ok {
             // Dropping the receiver fails every queued Take's reply.
@@ -684,8 +789,9 @@ async fn lease_round_trip(conn: &mut TcpStream, req: &Request) -> Option<Respons
 impl LocalBlock {
     // Plain reads: mapping tmpfs block files measured several times slower
     // here (page faults) than copying them with pread.
+    /// Reads from `off` within the block.
     pub fn read_exact_at(&self, out: &mut [u8], off: u64) -> std::io::Result<()> {
-        self.file.read_exact_at(out, off)
+        self.file.read_exact_at(out, self.offset + off)
     }
 }
 

@@ -1,16 +1,17 @@
 //! `weir fuse`: the namespace (or a sub-path of it) as a FUSE file system
 //! over the client. Inode numbers are Weir's inode ids (the mounted
 //! sub-path's id shows as 1). Completed files never change under one id, so
-//! the kernel keeps their pages across opens; a file cached as one block on
-//! this machine is handed to the kernel as a passthrough file, which then
-//! reads the worker's block file itself. New files are written once,
+//! the kernel keeps their pages across opens; a file whose every block this
+//! machine's worker holds (in one data file, as it keeps a file's blocks on
+//! a tier) is handed to the kernel as a passthrough file, which then reads
+//! the worker's data file itself. New files are written once,
 //! sequentially, and committed when closed.
 
 mod takeover;
 
 pub(crate) use takeover::mount_device;
 
-use crate::client::fs::{ClientConfig, FileReader, FileSystem, FileWriter, LocalBlock};
+use crate::client::fs::{ClientConfig, FileReader, FileSystem, FileWriter, LocalBlock, LocalFile};
 use crate::client::master::ClientError;
 use crate::proto::master as pb;
 use fuser::{
@@ -101,13 +102,14 @@ enum Handle {
     },
 }
 
-/// A leased block file registered with the kernel for passthrough reads.
-/// The kernel keeps one backing file per inode while any passthrough open of
-/// it lasts and fails (EIO) an open that names another, so every open of an
-/// inode shares one of these until the last is released.
+/// A file as this machine's worker keeps it (every block leased, in one
+/// file holding exactly its bytes), registered with the kernel for
+/// passthrough reads. The kernel keeps one backing file per inode while any
+/// passthrough open of it lasts and fails (EIO) an open that names another,
+/// so every open of an inode shares one of these until the last is released.
 struct Backing {
     id: BackingId,
-    _block: LocalBlock,
+    _file: LocalFile,
 }
 
 struct WeirFuse {
@@ -417,8 +419,8 @@ impl WeirFuse {
     }
 
     /// The inode's passthrough backing: the one its open files share, or a
-    /// new one over the block leased from this machine's worker.
-    fn backing(&self, ino: u64, block: &pb::BlockInfo, reply: &ReplyOpen) -> Option<Arc<Backing>> {
+    /// new one over the file leased from this machine's worker.
+    fn backing(&self, ino: u64, reader: &FileReader, reply: &ReplyOpen) -> Option<Arc<Backing>> {
         let shared =
             |backings: &HashMap<u64, Weak<Backing>>| backings.get(&ino).and_then(Weak::upgrade);
         if let Some(b) = shared(&self.backings.lock().expect("backings")) {
@@ -426,7 +428,7 @@ impl WeirFuse {
         }
         // The lease is a round trip to the worker: taken without the lock,
         // so opens of other files do not wait for it.
-        let local = self.rt.block_on(self.fs.lease_local(block))?;
+        let local = self.rt.block_on(self.fs.lease_local_file(reader))?;
         // Registered under the lock, so two first opens racing here end up
         // with one backing (the loser's lease is released).
         let mut backings = self.backings.lock().expect("backings");
@@ -435,7 +437,7 @@ impl WeirFuse {
         }
         match reply.open_backing(&local.file) {
             Ok(id) => {
-                let backing = Arc::new(Backing { id, _block: local });
+                let backing = Arc::new(Backing { id, _file: local });
                 backings.insert(ino, Arc::downgrade(&backing));
                 Some(backing)
             }
@@ -648,8 +650,7 @@ impl Filesystem for WeirFuse {
         };
         if self.passthrough.load(Ordering::Relaxed)
             && reader.info().length > 0
-            && let [block] = reader.blocks()
-            && let Some(backing) = self.backing(ino.0, block, &reply)
+            && let Some(backing) = self.backing(ino.0, &reader, &reply)
         {
             let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
             reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing.id);

@@ -101,6 +101,7 @@ async fn connection(worker: Arc<Worker>, sock: tokio::net::TcpStream) {
                 Some(lease) => {
                     let resp = Response::Leased {
                         path: lease.path.to_string_lossy().into_owned(),
+                        offset: lease.offset,
                         len: lease.len,
                     };
                     leases.entry(block).or_default().push(lease);
@@ -115,6 +116,30 @@ async fn connection(worker: Arc<Worker>, sock: tokio::net::TcpStream) {
                     .await
                 }
             },
+            Request::LeaseFile { blocks, length } => {
+                match worker.store.lease_file(&blocks, length) {
+                    Some(file) => {
+                        let resp = Response::LeasedFile {
+                            path: file.path.to_string_lossy().into_owned(),
+                        };
+                        for lease in file.leases {
+                            leases.entry(lease.block()).or_default().push(lease);
+                        }
+                        worker
+                            .hits
+                            .fetch_add(blocks.len() as u64, Ordering::Relaxed);
+                        wire::send(&mut out, &resp).await.map_err(Into::into)
+                    }
+                    None => {
+                        let first = blocks.first().map_or(0, |b| b.0);
+                        reply_err(
+                            &mut out,
+                            &WorkerError::Store(super::store::StoreError::NotFound(first)),
+                        )
+                        .await
+                    }
+                }
+            }
             Request::Release { block } => {
                 if let Some(held) = leases.get_mut(&block) {
                     held.pop();
@@ -227,7 +252,7 @@ async fn serve_cached(
         }
     };
     wire::send(out, &Response::Data { len }).await?;
-    send_file(&file, offset, len, out)
+    send_file(&file, lease.offset + offset, len, out)
         .await
         .map_err(|e| WorkerError::Invalid(format!("sending {}: {e}", lease.path.display())))?;
     worker.hits.fetch_add(1, Ordering::Relaxed);
@@ -380,13 +405,17 @@ async fn fetch_block(
             };
         }
     };
-    let mut writer: Option<BlockWriter> = match worker.store.begin(block, src.block_len, false) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(block, error = %e, "serving without caching");
-            None
-        }
-    };
+    let mut writer: Option<BlockWriter> =
+        match worker
+            .store
+            .begin(block, src.block_offset, src.block_len, false)
+        {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(block, error = %e, "serving without caching");
+                None
+            }
+        };
     if let Some(o) = out.as_mut()
         && wire::send(*o, &Response::Data { len: src.block_len })
             .await
@@ -437,7 +466,7 @@ async fn load(worker: &Arc<Worker>, r: LoadRequest) -> WorkerResult<Response> {
     }
     let mut peer_error = None;
     if let Some(peer) = &r.from
-        && let Err(e) = copy_from_peer(worker, r.block, r.len, peer).await
+        && let Err(e) = copy_from_peer(worker, r.block, r.offset, r.len, peer).await
     {
         tracing::warn!(block = r.block, %peer, error = %e, "copying from a peer failed");
         peer_error = Some(e);
@@ -500,12 +529,13 @@ pub(super) async fn open_peer_block(
 async fn copy_from_peer(
     worker: &Arc<Worker>,
     block: u64,
+    offset: u64,
     len: u64,
     peer: &Peer,
 ) -> WorkerResult<()> {
     let mut rd = open_peer_block(peer, block, len).await?;
     // A broken copy drops the writer: no partial block is ever kept.
-    let mut writer = worker.store.begin(block, len, false)?;
+    let mut writer = worker.store.begin(block, offset, len, false)?;
     let mut buf = vec![0u8; 1 << 20];
     let mut copied = 0;
     while copied < len {
@@ -625,6 +655,7 @@ impl FileSink<'_> {
             if self.current.is_none() {
                 self.current = Some(self.worker.store.begin_growable(
                     block_id(self.req.file_id, self.index),
+                    self.index * size,
                     rest.len() as u64,
                     size,
                     self.req.mode == WriteMode::AsyncThrough,

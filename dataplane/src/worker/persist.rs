@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{Notify, watch};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,9 +240,13 @@ async fn persist_one(worker: &Worker, task: &PersistTask) -> WorkerResult<Outcom
             let mut f: Box<dyn tokio::io::AsyncRead + Unpin + Send> =
                 match (&lease, task.peers.get(i)) {
                     (Some(lease), _) => {
-                        Box::new(tokio::fs::File::open(&lease.path).await.map_err(|e| {
-                            WorkerError::Invalid(format!("{}: {e}", lease.path.display()))
-                        })?)
+                        let failed =
+                            |e| WorkerError::Invalid(format!("{}: {e}", lease.path.display()));
+                        let mut f = tokio::fs::File::open(&lease.path).await.map_err(failed)?;
+                        f.seek(std::io::SeekFrom::Start(lease.offset))
+                            .await
+                            .map_err(failed)?;
+                        Box::new(f.take(lease.len))
                     }
                     (None, Some((len, Some(peer)))) => {
                         Box::new(super::data::open_peer_block(peer, *block, *len).await?)

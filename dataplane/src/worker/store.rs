@@ -1,16 +1,28 @@
 //! A worker's tiered block store. Tiers (MEM, SSD, HDD) are directories
-//! with quotas; a block is one file named by its id. A block is written to a
-//! temporary file and renamed into place when complete, so a crash never
-//! leaves half a block visible, and a restart rebuilds the block list by
-//! scanning the directories. New blocks go to the highest tier with room;
-//! a tier past its high watermark evicts least-recently-used blocks (to the
-//! next tier down when it has room, else away) down to its low watermark.
-//! Blocks being read (leased), pinned, or not yet persisted are never
-//! evicted.
+//! with quotas. The blocks of one file that a tier holds live in one sparse
+//! data file, `<inode>.data`, each at its offset in the file, so a file whose
+//! every block is on one tier can be handed to the kernel whole (FUSE
+//! passthrough) and read at `cat` speed. A block becomes visible when its
+//! bytes are synced and its marker, `<block>.<offset>.<len>.block`, is
+//! created; dropping a block removes the marker and punches its range out of
+//! the data file, and the data file goes with its last block. A restart
+//! rebuilds the block list from the markers and punches out whatever else a
+//! data file holds (a block half-written when the worker died), so a crash
+//! never leaves half a block visible or its space taken.
+//!
+//! New blocks go to the highest tier with room; a tier past its high
+//! watermark evicts least-recently-used blocks (to the next tier down when
+//! it has room, else away) down to its low watermark. Blocks being read
+//! (leased), pinned, or not yet persisted are never evicted.
+//!
+//! Block files of the earlier layout (one file per block, named by its id)
+//! are still read, demoted and evicted as they are, so an upgraded worker
+//! keeps its cache and, above all, blocks it has not persisted yet.
 
-use std::collections::HashMap;
+use crate::master::namespace::BLOCK_INDEX_BITS;
+use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +30,8 @@ use std::sync::{Arc, Mutex};
 pub enum StoreError {
     #[error("block {0} is not in this worker's store")]
     NotFound(u64),
+    #[error("block {0} is already cached or being written here")]
+    Exists(u64),
     #[error(
         "no tier has room for {needed} bytes (every tier is full of blocks that cannot be evicted)"
     )]
@@ -72,7 +86,12 @@ const LRFU_LAMBDA: f64 = 1.0 / 128.0;
 #[derive(Debug, Clone)]
 struct BlockMeta {
     tier: usize,
+    /// Where the block starts in its data file: its offset in the file it
+    /// belongs to (0 for a block in a file of its own).
+    offset: u64,
     len: u64,
+    /// A block file of the earlier layout.
+    own_file: bool,
     last_access: u64,
     /// LRFU's combined recency and frequency at `last_access`.
     crf: f64,
@@ -105,6 +124,13 @@ struct State {
     /// Blocks dropped from the store since the last `take_removed`, for the
     /// next heartbeat.
     removed: Vec<u64>,
+    /// `(tier, inode)` -> blocks committed to or being written into that
+    /// data file; the file is removed when the count drops to zero, and
+    /// only then, so a writer never writes into a file already unlinked.
+    files: HashMap<(usize, u64), u32>,
+    /// Blocks being written: a second writer of one block would write the
+    /// same range of the same data file.
+    writing: HashSet<u64>,
 }
 
 /// The tiered store; cheap to clone (shared state).
@@ -115,9 +141,84 @@ pub struct BlockStore {
     state: Arc<Mutex<State>>,
 }
 
-fn next_tmp_id() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+fn inode_of(block: u64) -> u64 {
+    block >> BLOCK_INDEX_BITS
+}
+
+fn data_path(dir: &Path, inode: u64) -> PathBuf {
+    dir.join(format!("{inode}.data"))
+}
+
+fn marker_path(dir: &Path, block: u64, offset: u64, len: u64) -> PathBuf {
+    dir.join(format!("{block}.{offset}.{len}.block"))
+}
+
+/// A block file of the earlier layout.
+fn own_file_path(dir: &Path, block: u64) -> PathBuf {
+    dir.join(block.to_string())
+}
+
+fn parse_marker(name: &str) -> Option<(u64, u64, u64)> {
+    let mut parts = name.strip_suffix(".block")?.split('.');
+    let block = parts.next()?.parse().ok()?;
+    let offset = parts.next()?.parse().ok()?;
+    let len = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((block, offset, len))
+}
+
+/// Gives a range of a data file back to the file system.
+fn punch(file: &fs::File, offset: u64, len: u64) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    use nix::fcntl::{FallocateFlags, fallocate};
+    fallocate(
+        file,
+        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        offset as libc::off_t,
+        len as libc::off_t,
+    )
+    .map_err(std::io::Error::from)
+}
+
+fn punch_path(path: &Path, offset: u64, len: u64) {
+    let punched = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| punch(&f, offset, len));
+    if let Err(e) = punched {
+        // The range is no longer a block either way; only its space waits
+        // for the data file to go.
+        tracing::warn!(path = %path.display(), offset, len, error = %e, "punching a dropped block out");
+    }
+}
+
+fn open_data_file(path: &Path) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+impl State {
+    fn take_file(&mut self, tier: usize, inode: u64) {
+        *self.files.entry((tier, inode)).or_default() += 1;
+    }
+
+    /// One block of the data file fewer; the file goes with its last.
+    fn release_file(&mut self, tiers: &[TierConfig], tier: usize, inode: u64) {
+        let key = (tier, inode);
+        let Some(n) = self.files.get_mut(&key) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.files.remove(&key);
+            let _ = fs::remove_file(data_path(&tiers[tier].dir, inode));
+        }
+    }
 }
 
 /// A block being written; see [`BlockStore::begin`].
@@ -126,12 +227,14 @@ pub struct BlockWriter {
     store: BlockStore,
     block: u64,
     tier: usize,
-    tmp: PathBuf,
-    file: Option<fs::File>,
+    offset: u64,
+    path: PathBuf,
+    file: fs::File,
     reserved: u64,
     limit: u64,
     written: u64,
     unpersisted: bool,
+    committed: bool,
 }
 
 impl BlockWriter {
@@ -151,8 +254,9 @@ impl BlockWriter {
             self.store.grow(self.tier, extra)?;
             self.reserved += extra;
         }
-        let file = self.file.as_mut().expect("not committed");
-        file.write_all(data).map_err(|e| io(&self.tmp, e))?;
+        self.file
+            .write_all_at(data, self.offset + self.written)
+            .map_err(|e| io(&self.path, e))?;
         self.written += data.len() as u64;
         Ok(())
     }
@@ -174,23 +278,35 @@ impl BlockWriter {
 
 impl Drop for BlockWriter {
     fn drop(&mut self) {
-        if self.file.is_some() || self.reserved > 0 {
-            self.file = None;
-            let _ = fs::remove_file(&self.tmp);
-            self.store.state.lock().expect("block store").used[self.tier] -= self.reserved;
+        if self.committed {
+            return;
         }
+        if let Err(e) = punch(&self.file, self.offset, self.written) {
+            tracing::warn!(block = self.block, error = %e, "punching an abandoned block out");
+        }
+        let mut st = self.store.state.lock().expect("block store");
+        st.used[self.tier] -= self.reserved;
+        st.writing.remove(&self.block);
+        st.release_file(&self.store.tiers, self.tier, inode_of(self.block));
     }
 }
 
 /// A read lease: while held, the block is not evicted. Dropping it ends the
-/// lease.
+/// lease. The block's bytes are `len` bytes of `path` from `offset`.
 #[derive(Debug)]
 pub struct Lease {
     store: BlockStore,
     block: u64,
     pub path: PathBuf,
+    pub offset: u64,
     pub len: u64,
     pub tier: String,
+}
+
+impl Lease {
+    pub fn block(&self) -> u64 {
+        self.block
+    }
 }
 
 impl Drop for Lease {
@@ -202,8 +318,12 @@ impl Drop for Lease {
     }
 }
 
-fn block_path(dir: &Path, block: u64) -> PathBuf {
-    dir.join(block.to_string())
+/// Every block of a file, leased, in one data file that holds exactly the
+/// file's bytes: what a reader may hand to the kernel as the whole file.
+#[derive(Debug)]
+pub struct FileLease {
+    pub path: PathBuf,
+    pub leases: Vec<Lease>,
 }
 
 impl BlockStore {
@@ -226,33 +346,7 @@ impl BlockStore {
             ..State::default()
         };
         for (i, t) in tiers.iter().enumerate() {
-            fs::create_dir_all(&t.dir).map_err(|e| io(&t.dir, e))?;
-            for entry in fs::read_dir(&t.dir).map_err(|e| io(&t.dir, e))? {
-                let entry = entry.map_err(|e| io(&t.dir, e))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".tmp") {
-                    // Half-written by a worker that died: never visible.
-                    let _ = fs::remove_file(entry.path());
-                    continue;
-                }
-                let Ok(block) = name.parse::<u64>() else {
-                    continue;
-                };
-                let len = entry.metadata().map_err(|e| io(&entry.path(), e))?.len();
-                state.used[i] += len;
-                state.blocks.insert(
-                    block,
-                    BlockMeta {
-                        tier: i,
-                        len,
-                        last_access: 0,
-                        crf: 0.0,
-                        pinned: false,
-                        leases: 0,
-                        unpersisted: false,
-                    },
-                );
-            }
+            Self::scan_tier(&mut state, i, t)?;
         }
         Ok(Self {
             tiers: Arc::new(tiers),
@@ -261,20 +355,128 @@ impl BlockStore {
         })
     }
 
-    /// Writes a whole block: a temporary file, synced, then renamed into
-    /// the highest tier with room (evicting there first if needed).
-    pub fn put(&self, block: u64, data: &[u8], unpersisted: bool) -> StoreResult<String> {
-        let mut w = self.begin(block, data.len() as u64, unpersisted)?;
+    fn scan_tier(state: &mut State, i: usize, t: &TierConfig) -> StoreResult<()> {
+        fs::create_dir_all(&t.dir).map_err(|e| io(&t.dir, e))?;
+        let mut markers = Vec::new();
+        let mut data_files = HashSet::new();
+        for entry in fs::read_dir(&t.dir).map_err(|e| io(&t.dir, e))? {
+            let entry = entry.map_err(|e| io(&t.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                // Half-written by a worker of the earlier layout that died.
+                let _ = fs::remove_file(entry.path());
+            } else if let Some(m) = parse_marker(&name) {
+                markers.push(m);
+            } else if let Some(inode) = name.strip_suffix(".data").and_then(|n| n.parse().ok()) {
+                data_files.insert(inode);
+            } else if let Ok(block) = name.parse::<u64>() {
+                if state.blocks.contains_key(&block) {
+                    // A higher tier has it (a demotion cut short).
+                    let _ = fs::remove_file(entry.path());
+                    continue;
+                }
+                let len = entry.metadata().map_err(|e| io(&entry.path(), e))?.len();
+                Self::register(state, block, i, 0, len, true);
+            }
+        }
+        let mut ranges: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+        for (block, offset, len) in markers {
+            let inode = inode_of(block);
+            let marker = marker_path(&t.dir, block, offset, len);
+            let size = fs::metadata(data_path(&t.dir, inode)).map(|m| m.len());
+            let whole = data_files.contains(&inode) && size.is_ok_and(|s| s >= offset + len);
+            if !whole || state.blocks.contains_key(&block) {
+                // Its bytes are gone, or a higher tier has it (a demotion
+                // cut short): the range is punched out below.
+                let _ = fs::remove_file(&marker);
+                continue;
+            }
+            Self::register(state, block, i, offset, len, false);
+            state.take_file(i, inode);
+            ranges.entry(inode).or_default().push((offset, len));
+        }
+        for inode in data_files {
+            let path = data_path(&t.dir, inode);
+            let Some(mut held) = ranges.remove(&inode) else {
+                let _ = fs::remove_file(&path);
+                continue;
+            };
+            // Give back every byte no marker covers.
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| io(&path, e))?;
+            held.sort_unstable();
+            let mut end = 0;
+            for (offset, len) in held {
+                if offset > end {
+                    punch(&file, end, offset - end).map_err(|e| io(&path, e))?;
+                }
+                end = end.max(offset + len);
+            }
+            let size = file.metadata().map_err(|e| io(&path, e))?.len();
+            if size > end {
+                file.set_len(end).map_err(|e| io(&path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn register(state: &mut State, block: u64, tier: usize, offset: u64, len: u64, own: bool) {
+        state.used[tier] += len;
+        state.blocks.insert(
+            block,
+            BlockMeta {
+                tier,
+                offset,
+                len,
+                own_file: own,
+                last_access: 0,
+                crf: 0.0,
+                pinned: false,
+                leases: 0,
+                unpersisted: false,
+            },
+        );
+    }
+
+    /// Where a block's bytes live.
+    fn path_of(&self, block: u64, m: &BlockMeta) -> PathBuf {
+        let dir = &self.tiers[m.tier].dir;
+        if m.own_file {
+            own_file_path(dir, block)
+        } else {
+            data_path(dir, inode_of(block))
+        }
+    }
+
+    /// Writes a whole block at `offset` (its offset in its file): synced,
+    /// then made visible, in the highest tier with room (evicting there
+    /// first if needed).
+    pub fn put(
+        &self,
+        block: u64,
+        offset: u64,
+        data: &[u8],
+        unpersisted: bool,
+    ) -> StoreResult<String> {
+        let mut w = self.begin(block, offset, data.len() as u64, unpersisted)?;
         w.write(data)?;
         w.commit()
     }
 
-    /// Starts writing a block of at most `len` bytes: the space is reserved
-    /// in the highest tier with room and the bytes go to a temporary file
-    /// that [`BlockWriter::commit`] renames into place. Dropping the writer
-    /// uncommitted removes the file and the reservation.
-    pub fn begin(&self, block: u64, len: u64, unpersisted: bool) -> StoreResult<BlockWriter> {
-        self.begin_growable(block, len, len, unpersisted)
+    /// Starts writing a block of at most `len` bytes that starts at
+    /// `offset` in its file: the space is reserved in the highest tier with
+    /// room and [`BlockWriter::commit`] makes the block visible. Dropping
+    /// the writer uncommitted gives the range and the reservation back.
+    pub fn begin(
+        &self,
+        block: u64,
+        offset: u64,
+        len: u64,
+        unpersisted: bool,
+    ) -> StoreResult<BlockWriter> {
+        self.begin_growable(block, offset, len, len, unpersisted)
     }
 
     /// Like [`BlockStore::begin`] for a block of unknown length up to
@@ -283,67 +485,84 @@ impl BlockStore {
     pub fn begin_growable(
         &self,
         block: u64,
+        offset: u64,
         initial: u64,
         limit: u64,
         unpersisted: bool,
     ) -> StoreResult<BlockWriter> {
+        {
+            let mut st = self.state.lock().expect("block store");
+            if st.blocks.contains_key(&block) || !st.writing.insert(block) {
+                return Err(StoreError::Exists(block));
+            }
+        }
         let len = initial.min(limit);
-        let tier = self.place(len)?;
-        let tmp = self.tiers[tier].dir.join(format!(
-            "{block}.{}.{}.tmp",
-            std::process::id(),
-            next_tmp_id()
-        ));
-        let file = match fs::File::create(&tmp) {
-            Ok(f) => f,
+        let tier = match self.place(len) {
+            Ok(t) => t,
             Err(e) => {
-                self.state.lock().expect("block store").used[tier] -= len;
-                return Err(io(&tmp, e));
+                self.state
+                    .lock()
+                    .expect("block store")
+                    .writing
+                    .remove(&block);
+                return Err(e);
             }
         };
-        Ok(BlockWriter {
-            store: self.clone(),
-            block,
-            tier,
-            tmp,
-            file: Some(file),
-            reserved: len,
-            limit,
-            written: 0,
-            unpersisted,
-        })
+        let inode = inode_of(block);
+        self.state
+            .lock()
+            .expect("block store")
+            .take_file(tier, inode);
+        let path = data_path(&self.tiers[tier].dir, inode);
+        match open_data_file(&path) {
+            Ok(file) => Ok(BlockWriter {
+                store: self.clone(),
+                block,
+                tier,
+                offset,
+                path,
+                file,
+                reserved: len,
+                limit,
+                written: 0,
+                unpersisted,
+                committed: false,
+            }),
+            Err(e) => {
+                let mut st = self.state.lock().expect("block store");
+                st.used[tier] -= len;
+                st.writing.remove(&block);
+                st.release_file(&self.tiers, tier, inode);
+                Err(io(&path, e))
+            }
+        }
     }
 
     fn finish(&self, w: &mut BlockWriter) -> StoreResult<String> {
-        let file = w.file.take().expect("committed once");
-        file.sync_data().map_err(|e| io(&w.tmp, e))?;
-        drop(file);
-        let path = block_path(&self.tiers[w.tier].dir, w.block);
-        fs::rename(&w.tmp, &path).map_err(|e| io(&path, e))?;
+        w.file.sync_data().map_err(|e| io(&w.path, e))?;
+        let marker = marker_path(&self.tiers[w.tier].dir, w.block, w.offset, w.written);
+        fs::File::create(&marker).map_err(|e| io(&marker, e))?;
         let mut st = self.state.lock().expect("block store");
         // Give back what was reserved but not written.
         st.used[w.tier] -= w.reserved - w.written;
+        st.writing.remove(&w.block);
         st.clock += 1;
         let clock = st.clock;
-        if let Some(old) = st.blocks.insert(
+        st.blocks.insert(
             w.block,
             BlockMeta {
                 tier: w.tier,
+                offset: w.offset,
                 len: w.written,
+                own_file: false,
                 last_access: clock,
                 crf: 1.0,
                 pinned: false,
                 leases: 0,
                 unpersisted: w.unpersisted,
             },
-        ) {
-            // Replaced: release the old copy's space (and file, if elsewhere).
-            st.used[old.tier] -= old.len;
-            if old.tier != w.tier {
-                let _ = fs::remove_file(block_path(&self.tiers[old.tier].dir, w.block));
-            }
-        }
-        w.reserved = 0;
+        );
+        w.committed = true;
         Ok(self.tiers[w.tier].name.clone())
     }
 
@@ -425,7 +644,6 @@ impl BlockStore {
             out
         };
         for (block, len) in victims {
-            let from = block_path(&t.dir, block);
             // Demote to a lower tier (not to another directory of this one).
             let lower = (i + 1..self.tiers.len()).find(|&j| {
                 self.tiers[j].name != t.name && {
@@ -435,36 +653,98 @@ impl BlockStore {
             });
             let mut st = self.state.lock().expect("block store");
             // It may have been leased or pinned since the scan.
-            match st.blocks.get(&block) {
-                Some(m) if m.tier == i && m.evictable() => {}
+            let m = match st.blocks.get(&block) {
+                Some(m) if m.tier == i && m.evictable() => m.clone(),
                 _ => continue,
-            }
-            match lower {
-                Some(j) => {
-                    let to = block_path(&self.tiers[j].dir, block);
-                    if fs::copy(&from, &to).is_ok() {
-                        let _ = fs::remove_file(&from);
-                        st.used[i] -= len;
+            };
+            if let Some(j) = lower {
+                match self.copy_block(&mut st, block, &m, j) {
+                    Ok(()) => {
+                        self.forget_bytes(&mut st, block, &m);
                         st.used[j] += len;
-                        if let Some(m) = st.blocks.get_mut(&block) {
-                            m.tier = j;
+                        if let Some(moved) = st.blocks.get_mut(&block) {
+                            moved.tier = j;
                         }
                         continue;
                     }
-                    let _ = fs::remove_file(&to);
-                    Self::drop_block(&mut st, block, &from, len, i);
+                    Err(e) => {
+                        tracing::warn!(block, error = %e, "demoting a block failed; dropping it");
+                    }
                 }
-                None => Self::drop_block(&mut st, block, &from, len, i),
             }
+            self.drop_block(&mut st, block);
         }
         Ok(())
     }
 
-    fn drop_block(st: &mut State, block: u64, path: &Path, len: u64, tier: usize) {
-        let _ = fs::remove_file(path);
-        st.used[tier] -= len;
-        st.blocks.remove(&block);
-        st.removed.push(block);
+    /// Copies a block's bytes into tier `j`, to the same place in the same
+    /// kind of file, synced and marked: should the worker die before the
+    /// source is forgotten, a restart keeps the higher tier's copy.
+    fn copy_block(&self, st: &mut State, block: u64, m: &BlockMeta, j: usize) -> StoreResult<()> {
+        let from = self.path_of(block, m);
+        let dir = &self.tiers[j].dir;
+        let (to, marker) = if m.own_file {
+            (own_file_path(dir, block), None)
+        } else {
+            (
+                data_path(dir, inode_of(block)),
+                Some(marker_path(dir, block, m.offset, m.len)),
+            )
+        };
+        if !m.own_file {
+            st.take_file(j, inode_of(block));
+        }
+        let copied = (|| {
+            let src = fs::File::open(&from).map_err(|e| io(&from, e))?;
+            let dst = open_data_file(&to).map_err(|e| io(&to, e))?;
+            let mut buf = vec![0u8; (1 << 20).min(m.len.max(1)) as usize];
+            let mut done = 0;
+            while done < m.len {
+                let n = buf.len().min((m.len - done) as usize);
+                let chunk = &mut buf[..n];
+                src.read_exact_at(chunk, m.offset + done)
+                    .map_err(|e| io(&from, e))?;
+                dst.write_all_at(chunk, m.offset + done)
+                    .map_err(|e| io(&to, e))?;
+                done += n as u64;
+            }
+            dst.sync_data().map_err(|e| io(&to, e))?;
+            if let Some(marker) = &marker {
+                fs::File::create(marker).map_err(|e| io(marker, e))?;
+            }
+            Ok(())
+        })();
+        if copied.is_err() {
+            if m.own_file {
+                let _ = fs::remove_file(&to);
+            } else {
+                punch_path(&to, m.offset, m.len);
+                st.release_file(&self.tiers, j, inode_of(block));
+            }
+        }
+        copied
+    }
+
+    /// Removes a block's bytes from its tier (marker first, so a crash in
+    /// between never shows a block whose range is punched) and its space
+    /// from the tier's count; the block's entry stays to the caller.
+    fn forget_bytes(&self, st: &mut State, block: u64, m: &BlockMeta) {
+        let dir = &self.tiers[m.tier].dir;
+        if m.own_file {
+            let _ = fs::remove_file(own_file_path(dir, block));
+        } else {
+            let _ = fs::remove_file(marker_path(dir, block, m.offset, m.len));
+            punch_path(&data_path(dir, inode_of(block)), m.offset, m.len);
+            st.release_file(&self.tiers, m.tier, inode_of(block));
+        }
+        st.used[m.tier] -= m.len;
+    }
+
+    fn drop_block(&self, st: &mut State, block: u64) {
+        if let Some(m) = st.blocks.remove(&block) {
+            self.forget_bytes(st, block, &m);
+            st.removed.push(block);
+        }
     }
 
     /// Evicts every tier that is over its high watermark.
@@ -481,22 +761,73 @@ impl BlockStore {
         Ok(())
     }
 
-    /// Leases a block for reading; `None` when the worker does not have it.
-    pub fn lease(&self, block: u64) -> Option<Lease> {
-        let mut st = self.state.lock().expect("block store");
+    fn lease_locked(&self, st: &mut State, block: u64) -> Option<Lease> {
         st.clock += 1;
         let clock = st.clock;
         let m = st.blocks.get_mut(&block)?;
         m.leases += 1;
         m.touch(clock);
-        let tier = &self.tiers[m.tier];
+        let m = m.clone();
         Some(Lease {
             store: self.clone(),
             block,
-            path: block_path(&tier.dir, block),
+            path: self.path_of(block, &m),
+            offset: m.offset,
             len: m.len,
-            tier: tier.name.clone(),
+            tier: self.tiers[m.tier].name.clone(),
         })
+    }
+
+    /// Leases a block for reading; `None` when the worker does not have it.
+    pub fn lease(&self, block: u64) -> Option<Lease> {
+        let mut st = self.state.lock().expect("block store");
+        self.lease_locked(&mut st, block)
+    }
+
+    /// Leases every block of a file, given in file order as `(block,
+    /// offset, len)`, when one data file holds them all and nothing else:
+    /// its size is the file's `length`. `None` otherwise (a block missing,
+    /// on another tier, or in a file of the earlier layout alongside
+    /// others), and nothing stays leased.
+    pub fn lease_file(&self, blocks: &[(u64, u64, u64)], length: u64) -> Option<FileLease> {
+        let (&(first, _, _), rest) = blocks.split_first()?;
+        let mut end = 0;
+        for &(block, offset, len) in blocks {
+            if offset != end || inode_of(block) != inode_of(first) {
+                return None;
+            }
+            end += len;
+        }
+        if end != length {
+            return None;
+        }
+        let leases = {
+            let mut st = self.state.lock().expect("block store");
+            let head = st.blocks.get(&first)?.clone();
+            let same_place = |m: &BlockMeta, offset: u64, len: u64| {
+                m.tier == head.tier && !m.own_file && m.offset == offset && m.len == len
+            };
+            let fits = if rest.is_empty() {
+                head.offset == 0 && head.len == length
+            } else {
+                blocks.iter().all(|&(b, offset, len)| {
+                    st.blocks
+                        .get(&b)
+                        .is_some_and(|m| same_place(m, offset, len))
+                })
+            };
+            if !fits {
+                return None;
+            }
+            blocks
+                .iter()
+                .map(|&(b, _, _)| self.lease_locked(&mut st, b))
+                .collect::<Option<Vec<_>>>()?
+        };
+        let path = leases[0].path.clone();
+        // A block written past the end and abandoned leaves the file longer.
+        let size = fs::metadata(&path).ok()?.len();
+        (size == length).then_some(FileLease { path, leases })
     }
 
     fn update(&self, block: u64, change: impl FnOnce(&mut BlockMeta)) -> StoreResult<()> {
@@ -523,14 +854,10 @@ impl BlockStore {
 
     fn drop_if(&self, block: u64, allowed: impl FnOnce(&BlockMeta) -> bool) {
         let mut st = self.state.lock().expect("block store");
-        if let Some(m) = st.blocks.get(&block).cloned()
-            && allowed(&m)
-        {
-            let path = block_path(&self.tiers[m.tier].dir, block);
-            Self::drop_block(&mut st, block, &path, m.len, m.tier);
+        if st.blocks.get(&block).is_some_and(allowed) {
+            self.drop_block(&mut st, block);
         }
     }
-
     /// Drops a block (its file is gone); a missing block is fine.
     pub fn remove(&self, block: u64) {
         self.drop_if(block, |_| true);
@@ -623,6 +950,35 @@ impl BlockStore {
 mod tests {
     use super::*;
 
+    /// Where a test's block starts in its data file: these tests' blocks
+    /// all belong to inode 0, so each gets a range of its own.
+    fn at(block: u64) -> u64 {
+        block * 4096
+    }
+
+    /// A leased block's bytes, read the way a short-circuit reader does.
+    fn bytes(lease: &Lease) -> Vec<u8> {
+        let mut out = vec![0; lease.len as usize];
+        std::fs::File::open(&lease.path)
+            .unwrap()
+            .read_exact_at(&mut out, lease.offset)
+            .unwrap();
+        out
+    }
+
+    /// Bytes a file takes on disk (a punched range takes none).
+    fn allocated(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    /// Block `index` of inode `inode`, as the master numbers them.
+    fn block(inode: u64, index: u64) -> u64 {
+        (inode << BLOCK_INDEX_BITS) | index
+    }
+
+    const MIB: u64 = 1 << 20;
+
     /// A lone MEM tier with the given quota and watermarks.
     fn mem_tier(root: &Path, quota: u64, high: f64, low: f64) -> Vec<TierConfig> {
         vec![TierConfig {
@@ -658,12 +1014,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = BlockStore::open(tiers(dir.path(), 1000, 1000), EvictionPolicy::Lru).unwrap();
-            assert_eq!(s.put(7, b"hello", false).unwrap(), "MEM");
+            assert_eq!(s.put(7, at(7), b"hello", false).unwrap(), "MEM");
             std::fs::write(dir.path().join("mem/8.123.tmp"), b"half").unwrap();
         }
         let s = BlockStore::open(tiers(dir.path(), 1000, 1000), EvictionPolicy::Lru).unwrap();
         let lease = s.lease(7).expect("block 7 kept");
-        assert_eq!(std::fs::read(&lease.path).unwrap(), b"hello");
+        assert_eq!(bytes(&lease), b"hello");
         assert_eq!((lease.len, lease.tier.as_str()), (5, "MEM"));
         assert!(
             !dir.path().join("mem/8.123.tmp").exists(),
@@ -678,11 +1034,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = BlockStore::open(tiers(dir.path(), 1000, 10_000), EvictionPolicy::Lru).unwrap();
         for b in 0..9 {
-            assert_eq!(s.put(b, &[b as u8; 100], false).unwrap(), "MEM");
+            assert_eq!(s.put(b, at(b), &[b as u8; 100], false).unwrap(), "MEM");
         }
         drop(s.lease(0)); // block 0 becomes the most recently used
         // 900 used = high watermark; the next block makes MEM evict to 500.
-        assert_eq!(s.put(9, &[9; 100], false).unwrap(), "MEM");
+        assert_eq!(s.put(9, at(9), &[9; 100], false).unwrap(), "MEM");
         let usage = s.usage();
         assert!(usage[0].2 <= 500 + 100, "MEM at {}", usage[0].2);
         let lease1 = s.lease(1).unwrap();
@@ -690,7 +1046,7 @@ mod tests {
             lease1.tier, "SSD",
             "the least recently used block was demoted"
         );
-        assert_eq!(std::fs::read(&lease1.path).unwrap(), vec![1u8; 100]);
+        assert_eq!(bytes(&lease1), vec![1u8; 100]);
         assert_eq!(s.lease(0).unwrap().tier, "MEM", "recently used stays");
         assert!(s.take_removed().is_empty(), "demoted, not dropped");
     }
@@ -700,14 +1056,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s =
             BlockStore::open(mem_tier(dir.path(), 1000, 0.9, 0.3), EvictionPolicy::Lru).unwrap();
-        s.put(1, &[1; 200], false).unwrap();
-        s.put(2, &[2; 200], false).unwrap();
-        s.put(3, &[3; 200], true).unwrap();
-        s.put(4, &[4; 200], false).unwrap();
+        s.put(1, at(1), &[1; 200], false).unwrap();
+        s.put(2, at(2), &[2; 200], false).unwrap();
+        s.put(3, at(3), &[3; 200], true).unwrap();
+        s.put(4, at(4), &[4; 200], false).unwrap();
         s.set_pinned(1, true).unwrap();
         let held = s.lease(2).unwrap();
         // Needs room: only block 4 may go.
-        s.put(5, &[5; 200], false).unwrap();
+        s.put(5, at(5), &[5; 200], false).unwrap();
         assert!(s.lease(1).is_some() && s.lease(3).is_some());
         assert!(s.lease(4).is_none(), "the only evictable block went");
         assert_eq!(s.take_removed(), vec![4]);
@@ -715,11 +1071,11 @@ mod tests {
         // Everything left is pinned, unpersisted or needed: no room.
         s.set_persisted(3).unwrap();
         assert!(
-            s.put(6, &[6; 300], false).is_ok(),
+            s.put(6, at(6), &[6; 300], false).is_ok(),
             "persisted and unleased blocks can now go"
         );
         assert!(matches!(
-            s.put(7, &[7; 2000], false),
+            s.put(7, at(7), &[7; 2000], false),
             Err(StoreError::NoSpace { needed: 2000 })
         ));
     }
@@ -740,13 +1096,13 @@ mod tests {
         for (policy, hot_survives) in [(EvictionPolicy::Lru, false), (EvictionPolicy::Lrfu, true)] {
             let dir = tempfile::tempdir().unwrap();
             let s = BlockStore::open(mem_tier(dir.path(), 1000, 1.0, 0.8), policy).unwrap();
-            s.put(0, &[0; 100], false).unwrap();
+            s.put(0, at(0), &[0; 100], false).unwrap();
             for _ in 0..20 {
                 drop(s.lease(0));
             }
             // A scan: each new block read once, pushing the store past full.
             for b in 1..=10 {
-                s.put(b, &[1; 100], false).unwrap();
+                s.put(b, at(b), &[1; 100], false).unwrap();
                 drop(s.lease(b));
             }
             assert_eq!(s.lease(0).is_some(), hot_survives, "{policy:?}");
@@ -757,7 +1113,7 @@ mod tests {
     fn an_abandoned_block_write_leaves_no_file_and_no_reservation() {
         let dir = tempfile::tempdir().unwrap();
         let s = BlockStore::open(tiers(dir.path(), 1000, 1000), EvictionPolicy::Lru).unwrap();
-        let mut w = s.begin(5, 600, false).unwrap();
+        let mut w = s.begin(5, at(5), 600, false).unwrap();
         w.write(&[5; 300]).unwrap();
         assert!(w.write(&[5; 400]).is_err(), "longer than its limit");
         assert_eq!(s.usage()[0].2, 600, "reserved while writing");
@@ -769,10 +1125,208 @@ mod tests {
         );
         assert!(s.lease(5).is_none());
         // A committed short block gives back the unused reservation.
-        let mut w = s.begin(6, 600, false).unwrap();
+        let mut w = s.begin(6, at(6), 600, false).unwrap();
         w.write(&[6; 250]).unwrap();
         assert_eq!(w.commit().unwrap(), "MEM");
         assert_eq!(s.usage()[0].2, 250);
         assert_eq!(s.lease(6).unwrap().len, 250);
+    }
+
+    #[test]
+    fn a_files_blocks_share_one_data_file_that_a_file_lease_hands_out_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s =
+            BlockStore::open(mem_tier(dir.path(), 4 * MIB, 1.0, 0.5), EvictionPolicy::Lru).unwrap();
+        let file: Vec<u8> = (0..(2 * MIB + 5)).map(|i| (i % 251) as u8).collect();
+        let parts = [(0, 0, MIB), (1, MIB, MIB), (2, 2 * MIB, 5)];
+        let blocks: Vec<_> = parts.iter().map(|&(i, o, l)| (block(9, i), o, l)).collect();
+        // Written out of order, as concurrent loads do.
+        for &(b, o, l) in blocks.iter().rev() {
+            s.put(b, o, &file[o as usize..(o + l) as usize], false)
+                .unwrap();
+        }
+        let data = dir.path().join("mem/9.data");
+        assert_eq!(
+            std::fs::read(&data).unwrap(),
+            file,
+            "the file's own bytes, in place"
+        );
+        let whole = s
+            .lease_file(&blocks, file.len() as u64)
+            .expect("every block here");
+        assert_eq!(whole.path, data);
+        assert_eq!(whole.leases.len(), 3);
+        for l in &whole.leases {
+            assert_eq!(
+                bytes(l),
+                file[l.offset as usize..(l.offset + l.len) as usize]
+            );
+        }
+        // While leased, no block of it is evicted to make room.
+        let other = block(10, 0);
+        assert!(matches!(
+            s.put(other, 0, &vec![1; (2 * MIB) as usize], false),
+            Err(StoreError::NoSpace { .. })
+        ));
+        drop(whole);
+        // Wrong length, wrong offsets, a missing block: no lease at all.
+        assert!(s.lease_file(&blocks, file.len() as u64 + 1).is_none());
+        assert!(
+            s.lease_file(&blocks[1..], file.len() as u64 - MIB)
+                .is_none()
+        );
+        // Unleased, they make room (LRU: the file's blocks go), and a file
+        // missing a block is not handed out.
+        s.put(other, 0, &vec![1; (2 * MIB) as usize], false)
+            .unwrap();
+        assert!(!s.take_removed().is_empty());
+        assert!(s.lease_file(&blocks, file.len() as u64).is_none());
+        assert!(
+            s.state
+                .lock()
+                .unwrap()
+                .blocks
+                .values()
+                .all(|m| m.leases == 0),
+            "nothing stays leased"
+        );
+    }
+
+    #[test]
+    fn a_dropped_block_gives_its_range_back_and_the_last_takes_the_data_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s =
+            BlockStore::open(tiers(dir.path(), 64 * MIB, 64 * MIB), EvictionPolicy::Lru).unwrap();
+        let data = dir.path().join("mem/3.data");
+        for i in 0..4 {
+            s.put(
+                block(3, i),
+                i * 4 * MIB,
+                &vec![i as u8 + 1; (4 * MIB) as usize],
+                false,
+            )
+            .unwrap();
+        }
+        let full = allocated(&data);
+        assert!(full >= 16 * MIB, "{full}");
+        s.remove(block(3, 1));
+        s.free(block(3, 2));
+        assert!(allocated(&data) <= full - 8 * MIB, "two ranges punched out");
+        assert_eq!(
+            bytes(&s.lease(block(3, 3)).unwrap()),
+            vec![4; (4 * MIB) as usize]
+        );
+        assert_eq!(s.usage()[0].2, 8 * MIB);
+        s.remove(block(3, 0));
+        s.remove(block(3, 3));
+        assert!(!data.exists(), "the data file goes with its last block");
+        let mut removed = s.take_removed();
+        removed.sort();
+        assert_eq!(removed, (0..4).map(|i| block(3, i)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_block_half_written_when_the_worker_died_is_punched_out_at_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("mem/5.data");
+        {
+            let s = BlockStore::open(tiers(dir.path(), 64 * MIB, 64 * MIB), EvictionPolicy::Lru)
+                .unwrap();
+            s.put(block(5, 0), 0, &vec![1; MIB as usize], false)
+                .unwrap();
+            // Blocks 1 and 2 die half written: block 2 past the end, which
+            // grows the file.
+            for i in [1, 2] {
+                let mut w = s.begin(block(5, i), i * MIB, MIB, false).unwrap();
+                w.write(&vec![9; (MIB / 2) as usize]).unwrap();
+                std::mem::forget(w);
+            }
+            // A data file no marker names: its blocks all died half-written.
+            std::fs::write(dir.path().join("mem/6.data"), b"junk").unwrap();
+            assert!(std::fs::metadata(&data).unwrap().len() > MIB);
+        }
+        let s =
+            BlockStore::open(tiers(dir.path(), 64 * MIB, 64 * MIB), EvictionPolicy::Lru).unwrap();
+        assert!(s.lease(block(5, 1)).is_none() && s.lease(block(5, 2)).is_none());
+        assert_eq!(bytes(&s.lease(block(5, 0)).unwrap()), vec![1; MIB as usize]);
+        assert_eq!(
+            std::fs::metadata(&data).unwrap().len(),
+            MIB,
+            "cut back to block 0"
+        );
+        assert!(allocated(&data) <= MIB + 64 * 1024, "{}", allocated(&data));
+        assert!(!dir.path().join("mem/6.data").exists());
+        assert_eq!(s.usage()[0].2, MIB);
+        // The half-written blocks can be written again.
+        s.put(block(5, 1), MIB, &vec![2; MIB as usize], false)
+            .unwrap();
+        assert_eq!(bytes(&s.lease(block(5, 1)).unwrap()), vec![2; MIB as usize]);
+    }
+
+    #[test]
+    fn a_block_cached_or_being_written_is_not_written_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlockStore::open(tiers(dir.path(), 1000, 1000), EvictionPolicy::Lru).unwrap();
+        let w = s.begin(1, 0, 10, false).unwrap();
+        assert!(matches!(
+            s.begin(1, 0, 10, false),
+            Err(StoreError::Exists(1))
+        ));
+        drop(w);
+        s.put(1, 0, b"0123456789", false).unwrap();
+        assert!(matches!(
+            s.put(1, 0, b"xxxxxxxxxx", false),
+            Err(StoreError::Exists(1))
+        ));
+        assert_eq!(bytes(&s.lease(1).unwrap()), b"0123456789");
+    }
+
+    #[test]
+    fn demotion_moves_a_block_to_the_same_place_in_the_lower_tiers_data_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s =
+            BlockStore::open(tiers(dir.path(), 3 * MIB, 64 * MIB), EvictionPolicy::Lru).unwrap();
+        s.put(block(4, 1), MIB, &vec![7; MIB as usize], false)
+            .unwrap();
+        s.put(block(4, 0), 0, &vec![6; MIB as usize], false)
+            .unwrap();
+        // Over MEM's high watermark: block 1 (least recent) goes to SSD.
+        s.put(block(8, 0), 0, &vec![8; MIB as usize], false)
+            .unwrap();
+        let moved = s.lease(block(4, 1)).unwrap();
+        assert_eq!((moved.tier.as_str(), moved.offset), ("SSD", MIB));
+        assert_eq!(moved.path, dir.path().join("ssd/4.data"));
+        assert_eq!(bytes(&moved), vec![7; MIB as usize]);
+        drop(moved);
+        // Split over two tiers, the file cannot be handed out whole.
+        let blocks = [(block(4, 0), 0, MIB), (block(4, 1), MIB, MIB)];
+        assert!(s.lease_file(&blocks, 2 * MIB).is_none());
+        // A restart finds both where they went.
+        drop(s);
+        let s =
+            BlockStore::open(tiers(dir.path(), 3 * MIB, 64 * MIB), EvictionPolicy::Lru).unwrap();
+        assert_eq!(s.tier_of(block(4, 1)).as_deref(), Some("SSD"));
+        assert_eq!(s.tier_of(block(4, 0)).as_deref(), Some("MEM"));
+        assert_eq!(bytes(&s.lease(block(4, 1)).unwrap()), vec![7; MIB as usize]);
+    }
+
+    #[test]
+    fn block_files_of_the_earlier_layout_are_kept_read_and_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("mem")).unwrap();
+        let (first, second) = (block(2, 0), block(2, 1));
+        std::fs::write(dir.path().join(format!("mem/{first}")), b"kept").unwrap();
+        std::fs::write(dir.path().join(format!("mem/{second}")), b"too").unwrap();
+        let s = BlockStore::open(tiers(dir.path(), 1000, 1000), EvictionPolicy::Lru).unwrap();
+        let lease = s.lease(second).unwrap();
+        assert_eq!((lease.offset, bytes(&lease)), (0, b"too".to_vec()));
+        drop(lease);
+        // A file of one such block is that block's file; a file of two is
+        // in no one file.
+        assert!(s.lease_file(&[(first, 0, 4)], 4).is_some());
+        assert!(s.lease_file(&[(first, 0, 4), (second, 4, 3)], 7).is_none());
+        s.remove(second);
+        assert!(!dir.path().join(format!("mem/{second}")).exists());
+        assert_eq!(s.usage()[0].2, 4);
     }
 }

@@ -841,6 +841,7 @@ impl JobScheduler {
             };
             let request = Request::Load(LoadRequest {
                 block,
+                offset: src.block_offset,
                 len,
                 from: from.clone(),
                 source: (kind == JobKind::Load && src.mount_id != 0).then(|| src.clone()),
