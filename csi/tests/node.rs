@@ -89,6 +89,9 @@ async fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 /// A `weir local up` over a small UFS, and the paths a node plugin of it
 /// uses, all below one temporary directory.
 struct Bed {
+    /// First, so it is dropped first: `weir local down` needs the state
+    /// directory (its pid files) that dropping `dir` removes.
+    local: Local,
     dir: tempfile::TempDir,
     ufs: PathBuf,
     /// 3 MB at `train/data.bin`.
@@ -96,7 +99,6 @@ struct Bed {
     mount_root: PathBuf,
     fuse_mount: PathBuf,
     kubelet: PathBuf,
-    local: Local,
 }
 
 impl Bed {
@@ -138,13 +140,13 @@ impl Bed {
             .unwrap();
         assert!(up.success(), "weir local up");
         Bed {
+            local,
             dir,
             ufs,
             big,
             mount_root,
             fuse_mount,
             kubelet,
-            local,
         }
     }
 
