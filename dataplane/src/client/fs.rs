@@ -376,7 +376,7 @@ impl FileSystem {
                 }
             };
             let lease = LeaseGuard {
-                block: block.block_id,
+                blocks: vec![block.block_id],
                 channel,
             };
             if len != block.length {
@@ -399,7 +399,7 @@ impl FileSystem {
     /// FUSE hands the kernel to read the file itself. `None` when no local
     /// worker has all of it that way.
     pub async fn lease_local_file(&self, reader: &FileReader) -> Option<LocalFile> {
-        if !self.cfg.short_circuit || reader.blocks().is_empty() {
+        if !self.cfg.short_circuit {
             return None;
         }
         let (first, rest) = reader.blocks().split_first()?;
@@ -433,7 +433,7 @@ impl FileSystem {
             })
             .ok()?;
         let path = answer.await.ok()??;
-        let lease = FileLeaseGuard {
+        let lease = LeaseGuard {
             blocks: blocks.into_iter().map(|b| b.0).collect(),
             channel,
         };
@@ -665,7 +665,7 @@ pub struct LocalBlock {
 #[derive(Debug)]
 pub struct LocalFile {
     pub file: std::fs::File,
-    _lease: FileLeaseGuard,
+    _lease: LeaseGuard,
 }
 
 #[derive(Debug)]
@@ -685,31 +685,16 @@ enum LeaseOp {
     },
 }
 
-/// Releases its lease when dropped. Should the connection break first, the
-/// worker has already let go of every lease on it; the block file stays
-/// readable through the open descriptor either way.
+/// Releases its blocks' leases when dropped. Should the connection break
+/// first, the worker has already let go of every lease on it; the leased
+/// file stays readable through the open descriptor either way.
 #[derive(Debug)]
 struct LeaseGuard {
-    block: u64,
-    channel: mpsc::UnboundedSender<LeaseOp>,
-}
-
-impl Drop for LeaseGuard {
-    fn drop(&mut self) {
-        let _ = self.channel.send(LeaseOp::Release {
-            blocks: vec![self.block],
-        });
-    }
-}
-
-/// [`LeaseGuard`] for every block of a file.
-#[derive(Debug)]
-struct FileLeaseGuard {
     blocks: Vec<u64>,
     channel: mpsc::UnboundedSender<LeaseOp>,
 }
 
-impl Drop for FileLeaseGuard {
+impl Drop for LeaseGuard {
     fn drop(&mut self) {
         let _ = self.channel.send(LeaseOp::Release {
             blocks: std::mem::take(&mut self.blocks),
