@@ -7,7 +7,11 @@
 #  2. the same for a file cached as a single block.
 #  Both are read by FUSE passthrough: the worker keeps a file's blocks on a
 #  tier in one data file, which the kernel reads itself;
-#  3. client read from a remote worker (data port) vs short-circuit;
+#  3. client read from a remote worker (data port) vs short-circuit, and
+#     the same remote read vs the transport's own ceiling: the worker's
+#     data file sent over one loopback TCP connection (sendfile -> recv,
+#     no Weir code; `weir bench tcp-loopback`), next to the short-circuit
+#     read as well, so the table shows how much of the gap is Weir's;
 #  4. first (cold) read through Weir from a local S3 server vs one direct
 #     ranged GET of the same object. The server is s3s-fs (installed with
 #     cargo into ~/.cache/weir/s3s on first use): moto reads a whole object
@@ -70,10 +74,11 @@ t_tmpfs1=$(best cat "$single_file")
 t_fuse1=$(PRE=drop_caches best cat "$work/mnt/bench/single")
 
 read_mibs() { "$WEIR" bench --masters "$masters" read "$@" | json_field mib_per_s; }
-sc=0; remote=0
+sc=0; remote=0; tcp=0
 for _ in $(seq "$TRIALS"); do
   sc=$(max "$(read_mibs /bench/multi)" "$sc")
   remote=$(max "$(read_mibs /bench/multi --no-short-circuit)" "$remote")
+  tcp=$(max "$("$WEIR" bench tcp-loopback "$multi_file" | json_field mib_per_s)" "$tcp")
 done
 
 # Cold reads from S3 through Weir vs direct ranged GETs of the same object.
@@ -104,4 +109,6 @@ row data "FUSE sequential read, $SIZE in 64 MiB blocks, page cache dropped" "$(m
 row data "FUSE sequential read, $SIZE as one block, page cache dropped" "$(mibs "$bytes" "$t_fuse1")" \
   "cat of the worker's tmpfs data file" "$(mibs "$bytes" "$t_tmpfs1")"
 row data "client read from the worker's data port (remote)" "$remote" "short-circuit read" "$sc"
+row data "client read from the worker's data port (remote)" "$remote" "one loopback TCP connection, sendfile -> recv" "$tcp"
+row data "one loopback TCP connection, sendfile -> recv (no Weir code)" "$tcp" "short-circuit read" "$sc"
 row data "first (cold) read of $S3_SIZE from S3 ($S3_SERVER) through Weir" "$cold" "one direct ranged GET" "$direct"

@@ -106,10 +106,14 @@ def plot_metadata(records, path):
 
 
 def regressions(records, previous):
-    before = {(r["bench"], r["measurement"]): r for r in previous}
+    # One measurement can stand next to several baselines.
+    def key(r):
+        return r["bench"], r["measurement"], r.get("baselineName")
+
+    before = {key(r): r for r in previous}
     fell = []
     for r in records:
-        old = before.get((r["bench"], r["measurement"]))
+        old = before.get(key(r))
         if old and r["ratio"] < old["ratio"] * (1 - REGRESSION):
             fell.append(f"{r['bench']}: {r['measurement']}: ratio {r['ratio']:.2f}, recorded {old['ratio']:.2f}")
     return fell

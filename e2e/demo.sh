@@ -37,10 +37,11 @@ staged() {
 }
 
 if [ "${1:-}" = down ]; then
-  # The pods go first, and the CSI plugin must still be there while the
-  # kubelet unmounts their volume; only then can Weir be uninstalled.
-  log "deleting the pods of $NS and waiting for the kubelet to unmount the volume"
-  k delete pod -n "$NS" --all --wait --timeout=120s 2>/dev/null || true
+  # The application pods go first, and the CSI plugin must still be there
+  # while the kubelet unmounts their volume; only then can Weir be
+  # uninstalled. (The cache's pods go with the namespace.)
+  log "deleting the application pods of $NS and waiting for the kubelet to unmount the volume"
+  k delete pod -n "$NS" -l 'app.kubernetes.io/name!=weir' --wait --timeout=120s 2>/dev/null || true
   for _ in $(seq 120); do staged || break; sleep 1; done
   staged && log "warning: the volume is still staged; uninstalling anyway"
   log "deleting namespace $NS (the operator removes the cache, PV and node labels)"

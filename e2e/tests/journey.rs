@@ -160,12 +160,14 @@ async fn the_demo_journey_upgrade_and_uninstall() -> anyhow::Result<()> {
         let phase = ns.kubectl(&["get", "dataset", "demo", "-o", "jsonpath={.status.phase}"])?;
         assert_eq!(phase, "Bound", "the Dataset across the cache's roll");
 
-        // Delete the pods, and once the kubelet has unmounted their volume
-        // through the plugin, the CRs; then uninstall: nothing is left. (A
-        // CSI plugin uninstalled before the kubelet unstages leaves the
-        // pod mounts behind; the kubelet reports no in-use state for
-        // unattached volumes that the operator could wait on.)
-        ns.kubectl(&["delete", "pod", "--all", "--wait", "--timeout=120s"])?;
+        // Delete the application pods, and once the kubelet has unmounted
+        // their volume through the plugin, the CRs; then uninstall: nothing
+        // is left. (A CSI plugin uninstalled before the kubelet unstages
+        // leaves the pod mounts behind; the kubelet reports no in-use state
+        // for unattached volumes that the operator could wait on.) The
+        // cache's own pods go with the CRs: deleted here, their
+        // StatefulSets would only bring them back under the same names.
+        ns.kubectl(&["delete", "pod", "-l", "app.kubernetes.io/name!=weir", "--wait", "--timeout=120s"])?;
         let handle = format!("\"{}-demo\"", ns.name);
         wait_for("the kubelet to unstage the volume", Duration::from_secs(120), || async {
             let staged = std::fs::read_dir("/var/lib/kubelet/plugins/kubernetes.io/csi/csi.weir.io")

@@ -53,6 +53,19 @@ pub struct UfsParallelReadArgs {
     pub range: u64,
 }
 
+/// The transport's own ceiling for a remote read: a file sent over one
+/// loopback TCP connection the way a worker sends a cached block
+/// (sendfile, 4 MiB a call) and received the way the client receives one
+/// (into a buffer of `chunk`, woken per half MiB), with no Weir code in
+/// between.
+#[derive(Debug, Args)]
+pub struct TcpLoopbackArgs {
+    pub file: std::path::PathBuf,
+    /// Bytes asked for per receive call (as `read --chunk`).
+    #[arg(long, default_value = "4MiB", value_parser = super::worker::parse_size)]
+    pub chunk: u64,
+}
+
 /// A load job, timed from submission to its end.
 #[derive(Debug, Args)]
 pub struct LoadBenchArgs {
@@ -235,5 +248,95 @@ pub async fn ufs_read(args: UfsObjectArgs) -> Result<(), CliError> {
         got += chunk.map_err(failed)?.len() as u64;
     }
     report("ufs-ranged-get", got, started.elapsed());
+    Ok(())
+}
+
+fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> CliError + '_ {
+    move |source| CliError::Io {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+/// Sends `len` bytes of `file` on a blocking socket, 4 MiB per sendfile
+/// call, as the worker's data server does.
+#[allow(unsafe_code)]
+fn send_whole_file(
+    sock: &std::net::TcpStream,
+    file: &std::fs::File,
+    len: u64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut offset: libc::off_t = 0;
+    while (offset as u64) < len {
+        let want = (len - offset as u64).min(4 << 20) as usize;
+        // SAFETY: both descriptors outlive the call and the kernel writes
+        // only `offset`, which lives on this stack frame.
+        let sent = unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut offset, want) };
+        match sent {
+            n if n > 0 => {}
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            _ => return Err(std::io::Error::last_os_error()),
+        }
+    }
+    Ok(())
+}
+
+pub fn tcp_loopback(args: TcpLoopbackArgs) -> Result<(), CliError> {
+    use std::io::Read;
+    let file = std::fs::File::open(&args.file).map_err(io_error("opening the file"))?;
+    let len = file.metadata().map_err(io_error("stat of the file"))?.len();
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(io_error("binding on loopback"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io_error("loopback address"))?;
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        let (sock, _) = listener.accept()?;
+        sock.set_nodelay(true)?;
+        socket2::SockRef::from(&sock).set_send_buffer_size(8 << 20)?;
+        send_whole_file(&sock, &file, len)
+    });
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .map_err(io_error("a socket"))?;
+    socket
+        .set_recv_buffer_size(8 << 20)
+        .map_err(io_error("receive buffer"))?;
+    socket
+        .connect(&addr.into())
+        .map_err(io_error("connecting on loopback"))?;
+    let mut conn: std::net::TcpStream = socket.into();
+    conn.set_nodelay(true).map_err(io_error("nodelay"))?;
+    let mut buf = vec![0u8; args.chunk.max(4096) as usize];
+    let started = Instant::now();
+    let mut got = 0u64;
+    while got < len {
+        let want = (len - got).min(buf.len() as u64) as usize;
+        let mut done = 0;
+        while done < want {
+            crate::client::fs::set_rcvlowat(
+                &conn,
+                (want - done).min(crate::client::fs::RCVLOWAT_MAX),
+            );
+            match conn.read(&mut buf[done..want]) {
+                Ok(0) => {
+                    return Err(CliError::Usage(format!(
+                        "the sender stopped after {} of {len} bytes",
+                        got + done as u64
+                    )));
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_error("receiving")(e)),
+            }
+        }
+        got += want as u64;
+    }
+    let elapsed = started.elapsed();
+    sender
+        .join()
+        .map_err(|_| CliError::Usage("the sending thread panicked".into()))?
+        .map_err(io_error("sending"))?;
+    report("tcp-loopback", got, elapsed);
     Ok(())
 }

@@ -96,6 +96,9 @@ pub enum BenchCommand {
     UfsParallelRead(databench::UfsParallelReadArgs),
     /// Run a load job and time it from submission to its end.
     Load(databench::LoadBenchArgs),
+    /// Send a file over one loopback TCP connection with no Weir code in
+    /// between (the transport's ceiling for a remote read); prints MiB/s.
+    TcpLoopback(databench::TcpLoopbackArgs),
     /// Sequential and random reads and writes and small files against any
     /// mounted directory: throughput, ops/s and latency percentiles.
     Fs(fsbench::FsBenchArgs),
@@ -386,6 +389,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             BenchCommand::UfsRead(args) => databench::ufs_read(args).await,
             BenchCommand::UfsParallelRead(args) => databench::ufs_parallel_read(args).await,
             BenchCommand::Load(args) => databench::load(&conn, args).await,
+            BenchCommand::TcpLoopback(args) => {
+                tokio::task::spawn_blocking(move || databench::tcp_loopback(args))
+                    .await
+                    .map_err(|e| CliError::Usage(format!("loopback bench: {e}")))?
+            }
             BenchCommand::Fs(args) => tokio::task::spawn_blocking(move || fsbench::fs(args))
                 .await
                 .map_err(|e| CliError::Usage(format!("the benchmark stopped: {e}")))?,

@@ -1205,15 +1205,14 @@ impl FileReader {
 /// The most a block stream's reader waits to have before it is woken.
 /// Measured on loopback (2 cores, 4 MiB reads): 512 KiB read 2.9-3.3 GB/s,
 /// 1 MiB 2.3-3.3, 2 MiB and more under 2, no watermark 1.5-2.3.
-const RCVLOWAT_MAX: usize = 512 << 10;
+pub(crate) const RCVLOWAT_MAX: usize = 512 << 10;
 
 /// Wakes a reader of `conn` only once `bytes` are there (or the peer
 /// closes): a stream read in one large call then costs the kernel a wakeup
 /// per `bytes` instead of one per segment. Only while bytes that many are
 /// sure to come: a smaller reply would never wake the reader.
 #[allow(unsafe_code)]
-fn set_rcvlowat(conn: &TcpStream, bytes: usize) {
-    use std::os::fd::AsRawFd;
+pub(crate) fn set_rcvlowat(conn: &impl std::os::fd::AsRawFd, bytes: usize) {
     let value = bytes.min(i32::MAX as usize) as libc::c_int;
     // SAFETY: the option value is a c_int on this stack frame, its size
     // passed with it, on a descriptor that outlives the call.
