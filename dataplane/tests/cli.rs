@@ -104,3 +104,45 @@ fn local_up_serves_a_directory_through_fuse_and_down_leaves_nothing() {
     }
     assert!(!std::path::Path::new(&format!("/dev/shm/weir-local-{mport}")).exists());
 }
+
+/// The loopback baseline of the data-path benchmark sends every byte and
+/// ends, over one connection and over several, for a file whose size no
+/// chunk or stripe divides; a missing file is an error that says so.
+#[test]
+fn tcp_loopback_sends_the_whole_file_and_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data");
+    let len: usize = (9 << 20) + 12345;
+    std::fs::write(&file, (0..len).map(|i| (i % 251) as u8).collect::<Vec<_>>()).unwrap();
+    for connections in ["1", "3"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args([
+                "bench",
+                "tcp-loopback",
+                file.to_str().unwrap(),
+                "--chunk",
+                "1MiB",
+            ])
+            .args(["--connections", connections])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("tcp-loopback over {connections} connection(s) never ended");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{connections} connection(s)");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["bytes"], len as u64, "{connections} connection(s)");
+        assert!(report["mib_per_s"].as_f64().unwrap() > 0.0);
+    }
+    let missing = weir(&["bench", "tcp-loopback", "/nonexistent/weir-file"]);
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("opening the file"), "{stderr}");
+}
