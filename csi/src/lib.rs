@@ -101,7 +101,7 @@ pub async fn run(config: CsiConfig, api: Option<Arc<dyn node::NodeApi>>) -> Resu
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| serve_err(format!("metrics on {addr}: {e}")))?;
-            Some(tokio::spawn(serve_metrics(listener, registry)))
+            Some(tokio::spawn(weir_api::metrics::serve(listener, registry)))
         }
         None => None,
     };
@@ -151,28 +151,6 @@ pub async fn run(config: CsiConfig, api: Option<Arc<dyn node::NodeApi>>) -> Resu
     }
     let _ = std::fs::remove_file(&path);
     served.map_err(|e| serve_err(e.to_string()))
-}
-
-async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    registry: prometheus_client::registry::Registry,
-) {
-    let registry = Arc::new(registry);
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = registry.clone();
-            async move {
-                let mut out = String::new();
-                prometheus_client::encoding::text::encode(&mut out, &registry)
-                    .map(|_| out)
-                    .unwrap_or_else(|e| format!("# encoding failed: {e}"))
-            }
-        }),
-    );
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "the metrics server stopped");
-    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C, with the handlers installed at the call:

@@ -1,24 +1,18 @@
 //! Weir's data plane: the master, workers, client and FUSE filesystem that
 //! make up a cache cluster, and the `weir` binary that runs them.
 
+pub mod block;
 pub mod cli;
 pub mod client;
-pub mod error;
 pub mod fuse;
 pub mod master;
 pub mod metrics;
 pub mod path;
-pub mod telemetry;
 pub mod ufs;
 pub mod wire;
 pub mod worker;
 
-pub use error::{Error, Result};
+pub use weir_api::proto;
 
-/// Generated gRPC code, kept apart and exempt from the workspace lints.
-#[allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
-pub mod proto {
-    pub mod master {
-        tonic::include_proto!("weir.master.v1");
-    }
-}
+#[cfg(test)]
+mod placement_tests;

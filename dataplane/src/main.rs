@@ -1,7 +1,7 @@
 use clap::Parser;
 use std::process::ExitCode;
 use weir::cli::{Cli, run};
-use weir::telemetry;
+use weir_api::telemetry;
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -6,7 +6,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::Mutex;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,27 +103,5 @@ impl MasterGauges {
             "Live workers known to this master",
             self.workers.clone(),
         );
-    }
-}
-
-/// A registry behind a lock, rendered in the text exposition format.
-#[derive(Debug, Default)]
-pub struct Exporter {
-    registry: Mutex<Registry>,
-}
-
-impl Exporter {
-    pub fn new(registry: Registry) -> Self {
-        Self {
-            registry: Mutex::new(registry),
-        }
-    }
-
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.lock().expect("metrics registry");
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
     }
 }

@@ -16,6 +16,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use weir_api::WriteType;
 
 /// Largest header accepted; block bytes never travel inside a header.
 const MAX_HEADER: u32 = 1 << 20;
@@ -46,34 +47,11 @@ pub struct ReadRequest {
     pub cache: bool,
 }
 
-/// The four write types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum WriteMode {
-    /// Cache only; lost with the cache.
-    MustCache,
-    /// Cache and under-storage, synchronously.
-    CacheThrough,
-    /// Under-storage only.
-    Through,
-    /// Cache now (pinned), under-storage later in the order written.
-    AsyncThrough,
-}
-
-impl WriteMode {
-    pub fn caches(self) -> bool {
-        self != WriteMode::Through
-    }
-
-    pub fn writes_through(self) -> bool {
-        matches!(self, WriteMode::CacheThrough | WriteMode::Through)
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteRequest {
     pub file_id: u64,
     pub block_size: u64,
-    pub mode: WriteMode,
+    pub mode: WriteType,
     /// The file's namespace path (ASYNC_THROUGH checks it still exists
     /// before persisting).
     pub path: String,

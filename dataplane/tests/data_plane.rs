@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weir::client::fs::{ClientConfig, FileSystem};
-use weir::client::master::ClientError;
+use weir::client::ClientError;
+use weir::client::{ClientConfig, FileSystem};
 use weir::proto::master as pb;
 use weir::ufs::{OpendalUfs, Ufs, UfsPath};
-use weir::wire::WriteMode;
+use weir_api::WriteType;
 
 const BLOCK: u64 = 64 << 20;
 
@@ -811,7 +811,7 @@ async fn write_file(
     path: &str,
     p: &Pattern,
     len: u64,
-    mode: Option<WriteMode>,
+    mode: Option<WriteType>,
 ) {
     let mut w = fs.create(path, mode).await.unwrap();
     let mut off = 0;

@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weir::client::master::MasterClient;
 use weir::proto::master as pb;
 use weir::ufs::{OpendalUfs, Ufs, UfsPath};
+use weir_api::MasterClient;
 
 const BLOCK: u64 = 64 << 20;
 const MIB: u64 = 1 << 20;

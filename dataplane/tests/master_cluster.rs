@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tonic::Code;
-use weir::client::master::{ClientError, MasterClient};
 use weir::proto::master as pb;
 use weir::proto::master::master_service_client::MasterServiceClient;
+use weir_api::{ApiError, MasterClient};
 
 struct Master {
     id: u64,
@@ -164,7 +164,7 @@ async fn leader_of(masters: &[Master]) -> u64 {
     }
 }
 
-async fn create(client: &MasterClient, path: &str) -> Result<(), ClientError> {
+async fn create(client: &MasterClient, path: &str) -> Result<(), ApiError> {
     let req = pb::CreateRequest {
         path: path.into(),
         recursive: true,
@@ -535,7 +535,7 @@ async fn t50_workers_report_blocks_and_are_lost_when_silent() {
     };
     let file = rpc!(client, get_status, stat).await.unwrap();
     assert_eq!(file.cached_percent, 0);
-    let block = weir::master::namespace::block_id(file.id, 0);
+    let block = weir::block::block_id(file.id, 0);
 
     let register = pb::RegisterWorkerRequest {
         host: "127.0.0.1".into(),

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use weir::client::master::MasterClient;
+use weir_api::MasterClient;
 
 /// Settings of `weir-operator`.
 #[derive(Debug, Clone)]

@@ -24,7 +24,16 @@ pub enum Error {
     Invalid(String),
     /// The runtime's masters refused or could not be reached.
     #[error("master: {0}")]
-    Master(String),
+    Master(#[from] weir_api::ApiError),
+    #[error("master: {what}: {source}")]
+    MasterCall {
+        what: String,
+        #[source]
+        source: weir_api::ApiError,
+    },
+    /// No master of the runtime can be asked yet.
+    #[error("master: {0}")]
+    NoMaster(String),
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     /// A deletion waits for something outside the operator (its status
@@ -33,23 +42,13 @@ pub enum Error {
     Waiting(String),
     #[error("leader election: {0}")]
     Lease(String),
-    #[error("serving metrics on {addr}: {source}")]
-    Serve {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Metrics(weir_api::ApiError),
 }
 
 impl From<kube::runtime::finalizer::Error<Error>> for Error {
     fn from(e: kube::runtime::finalizer::Error<Error>) -> Self {
         Error::Finalizer(Box::new(e))
-    }
-}
-
-impl From<weir::client::master::ClientError> for Error {
-    fn from(e: weir::client::master::ClientError) -> Self {
-        Error::Master(e.to_string())
     }
 }
 

@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use weir_api::{MountSpec, WriteType};
 
 /// Operator-wide settings the rendered objects depend on.
 #[derive(Debug, Clone)]
@@ -22,36 +23,11 @@ pub struct RenderConfig {
     pub cluster_domain: String,
 }
 
-/// One mount as the master should have it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DesiredMount {
-    /// Path inside the dataset's namespace (`/<name>`).
-    pub path: String,
-    pub ufs_uri: String,
-    pub read_only: bool,
-    pub write_type: i32,
-    pub sync_interval_ms: u64,
-    pub options: BTreeMap<String, String>,
-    /// Option name -> file in the master and worker pods.
-    pub credential_files: BTreeMap<String, String>,
-}
-
 /// A volume master and worker pods need for a mount (`local://`, `pvc://`).
 #[derive(Debug, Clone, PartialEq)]
 enum UfsVolume {
     HostPath(String),
     Claim(String),
-}
-
-/// Write types by the names users know (Alluxio's).
-fn write_type(name: &str) -> Option<i32> {
-    Some(match name {
-        "MUST_CACHE" => 0,
-        "CACHE_THROUGH" => 1,
-        "THROUGH" => 2,
-        "ASYNC_THROUGH" => 3,
-        _ => return None,
-    })
 }
 
 /// Keys of `options` that configure Weir, not the under-storage.
@@ -87,7 +63,7 @@ fn secret_file(opt: &EncryptOption) -> String {
 fn mounts_with_volumes(
     ds: &Dataset,
     rt: &CacheRuntime,
-) -> Result<Vec<(DesiredMount, Option<UfsVolume>)>> {
+) -> Result<Vec<(MountSpec, Option<UfsVolume>)>> {
     let sync_interval_ms = (rt
         .spec
         .management
@@ -152,12 +128,10 @@ fn mounts_with_volumes(
         let mut options = ds.spec.shared_options.clone();
         options.extend(m.options.clone());
         let write_type = match options.get("writeType") {
-            None => write_type("CACHE_THROUGH").expect("known"),
-            Some(w) => write_type(w).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "{field}.options.writeType {w:?}: one of MUST_CACHE, CACHE_THROUGH, THROUGH, ASYNC_THROUGH"
-                ))
-            })?,
+            None => WriteType::CacheThrough,
+            Some(w) => w
+                .parse()
+                .map_err(|e| Error::Invalid(format!("{field}.options.writeType: {e}")))?,
         };
         options.retain(|k, _| !WEIR_OPTIONS.contains(&k.as_str()));
         let mut credential_files = BTreeMap::new();
@@ -170,7 +144,7 @@ fn mounts_with_volumes(
             credential_files.insert(opt.name.clone(), secret_file(opt));
         }
         out.push((
-            DesiredMount {
+            MountSpec {
                 path,
                 ufs_uri,
                 read_only: m.read_only,
@@ -185,7 +159,7 @@ fn mounts_with_volumes(
     Ok(out)
 }
 
-pub fn desired_mounts(ds: &Dataset, rt: &CacheRuntime) -> Result<Vec<DesiredMount>> {
+pub fn desired_mounts(ds: &Dataset, rt: &CacheRuntime) -> Result<Vec<MountSpec>> {
     Ok(mounts_with_volumes(ds, rt)?
         .into_iter()
         .map(|(m, _)| m)
@@ -838,7 +812,11 @@ mod tests {
         let m = desired_mounts(&ds, &rt).unwrap();
         assert_eq!(m[0].path, "/train");
         assert_eq!(m[0].ufs_uri, "s3://bucket/train");
-        assert_eq!(m[0].write_type, 1, "CACHE_THROUGH by default");
+        assert_eq!(
+            m[0].write_type,
+            WriteType::CacheThrough,
+            "CACHE_THROUGH by default"
+        );
         assert_eq!(
             m[0].credential_files["secretAccessKey"],
             "/etc/weir/secrets/s3-creds/secret"

@@ -3,11 +3,11 @@
 //! baseline, so the numbers say how close to the RPC ceiling they are.
 
 use super::{CliError, ConnArgs};
-use crate::client::master::MasterClient;
 use crate::proto::master as pb;
 use clap::{Args, ValueEnum};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use weir_api::MasterClient;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum MetaOp {

@@ -4,8 +4,8 @@
 
 use super::worker::DataArgs;
 use super::{CliError, ConnArgs};
-use crate::client::fs::FileSystem;
-use crate::client::master::ClientError;
+use crate::client::ClientError;
+use crate::client::FileSystem;
 use crate::ufs::{self, UfsPath};
 use clap::Args;
 use futures::StreamExt;
@@ -319,7 +319,10 @@ fn receive_exact(conn: &mut std::net::TcpStream, buf: &mut [u8]) -> std::io::Res
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 let left = buf.len() - done;
-                crate::client::fs::set_rcvlowat(conn, left.min(crate::client::fs::RCVLOWAT_MAX));
+                crate::client::stream::set_rcvlowat(
+                    conn,
+                    left.min(crate::client::stream::RCVLOWAT_MAX),
+                );
                 let mut ready = libc::pollfd {
                     fd: conn.as_raw_fd(),
                     events: libc::POLLIN,

@@ -2,16 +2,16 @@
 
 use super::worker::DataArgs;
 use super::{CliError, ConnArgs};
-use crate::client::fs::FileSystem;
-use crate::client::master::MasterClient;
+use crate::client::FileSystem;
 use crate::proto::master as pb;
-use crate::wire::WriteMode;
 use clap::Subcommand;
 use serde_json::json;
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use weir_api::MasterClient;
+use weir_api::{MountSpec, WriteType};
 
 #[derive(Debug, Subcommand)]
 pub enum FsCommand {
@@ -52,8 +52,9 @@ pub enum FsCommand {
         ufs_uri: String,
         #[arg(long)]
         read_only: bool,
-        #[arg(long, value_parser = ["MUST_CACHE", "CACHE_THROUGH", "THROUGH", "ASYNC_THROUGH"], default_value = "CACHE_THROUGH")]
-        write_type: String,
+        /// MUST_CACHE, CACHE_THROUGH, THROUGH or ASYNC_THROUGH.
+        #[arg(long, default_value = "CACHE_THROUGH")]
+        write_type: WriteType,
         /// Re-list directories older than this (0: load once).
         #[arg(long, default_value_t = 0)]
         sync_interval_ms: u64,
@@ -89,8 +90,8 @@ pub enum FsCommand {
         src: String,
         dst: String,
         /// For copies into Weir; the mount's write type otherwise.
-        #[arg(long, value_parser = ["MUST_CACHE", "CACHE_THROUGH", "THROUGH", "ASYNC_THROUGH"])]
-        write_type: Option<String>,
+        #[arg(long)]
+        write_type: Option<WriteType>,
         /// Block size of a file copied in [default: 64MiB].
         #[arg(long, value_parser = super::worker::parse_size)]
         block_size: Option<u64>,
@@ -156,11 +157,6 @@ pub(super) fn parse_kv(raw: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{raw:?} is not key=value"))
 }
 
-fn write_type(name: &str) -> pb::WriteType {
-    pb::WriteType::from_str_name(&format!("WRITE_TYPE_{name}"))
-        .unwrap_or(pb::WriteType::CacheThrough)
-}
-
 fn info_json(f: &pb::FileInfo) -> serde_json::Value {
     json!({
         "path": f.path, "id": f.id, "isDir": f.is_dir, "length": f.length, "blockSize": f.block_size,
@@ -208,8 +204,7 @@ pub async fn run(conn: &ConnArgs, data: &DataArgs, command: FsCommand) -> Result
             let started = Instant::now();
             let bytes = match (src.strip_prefix("file:"), dst.strip_prefix("file:")) {
                 (Some(local), None) => {
-                    let mode = wt.as_deref().map(write_mode);
-                    copy_in(&fs, Path::new(local), &dst, mode, block_size.unwrap_or(0)).await?
+                    copy_in(&fs, Path::new(local), &dst, wt, block_size.unwrap_or(0)).await?
                 }
                 (None, Some(local)) => {
                     let mut reader = fs.open(&src).await?;
@@ -313,7 +308,7 @@ pub async fn run(conn: &ConnArgs, data: &DataArgs, command: FsCommand) -> Result
                 while let Some(page) = stream
                     .message()
                     .await
-                    .map_err(|s| CliError::Client(crate::client::master::ClientError::Status(s)))?
+                    .map_err(|s| CliError::Client(s.into()))?
                 {
                     for e in &page.entries {
                         got += 1;
@@ -413,15 +408,16 @@ pub async fn run(conn: &ConnArgs, data: &DataArgs, command: FsCommand) -> Result
             options,
             credential_files,
         } => {
-            let req = pb::MountRequest {
+            let req = MountSpec {
                 path,
                 ufs_uri,
                 read_only,
-                write_type: write_type(&wt) as i32,
+                write_type: wt,
                 sync_interval_ms,
                 options: options.into_iter().collect(),
                 credential_files: credential_files.into_iter().collect(),
-            };
+            }
+            .to_request();
             let r = client
                 .call(|mut c| {
                     let r = req.clone();
@@ -555,20 +551,11 @@ pub async fn report(client: &MasterClient, as_json: bool) -> Result<(), CliError
     Ok(())
 }
 
-fn write_mode(name: &str) -> WriteMode {
-    match name {
-        "MUST_CACHE" => WriteMode::MustCache,
-        "THROUGH" => WriteMode::Through,
-        "ASYNC_THROUGH" => WriteMode::AsyncThrough,
-        _ => WriteMode::CacheThrough,
-    }
-}
-
 async fn copy_in(
     fs: &Arc<FileSystem>,
     local: &Path,
     dst: &str,
-    mode: Option<WriteMode>,
+    mode: Option<WriteType>,
     block_size: u64,
 ) -> Result<u64, CliError> {
     let io = |source| CliError::Io {

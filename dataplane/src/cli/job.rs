@@ -3,12 +3,12 @@
 //! progress line until it ends.
 
 use super::{CliError, ConnArgs};
-use crate::client::master::MasterClient;
 use crate::proto::master as pb;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::io::IsTerminal;
 use std::time::Duration;
+use weir_api::MasterClient;
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {

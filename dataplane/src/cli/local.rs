@@ -3,13 +3,13 @@
 //! processes whose pids and logs live in a state directory.
 
 use super::CliError;
-use crate::client::master::MasterClient;
 use crate::proto::master as pb;
 use clap::{Args, Subcommand};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use weir_api::MasterClient;
 
 #[derive(Debug, Subcommand)]
 pub enum LocalCommand {
@@ -204,15 +204,16 @@ async fn up(args: UpArgs) -> Result<(), CliError> {
         .call(|mut c| async move { c.get_mount_table(pb::Empty {}).await })
         .await?;
     if !table.mounts.iter().any(|m| m.path == "/data") {
-        let req = pb::MountRequest {
+        let req = weir_api::MountSpec {
             path: "/data".into(),
             ufs_uri: ufs_uri.clone(),
             read_only: false,
-            write_type: pb::WriteType::CacheThrough as i32,
+            write_type: weir_api::WriteType::CacheThrough,
             sync_interval_ms: 0,
             options: args.options.into_iter().collect(),
             credential_files: args.credential_files.into_iter().collect(),
-        };
+        }
+        .to_request();
         client
             .call(|mut c| {
                 let r = req.clone();

@@ -9,14 +9,16 @@ mod job;
 mod local;
 mod worker;
 
-use crate::client::master::{ClientError, MasterClient};
-use crate::master::node::{MasterConfig, MasterError, MetastoreKind};
-use crate::telemetry::LogFormat;
+use crate::client::ClientError;
+use crate::master::MasterError;
+use crate::master::node::{MasterConfig, MetastoreKind};
 use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use weir_api::telemetry::LogFormat;
+use weir_api::{ApiError, MasterClient};
 
 /// Weir: a Kubernetes-native data cache.
 #[derive(Debug, Parser)]
@@ -129,7 +131,7 @@ pub struct ConnArgs {
 }
 
 impl ConnArgs {
-    pub fn client(&self) -> Result<MasterClient, ClientError> {
+    pub fn client(&self) -> Result<MasterClient, ApiError> {
         MasterClient::new(self.masters.clone(), Duration::from_secs(self.timeout_secs))
     }
 }
@@ -207,6 +209,8 @@ pub struct MasterFile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error(transparent)]

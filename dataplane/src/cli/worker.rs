@@ -1,7 +1,7 @@
 //! `weir worker` and `weir fuse` settings.
 
 use super::CliError;
-use crate::client::fs::ClientConfig;
+use crate::client::ClientConfig;
 use crate::fuse::FuseConfig;
 use crate::worker::WorkerConfig;
 use crate::worker::store::{EvictionPolicy, TierConfig};

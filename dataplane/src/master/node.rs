@@ -1,18 +1,19 @@
-//! One master process: the Raft node, the replicated namespace, and the
-//! leader-only soft state (worker registry, block locations).
+//! One master's Raft node: the stores opened, the state machine and Raft
+//! started, the cluster bootstrapped. Everything else reaches Raft through
+//! a [`Proposer`], the narrow handle that proposes commands and answers
+//! "am I the leader, and is my view linearizable".
 
-use super::jobs::scheduler::JobScheduler;
+use super::command::{Command, Reply};
+use super::error::{MasterError, MasterResult};
 use super::metastore::{MemoryStore, MetaStore, RocksStore};
-use super::namespace::{Command, FsError, Namespace, Reply};
 use super::raft::log_store::LogStore;
 use super::raft::network::Network;
 use super::raft::state_machine::{StateMachine, SyncFn};
 use super::raft::{NodeId, TypeConfig};
-use super::sync::MetadataSync;
-use super::workers::WorkerRegistry;
+use super::state::ReplicatedState;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::{BasicNode, Raft, ReadPolicy, ServerState};
+use openraft::{BasicNode, Raft, RaftMetrics, ReadPolicy, ServerState};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,59 +47,117 @@ pub struct MasterConfig {
     pub job_tasks_per_worker: usize,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum MasterError {
-    #[error(transparent)]
-    Fs(#[from] FsError),
-    #[error("not the leader; leader is {leader:?}")]
-    NotLeader { leader: Option<(NodeId, String)> },
-    #[error("raft: {0}")]
-    Raft(String),
-    #[error("under-storage: {0}")]
-    Ufs(String),
-    #[error("starting the master: {0}")]
-    Start(String),
+/// Proposes commands and reads Raft's view of the cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct Proposer {
+    raft: Raft<TypeConfig, StateMachine>,
+    id: NodeId,
+    peers: Arc<BTreeMap<NodeId, String>>,
 }
 
-pub type MasterResult<T> = Result<T, MasterError>;
-
-/// A running master.
-pub struct Master {
-    pub config: MasterConfig,
-    pub raft: Raft<TypeConfig, StateMachine>,
-    pub namespace: Namespace,
-    pub workers: WorkerRegistry,
-    pub sync: Arc<MetadataSync>,
-    pub jobs: Arc<JobScheduler>,
-    pub apply_latency: prometheus_client::metrics::histogram::Histogram,
-}
-
-impl std::fmt::Debug for Master {
+impl std::fmt::Debug for Proposer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Master")
-            .field("id", &self.config.id)
+        f.debug_struct("Proposer").field("id", &self.id).finish()
+    }
+}
+
+impl Proposer {
+    fn not_leader(&self, id: Option<NodeId>) -> MasterError {
+        MasterError::NotLeader {
+            leader: id.and_then(|id| self.peers.get(&id).map(|a| (id, a.clone()))),
+        }
+    }
+
+    /// Proposes `cmd`; returns once it is committed and applied.
+    pub async fn write(&self, cmd: Command) -> MasterResult<Reply> {
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => Ok(resp.data.0?),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(self.not_leader(f.leader_id))
+            }
+            Err(e) => Err(MasterError::raft(e)),
+        }
+    }
+
+    /// Makes a read linearizable: only the leader answers, and only once its
+    /// state machine has applied everything committed before the read
+    /// (a lease read: no round trip while the leader's lease holds).
+    pub async fn linearize(&self) -> MasterResult<()> {
+        match self.raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(self.not_leader(f.leader_id))
+            }
+            Err(e) => Err(MasterError::raft(e)),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// Fails with NotLeader (and the leader's address) unless this master
+    /// leads: for soft state only the leader keeps.
+    pub fn require_leader(&self) -> MasterResult<()> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(MasterError::NotLeader {
+                leader: self.leader(),
+            })
+        }
+    }
+
+    /// The leader as this node sees it.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let id = self.raft.metrics().borrow_watched().current_leader?;
+        self.peers.get(&id).map(|a| (id, a.clone()))
+    }
+
+    /// This node's Raft metrics (term, indexes, role).
+    pub fn metrics(&self) -> RaftMetrics<TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Every master of the cluster: id -> address.
+    pub fn peers(&self) -> &BTreeMap<NodeId, String> {
+        &self.peers
+    }
+}
+
+/// A started Raft node and the state it replicates.
+pub struct Node {
+    pub proposer: Proposer,
+    pub state: ReplicatedState,
+    pub apply_latency: prometheus_client::metrics::histogram::Histogram,
+    raft: Raft<TypeConfig, StateMachine>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.proposer.id)
             .finish()
     }
 }
 
-fn not_leader(peers: &BTreeMap<NodeId, String>, id: Option<NodeId>) -> MasterError {
-    MasterError::NotLeader {
-        leader: id.and_then(|id| peers.get(&id).map(|a| (id, a.clone()))),
-    }
-}
-
-impl Master {
-    /// Opens the stores under `data_dir` and starts the Raft node. The
-    /// cluster is initialised by the lowest id when no peer has a leader.
-    pub async fn start(config: MasterConfig) -> MasterResult<Arc<Self>> {
-        let start_err = |e: &dyn std::fmt::Display| MasterError::Start(e.to_string());
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| start_err(&e))?;
-        let log = LogStore::open(&config.data_dir.join("raft-log")).map_err(|e| start_err(&e))?;
+impl Node {
+    /// Opens the stores under `data_dir` and starts the Raft node.
+    pub async fn start(config: &MasterConfig) -> MasterResult<Self> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| MasterError::start(format!("creating {}", dir.display()), e))?;
+        let log = LogStore::open(&dir.join("raft-log"))
+            .map_err(|e| MasterError::start("opening the Raft log", e))?;
         let (store, sync): (Arc<dyn MetaStore>, SyncFn) = match config.metastore {
             MetastoreKind::Rocks => {
                 let rocks = Arc::new(
-                    RocksStore::open(&config.data_dir.join("meta"), config.cache_entries)
-                        .map_err(|e| start_err(&e))?,
+                    RocksStore::open(&dir.join("meta"), config.cache_entries)
+                        .map_err(|e| MasterError::start("opening the metadata store", e))?,
                 );
                 let handle = rocks.clone();
                 (
@@ -108,9 +167,9 @@ impl Master {
             }
             MetastoreKind::Memory => (Arc::new(MemoryStore::new()), Arc::new(|| Ok(()))),
         };
-        let sm = StateMachine::new(store, config.data_dir.join("snapshots"), sync)
-            .map_err(|e| start_err(&e))?;
-        let namespace = sm.namespace().clone();
+        let sm = StateMachine::new(store, dir.join("snapshots"), sync)
+            .map_err(|e| MasterError::start("opening the state machine", e))?;
+        let state = sm.state().clone();
         let apply_latency = sm.apply_latency();
         let heartbeat = config.heartbeat_interval.as_millis() as u64;
         let election = config.election_timeout.as_millis() as u64;
@@ -123,44 +182,50 @@ impl Master {
             max_in_snapshot_log_to_keep: config.snapshot_every / 2,
             ..Default::default()
         };
-        let raft_config = Arc::new(raft_config.validate().map_err(|e| start_err(&e))?);
+        let raft_config = Arc::new(
+            raft_config
+                .validate()
+                .map_err(|e| MasterError::start("Raft settings", e))?,
+        );
         let raft = Raft::new(config.id, raft_config, Network, log, sm)
             .await
-            .map_err(|e| start_err(&e))?;
-        let workers = WorkerRegistry::new(config.worker_timeout);
-        let jobs = Arc::new(JobScheduler::new(
-            config.job_settle,
-            config.job_tasks_per_worker,
-        ));
-        Ok(Arc::new(Self {
-            jobs,
-            config,
-            raft,
-            namespace,
-            workers,
-            sync: Arc::new(MetadataSync::new()),
+            .map_err(|e| MasterError::start("starting Raft", e))?;
+        Ok(Self {
+            proposer: Proposer {
+                raft: raft.clone(),
+                id: config.id,
+                peers: Arc::new(config.peers.clone()),
+            },
+            state,
             apply_latency,
-        }))
+            raft,
+        })
+    }
+
+    /// The Raft handle, for serving the peers' Raft RPCs.
+    pub fn raft(&self) -> &Raft<TypeConfig, StateMachine> {
+        &self.raft
     }
 
     /// Initialises the cluster from the static peer list if this node has
     /// the lowest id, has never been initialised, and no peer answers with a
     /// leader (a wiped node must rejoin, not found a new cluster).
     pub async fn bootstrap(&self, peers_have_leader: bool) -> MasterResult<bool> {
-        let lowest = *self.config.peers.keys().next().unwrap_or(&self.config.id);
-        if lowest != self.config.id || peers_have_leader {
+        let id = self.proposer.id;
+        let lowest = *self.proposer.peers.keys().next().unwrap_or(&id);
+        if lowest != id || peers_have_leader {
             return Ok(false);
         }
         if self
             .raft
             .is_initialized()
             .await
-            .map_err(|e| MasterError::Raft(e.to_string()))?
+            .map_err(MasterError::raft)?
         {
             return Ok(false);
         }
         let members: BTreeMap<NodeId, BasicNode> = self
-            .config
+            .proposer
             .peers
             .iter()
             .map(|(id, addr)| (*id, BasicNode::new(addr)))
@@ -171,42 +236,8 @@ impl Master {
                 tracing::info!(error = %e, "cluster already initialised");
                 Ok(false)
             }
-            Err(e) => Err(MasterError::Raft(e.to_string())),
+            Err(e) => Err(MasterError::raft(e)),
         }
-    }
-
-    /// Proposes `cmd`; returns once it is committed and applied.
-    pub async fn write(&self, cmd: Command) -> MasterResult<Reply> {
-        match self.raft.client_write(cmd).await {
-            Ok(resp) => Ok(resp.data.0?),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(not_leader(&self.config.peers, f.leader_id))
-            }
-            Err(e) => Err(MasterError::Raft(e.to_string())),
-        }
-    }
-
-    /// Makes a read linearizable: only the leader answers, and only once its
-    /// state machine has applied everything committed before the read
-    /// (a lease read: no round trip while the leader's lease holds).
-    pub async fn linearize(&self) -> MasterResult<()> {
-        match self.raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                Err(not_leader(&self.config.peers, f.leader_id))
-            }
-            Err(e) => Err(MasterError::Raft(e.to_string())),
-        }
-    }
-
-    pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow_watched().state == ServerState::Leader
-    }
-
-    /// The leader as this node sees it.
-    pub fn leader(&self) -> Option<(NodeId, String)> {
-        let id = self.raft.metrics().borrow_watched().current_leader?;
-        self.config.peers.get(&id).map(|a| (id, a.clone()))
     }
 
     pub async fn shutdown(&self) {

@@ -5,11 +5,13 @@
 //! use of a mount: paths load lazily on first access, and the background
 //! count of a mount's files and bytes only reports progress.
 
+use super::command::{Command, FsError, UfsEntry};
+use super::error::MasterResult;
 use super::metastore::{Inode, MountInfo, PersistState};
-use super::namespace::{Command, FsError, UfsEntry};
-use super::node::{Master, MasterError, MasterResult};
+use super::namespace::Namespace;
+use super::node::Proposer;
 use crate::path::WeirPath;
-use crate::ufs::{self, Ufs, UfsError, UfsPath, UfsStatus};
+use crate::ufs::{self, Ufs, UfsPath, UfsStatus};
 use futures::TryStreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -23,19 +25,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-impl From<UfsError> for MasterError {
-    fn from(e: UfsError) -> Self {
-        match e {
-            UfsError::NotFound(p) => MasterError::Fs(FsError::NotFound(p)),
-            UfsError::InvalidPath(..) => MasterError::Fs(FsError::InvalidArgument(e.to_string())),
-            UfsError::Unsupported { .. } => {
-                MasterError::Fs(FsError::FailedPrecondition(e.to_string()))
-            }
-            UfsError::Io { .. } => MasterError::Ufs(e.to_string()),
-        }
-    }
 }
 
 fn entry(s: UfsStatus) -> UfsEntry {
@@ -57,8 +46,10 @@ pub struct MountCount {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MetadataSync {
+    proposer: Proposer,
+    namespace: Namespace,
     stores: Mutex<HashMap<u64, Arc<dyn Ufs>>>,
     /// One listing of a directory at a time; later callers wait for it.
     in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -67,7 +58,7 @@ pub struct MetadataSync {
 
 /// The under-storage path of `path` below `mount`.
 fn ufs_path(mount: &MountInfo, path: &WeirPath) -> MasterResult<UfsPath> {
-    let mp = WeirPath::parse(&mount.path).map_err(FsError::from)?;
+    let mp = WeirPath::parse(mount.path()).map_err(FsError::from)?;
     let rest = path.strip_prefix(&mp).unwrap_or_default();
     Ok(UfsPath::parse(rest)?)
 }
@@ -81,15 +72,25 @@ fn fresh(synced_ms: Option<u64>, interval_ms: u64, now: u64) -> bool {
 }
 
 impl MetadataSync {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(proposer: Proposer, namespace: Namespace) -> Self {
+        Self {
+            proposer,
+            namespace,
+            stores: Mutex::default(),
+            in_flight: Mutex::default(),
+            counts: Mutex::default(),
+        }
     }
 
     fn store(&self, mount: &MountInfo) -> MasterResult<Arc<dyn Ufs>> {
         if let Some(s) = self.stores.lock().expect("stores").get(&mount.mount_id) {
             return Ok(s.clone());
         }
-        let store = ufs::open(&mount.ufs_uri, &mount.options, &mount.credential_files)?;
+        let store = ufs::open(
+            &mount.spec.ufs_uri,
+            &mount.spec.options,
+            &mount.spec.credential_files,
+        )?;
         self.stores
             .lock()
             .expect("stores")
@@ -101,8 +102,8 @@ impl MetadataSync {
     /// missing components are stat'ed one by one and proposed, so a path
     /// deep in a huge directory resolves without listing that directory.
     /// Returns the inode, or `None` when neither side has the path.
-    pub async fn resolve(&self, master: &Master, path: &WeirPath) -> MasterResult<Option<Inode>> {
-        let ns = &master.namespace;
+    pub async fn resolve(&self, path: &WeirPath) -> MasterResult<Option<Inode>> {
+        let ns = &self.namespace;
         if let Some(found) = ns.lookup(path)? {
             return Ok(Some(found));
         }
@@ -117,13 +118,13 @@ impl MetadataSync {
             .skip(at.components().count())
             .map(str::to_owned)
             .collect();
-        tracing::debug!(%path, %at, ?names, synced = ?dir.synced_ms, mount = %mount.path, "resolving from the under-storage");
+        tracing::debug!(%path, %at, ?names, synced = ?dir.synced_ms, mount = %mount.path(), "resolving from the under-storage");
         for name in names {
             if !dir.is_dir() {
                 return Ok(None);
             }
             // A loaded, fresh listing is authoritative: the child is absent.
-            if fresh(dir.synced_ms, mount.sync_interval_ms, now) {
+            if fresh(dir.synced_ms, mount.spec.sync_interval_ms, now) {
                 return Ok(None);
             }
             let next = at.child(&name).map_err(FsError::from)?;
@@ -134,7 +135,7 @@ impl MetadataSync {
                 name: name.clone(),
                 ..status
             };
-            master
+            self.proposer
                 .write(Command::LoadListing {
                     dir: at.to_string(),
                     entries: vec![entry(status)],
@@ -154,29 +155,24 @@ impl MetadataSync {
 
     /// Loads (or re-validates, past the mount's sync interval) the listing
     /// of the directory at `path`, one streamed page at a time.
-    pub async fn sync_dir(&self, master: &Master, path: &WeirPath) -> MasterResult<()> {
-        self.sync_dir_with(master, path, false).await
+    pub async fn sync_dir(&self, path: &WeirPath) -> MasterResult<()> {
+        self.sync_dir_with(path, false).await
     }
 
     /// [`Self::sync_dir`]; with `force`, lists the directory again even
     /// when its listing is fresh (a job's "load metadata first").
-    pub async fn sync_dir_with(
-        &self,
-        master: &Master,
-        path: &WeirPath,
-        force: bool,
-    ) -> MasterResult<()> {
-        let ns = &master.namespace;
+    pub async fn sync_dir_with(&self, path: &WeirPath, force: bool) -> MasterResult<()> {
+        let ns = &self.namespace;
         let Some(mount) = ns.mount_of(path)? else {
             return Ok(());
         };
-        let is_fresh = |master: &Master| -> MasterResult<bool> {
-            Ok(match master.namespace.lookup(path)? {
-                Some(d) if d.is_dir() => fresh(d.synced_ms, mount.sync_interval_ms, now_ms()),
+        let is_fresh = || -> MasterResult<bool> {
+            Ok(match ns.lookup(path)? {
+                Some(d) if d.is_dir() => fresh(d.synced_ms, mount.spec.sync_interval_ms, now_ms()),
                 _ => true,
             })
         };
-        if !force && is_fresh(master)? {
+        if !force && is_fresh()? {
             return Ok(());
         }
         let gate = {
@@ -184,7 +180,7 @@ impl MetadataSync {
             in_flight.entry(path.to_string()).or_default().clone()
         };
         let _turn = gate.lock().await;
-        if !force && is_fresh(master)? {
+        if !force && is_fresh()? {
             return Ok(());
         }
         let store = self.store(&mount)?;
@@ -204,7 +200,7 @@ impl MetadataSync {
             chunk.push(entry(status));
             if chunk.len() == LOAD_CHUNK {
                 let entries = std::mem::take(&mut chunk);
-                master
+                self.proposer
                     .write(Command::LoadListing {
                         dir: path.to_string(),
                         entries,
@@ -230,7 +226,7 @@ impl MetadataSync {
                     .map(|i| i.name),
             );
         }
-        master
+        self.proposer
             .write(Command::LoadListing {
                 dir: path.to_string(),
                 entries: chunk,
@@ -256,17 +252,17 @@ impl MetadataSync {
     /// publishes progress as it goes.
     pub fn start_counts(self: &Arc<Self>, mounts: Vec<MountInfo>) {
         let mut counts = self.counts.lock().expect("counts");
-        let live: HashSet<String> = mounts.iter().map(|m| m.path.clone()).collect();
+        let live: HashSet<String> = mounts.iter().map(|m| m.path().to_owned()).collect();
         counts.retain(|path, _| live.contains(path));
         for mount in mounts {
             if counts
-                .get(&mount.path)
+                .get(mount.path())
                 .is_some_and(|c| c.mount_id == mount.mount_id)
             {
                 continue;
             }
             counts.insert(
-                mount.path.clone(),
+                mount.path().to_owned(),
                 MountCount {
                     mount_id: mount.mount_id,
                     ..Default::default()
@@ -279,7 +275,7 @@ impl MetadataSync {
 
     async fn count(&self, mount: MountInfo) {
         let update = |f: &dyn Fn(&mut MountCount)| {
-            if let Some(c) = self.counts.lock().expect("counts").get_mut(&mount.path)
+            if let Some(c) = self.counts.lock().expect("counts").get_mut(mount.path())
                 && c.mount_id == mount.mount_id
             {
                 f(c);
@@ -325,7 +321,7 @@ impl MetadataSync {
             });
         }
         update(&|c| c.complete = true);
-        tracing::info!(mount = %mount.path, "under-storage count complete");
+        tracing::info!(mount = %mount.path(), "under-storage count complete");
     }
 }
 

@@ -7,11 +7,11 @@
 use super::persist::PersistTask;
 use super::store::{BlockWriter, Lease};
 use super::{SourceLabels, Worker, WorkerError, WorkerResult};
-use crate::master::namespace::block_id;
+use crate::block::block_id;
 use crate::ufs::{UfsPath, UfsWriter};
 use crate::wire::{
     self, ErrorKind, LoadRequest, Peer, PersistRequest, ReadRequest, Request, Response, UfsSource,
-    WriteMode, WriteRequest,
+    WriteRequest,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::Instrument;
+use weir_api::WriteType;
 
 /// Bytes moved per read or write call on the data path.
 const CHUNK: usize = 4 << 20;
@@ -658,7 +659,7 @@ impl FileSink<'_> {
                     self.index * size,
                     rest.len() as u64,
                     size,
-                    self.req.mode == WriteMode::AsyncThrough,
+                    self.req.mode == WriteType::AsyncThrough,
                 )?);
             }
             let w = self.current.as_mut().expect("just set");
@@ -712,7 +713,7 @@ async fn write(
         if req.block_size == 0 {
             return Err(WorkerError::Invalid("block size 0".into()));
         }
-        if !req.mode.writes_through() && req.mode != WriteMode::AsyncThrough {
+        if !req.mode.writes_through() && req.mode != WriteType::AsyncThrough {
             return Ok(None);
         }
         let (mount, path) = req.ufs.as_ref().ok_or_else(|| {
@@ -774,7 +775,7 @@ async fn write(
     for (block, tier, len) in &sink.committed {
         worker.commit_block(*block, *len, tier.clone()).await;
     }
-    if req.mode == WriteMode::AsyncThrough
+    if req.mode == WriteType::AsyncThrough
         && let Some((mount_id, ufs_path)) = &req.ufs
     {
         let task = PersistTask {

@@ -7,11 +7,9 @@ mod data;
 mod persist;
 pub mod store;
 
-use crate::client::master::{ClientError, MasterClient};
 use crate::proto::master as pb;
 use crate::ufs::{self, Ufs, UfsError};
 use crate::wire::{UfsSource, WireError};
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -26,6 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::{BlockStore, EvictionPolicy, StoreError, TierConfig};
 use tokio::sync::{mpsc, watch};
+use weir_api::ApiError;
+use weir_api::MasterClient;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -36,7 +36,7 @@ pub enum WorkerError {
     #[error(transparent)]
     Wire(#[from] WireError),
     #[error("master: {0}")]
-    Master(#[from] ClientError),
+    Master(#[from] ApiError),
     #[error("mount {0} is not in the master's mount table")]
     NoMount(u64),
     #[error("worker start: {0}")]
@@ -372,7 +372,6 @@ pub async fn run(
     let mut registry = Registry::default();
     worker.metrics.register(&mut registry);
     worker.export_usage();
-    let exporter = Arc::new(crate::metrics::Exporter::new(registry));
 
     // Register before serving data: a worker the master does not know
     // would cache blocks nobody can find.
@@ -417,15 +416,7 @@ pub async fn run(
             }
         }));
     }
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let exporter = exporter.clone();
-                async move { exporter.render() }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }));
+    let app = weir_api::metrics::routes(registry);
     tracing::info!(
         host = %worker.config.host,
         data_port = worker.data_port,

@@ -6,7 +6,6 @@
 
 use super::store::BlockStore;
 use super::{Worker, WorkerError, WorkerResult};
-use crate::client::master::ClientError;
 use crate::proto::master as pb;
 use crate::ufs::UfsPath;
 use bytes::Bytes;
@@ -18,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{Notify, watch};
+use weir_api::ApiError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PersistTask {
@@ -203,7 +203,7 @@ pub(super) async fn run(worker: std::sync::Arc<Worker>, mut stop: watch::Receive
     }
 }
 
-fn is_not_found(e: &ClientError) -> bool {
+fn is_not_found(e: &ApiError) -> bool {
     e.code() == Some(tonic::Code::NotFound)
 }
 

@@ -19,7 +19,7 @@
 //! are still read, demoted and evicted as they are, so an upgraded worker
 //! keeps its cache and, above all, blocks it has not persisted yet.
 
-use crate::master::namespace::BLOCK_INDEX_BITS;
+use crate::block;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -139,10 +139,6 @@ pub struct BlockStore {
     tiers: Arc<Vec<TierConfig>>,
     policy: EvictionPolicy,
     state: Arc<Mutex<State>>,
-}
-
-fn inode_of(block: u64) -> u64 {
-    block >> BLOCK_INDEX_BITS
 }
 
 fn data_path(dir: &Path, inode: u64) -> PathBuf {
@@ -287,7 +283,7 @@ impl Drop for BlockWriter {
         let mut st = self.store.state.lock().expect("block store");
         st.used[self.tier] -= self.reserved;
         st.writing.remove(&self.block);
-        st.release_file(&self.store.tiers, self.tier, inode_of(self.block));
+        st.release_file(&self.store.tiers, self.tier, block::file_of(self.block));
     }
 }
 
@@ -381,7 +377,7 @@ impl BlockStore {
         }
         let mut ranges: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
         for (block, offset, len) in markers {
-            let inode = inode_of(block);
+            let inode = block::file_of(block);
             let marker = marker_path(&t.dir, block, offset, len);
             let size = fs::metadata(data_path(&t.dir, inode)).map(|m| m.len());
             let whole = data_files.contains(&inode) && size.is_ok_and(|s| s >= offset + len);
@@ -446,7 +442,7 @@ impl BlockStore {
         if m.own_file {
             own_file_path(dir, block)
         } else {
-            data_path(dir, inode_of(block))
+            data_path(dir, block::file_of(block))
         }
     }
 
@@ -508,7 +504,7 @@ impl BlockStore {
                 return Err(e);
             }
         };
-        let inode = inode_of(block);
+        let inode = block::file_of(block);
         self.state
             .lock()
             .expect("block store")
@@ -687,12 +683,12 @@ impl BlockStore {
             (own_file_path(dir, block), None)
         } else {
             (
-                data_path(dir, inode_of(block)),
+                data_path(dir, block::file_of(block)),
                 Some(marker_path(dir, block, m.offset, m.len)),
             )
         };
         if !m.own_file {
-            st.take_file(j, inode_of(block));
+            st.take_file(j, block::file_of(block));
         }
         let copied = (|| {
             let src = fs::File::open(&from).map_err(|e| io(&from, e))?;
@@ -719,7 +715,7 @@ impl BlockStore {
                 let _ = fs::remove_file(&to);
             } else {
                 punch_path(&to, m.offset, m.len);
-                st.release_file(&self.tiers, j, inode_of(block));
+                st.release_file(&self.tiers, j, block::file_of(block));
             }
         }
         copied
@@ -734,8 +730,8 @@ impl BlockStore {
             let _ = fs::remove_file(own_file_path(dir, block));
         } else {
             let _ = fs::remove_file(marker_path(dir, block, m.offset, m.len));
-            punch_path(&data_path(dir, inode_of(block)), m.offset, m.len);
-            st.release_file(&self.tiers, m.tier, inode_of(block));
+            punch_path(&data_path(dir, block::file_of(block)), m.offset, m.len);
+            st.release_file(&self.tiers, m.tier, block::file_of(block));
         }
         st.used[m.tier] -= m.len;
     }
@@ -793,7 +789,7 @@ impl BlockStore {
         let (&(first, _, _), rest) = blocks.split_first()?;
         let mut end = 0;
         for &(block, offset, len) in blocks {
-            if offset != end || inode_of(block) != inode_of(first) {
+            if offset != end || block::file_of(block) != block::file_of(first) {
                 return None;
             }
             end += len;
@@ -974,7 +970,7 @@ mod tests {
 
     /// Block `index` of inode `inode`, as the master numbers them.
     fn block(inode: u64, index: u64) -> u64 {
-        (inode << BLOCK_INDEX_BITS) | index
+        block::block_id(inode, index)
     }
 
     const MIB: u64 = 1 << 20;

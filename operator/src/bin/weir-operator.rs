@@ -3,7 +3,7 @@
 use clap::Parser;
 use std::net::SocketAddr;
 use std::time::Duration;
-use weir::telemetry::{self, LogFormat};
+use weir_api::telemetry::{self, LogFormat};
 use weir_operator::OperatorConfig;
 use weir_operator::render::RenderConfig;
 

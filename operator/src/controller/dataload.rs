@@ -18,8 +18,8 @@ use kube::{Api, ResourceExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use weir::client::master::MasterClient;
-use weir::proto::master as pb;
+use weir_api::MasterClient;
+use weir_api::proto::master as pb;
 
 pub const FINALIZER: &str = "data.weir.io/dataload";
 
@@ -234,9 +234,7 @@ async fn apply(dl: Arc<DataLoad>, ctx: &Context) -> Result<Action> {
         ctx.count_master_call("submit_job", submitted.is_ok());
         match submitted {
             Ok(job) => ids.push(job.id),
-            Err(weir::client::master::ClientError::Status(s))
-                if s.code() == tonic::Code::InvalidArgument =>
-            {
+            Err(weir_api::ApiError::Status(s)) if s.code() == tonic::Code::InvalidArgument => {
                 return fail(ctx, &dl, &api, status, "JobRefused", s.message().to_owned()).await;
             }
             Err(e) => return Err(e.into()),
@@ -281,9 +279,7 @@ async fn follow(ctx: &Context, dl: &DataLoad, status: &mut DataLoadStatus) -> Re
     for id in status.job_ids.clone() {
         match get_job(ctx, &master, id).await {
             Ok(j) => jobs.push(j),
-            Err(weir::client::master::ClientError::Status(s))
-                if s.code() == tonic::Code::NotFound =>
-            {
+            Err(weir_api::ApiError::Status(s)) if s.code() == tonic::Code::NotFound => {
                 // The masters lost their state (one master, pod deleted):
                 // the run starts again.
                 status.phase = LoadPhase::Pending;
@@ -390,7 +386,7 @@ async fn get_job(
     ctx: &Context,
     master: &MasterClient,
     id: u64,
-) -> Result<pb::JobInfo, weir::client::master::ClientError> {
+) -> Result<pb::JobInfo, weir_api::ApiError> {
     let r = master
         .call(|mut c| async move { c.get_job(pb::JobId { id }).await })
         .await;

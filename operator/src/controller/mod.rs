@@ -199,30 +199,6 @@ pub async fn controllers(ctx: Arc<Context>) {
     }
 }
 
-async fn serve_metrics(addr: std::net::SocketAddr, registry: Registry) -> Result<()> {
-    let registry = Arc::new(registry);
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let registry = registry.clone();
-                async move {
-                    let mut out = String::new();
-                    prometheus_client::encoding::text::encode(&mut out, &registry)
-                        .map(|_| out)
-                        .unwrap_or_else(|e| format!("# encoding failed: {e}"))
-                }
-            }),
-        )
-        .route("/healthz", axum::routing::get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Serve { addr, source })?;
-    axum::serve(listener, app)
-        .await
-        .map_err(|source| Error::Serve { addr, source })
-}
-
 /// The operator: serves `/metrics`, waits to lead, then reconciles until
 /// SIGTERM (releasing the Lease) or until leadership is lost (an error).
 pub async fn run(config: OperatorConfig, client: Client) -> Result<()> {
@@ -232,7 +208,10 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<()> {
         .map_err(|e| Error::Lease(format!("installing the SIGTERM handler: {e}")))?;
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let metrics_server = tokio::spawn(serve_metrics(config.metrics_listen, registry));
+    let metrics_server = tokio::spawn(weir_api::metrics::bind_and_serve(
+        config.metrics_listen,
+        registry,
+    ));
     let elector = Elector::new(
         client.clone(),
         &config.lease_namespace,
@@ -246,7 +225,7 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<()> {
     };
     tokio::select! {
         r = elector.acquire() => r?,
-        r = metrics_server => return r.map_err(|e| Error::Lease(e.to_string()))?,
+        r = metrics_server => return r.map_err(|e| Error::Lease(e.to_string()))?.map_err(Error::Metrics),
         _ = tokio::signal::ctrl_c() => return Ok(()),
         _ = term.recv() => return Ok(()),
     }

@@ -10,7 +10,7 @@ use crate::crd::runtime::{CacheRuntimeStatus, DrainStatus, RuntimePhase};
 use crate::crd::{CacheRuntime, Dataset};
 use crate::names::{FINALIZER_RUNTIME, RuntimeNames};
 use crate::quantity::human;
-use crate::render::{self, DesiredMount};
+use crate::render;
 use crate::{Error, Result};
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
@@ -22,7 +22,8 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-use weir::proto::master as pb;
+use weir_api::MountSpec;
+use weir_api::proto::master as pb;
 
 /// How often a bound runtime's status is refreshed from its master.
 pub const STATUS_PERIOD: Duration = Duration::from_secs(5);
@@ -443,21 +444,8 @@ fn ready_replicas(sts: &StatefulSet) -> i32 {
         .unwrap_or(0)
 }
 
-fn same_mount(have: &pb::MountPoint, want: &DesiredMount) -> bool {
-    have.ufs_uri == want.ufs_uri
-        && have.read_only == want.read_only
-        && have.write_type == want.write_type
-        && have.sync_interval_ms == want.sync_interval_ms
-        && have
-            .options
-            .iter()
-            .collect::<std::collections::BTreeMap<_, _>>()
-            == want.options.iter().collect()
-        && have
-            .credential_files
-            .iter()
-            .collect::<std::collections::BTreeMap<_, _>>()
-            == want.credential_files.iter().collect()
+fn same_mount(have: &pb::MountPoint, want: &MountSpec) -> bool {
+    MountSpec::from_point(have.clone()).0 == *want
 }
 
 /// Makes the master's mount table the dataset's: mounts what is missing
@@ -467,12 +455,12 @@ async fn apply_mounts(
     ctx: &Context,
     ns: &str,
     name: &str,
-    desired: &[DesiredMount],
+    desired: &[MountSpec],
 ) -> Result<Vec<String>> {
     let master = ctx
         .masters(ns, name)
         .await?
-        .ok_or_else(|| Error::Master("no master pod has an address yet".into()))?;
+        .ok_or_else(|| Error::NoMaster("no master pod has an address yet".into()))?;
     let table = master
         .call(|mut c| async move { c.get_mount_table(pb::Empty {}).await })
         .await;
@@ -494,15 +482,7 @@ async fn apply_mounts(
             }
             None => changes.push(format!("mounted {} from {}", want.path, want.ufs_uri)),
         }
-        let req = pb::MountRequest {
-            path: want.path.clone(),
-            ufs_uri: want.ufs_uri.clone(),
-            read_only: want.read_only,
-            write_type: want.write_type,
-            sync_interval_ms: want.sync_interval_ms,
-            options: want.options.clone().into_iter().collect(),
-            credential_files: want.credential_files.clone().into_iter().collect(),
-        };
+        let req = want.to_request();
         let done = master
             .call(|mut c| {
                 let req = req.clone();
@@ -510,18 +490,15 @@ async fn apply_mounts(
             })
             .await;
         ctx.count_master_call("mount", done.is_ok());
-        done.map_err(|e| {
-            Error::Master(format!("mounting {} at {}: {e}", want.ufs_uri, want.path))
+        done.map_err(|source| Error::MasterCall {
+            what: format!("mounting {} at {}", want.ufs_uri, want.path),
+            source,
         })?;
     }
     Ok(changes)
 }
 
-async fn unmount(
-    ctx: &Context,
-    master: &weir::client::master::MasterClient,
-    path: &str,
-) -> Result<()> {
+async fn unmount(ctx: &Context, master: &weir_api::MasterClient, path: &str) -> Result<()> {
     let req = pb::PathRequest { path: path.into() };
     let done = master
         .call(|mut c| {
@@ -530,7 +507,10 @@ async fn unmount(
         })
         .await;
     ctx.count_master_call("unmount", done.is_ok());
-    done.map_err(|e| Error::Master(format!("unmounting {path}: {e}")))?;
+    done.map_err(|source| Error::MasterCall {
+        what: format!("unmounting {path}"),
+        source,
+    })?;
     Ok(())
 }
 
@@ -540,7 +520,7 @@ async fn update_dataset(
     ctx: &Context,
     ds: &Dataset,
     rt: &CacheRuntime,
-    mounts: &[DesiredMount],
+    mounts: &[MountSpec],
     bound: bool,
 ) -> Result<()> {
     let ns = rt.namespace().unwrap_or_default();
@@ -619,7 +599,7 @@ async fn cache_states(
     ctx: &Context,
     ns: &str,
     name: &str,
-    mounts: &[DesiredMount],
+    mounts: &[MountSpec],
 ) -> Result<Option<(CacheStates, String, String)>> {
     let Some(master) = ctx.masters(ns, name).await? else {
         return Ok(None);

@@ -1,8 +1,9 @@
 //! The behaviour every [`MetaStore`] must show. Each implementation's tests
 //! call [`run_all`] with a factory of fresh, empty stores.
 
-use super::{Inode, InodeKind, MetaStore, MountInfo, Op, PersistState, WriteType};
-use crate::master::jobs::{Job, JobKind, JobProgress, JobSpec, JobState};
+use super::{Inode, InodeKind, MetaStore, MountInfo, Op, PersistState};
+use crate::master::records::{Job, JobKind, JobProgress, JobSpec, JobState};
+use weir_api::{MountSpec, WriteType};
 
 pub fn inode(id: u64, parent: u64, name: &str, kind: InodeKind) -> Inode {
     Inode {
@@ -28,13 +29,15 @@ pub fn inode(id: u64, parent: u64, name: &str, kind: InodeKind) -> Inode {
 
 fn mount(path: &str) -> MountInfo {
     MountInfo {
-        path: path.into(),
-        ufs_uri: format!("s3://bucket{path}"),
-        read_only: true,
-        write_type: WriteType::CacheThrough,
-        sync_interval_ms: 60_000,
-        options: [("endpoint".to_owned(), "http://127.0.0.1:9000".to_owned())].into(),
-        credential_files: [("secret".to_owned(), "/etc/weir/secrets/s3".to_owned())].into(),
+        spec: MountSpec {
+            path: path.into(),
+            ufs_uri: format!("s3://bucket{path}"),
+            read_only: true,
+            write_type: WriteType::CacheThrough,
+            sync_interval_ms: 60_000,
+            options: [("endpoint".to_owned(), "http://127.0.0.1:9000".to_owned())].into(),
+            credential_files: [("secret".to_owned(), "/etc/weir/secrets/s3".to_owned())].into(),
+        },
         mount_id: 7,
     }
 }
@@ -160,7 +163,12 @@ fn children_are_paged_in_name_order_per_parent(s: &dyn MetaStore) {
 fn mounts_and_meta(s: &dyn MetaStore) {
     s.write(vec![Op::PutMount(mount("/b")), Op::PutMount(mount("/a"))])
         .unwrap();
-    let paths: Vec<_> = s.mounts().unwrap().into_iter().map(|m| m.path).collect();
+    let paths: Vec<_> = s
+        .mounts()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.spec.path)
+        .collect();
     assert_eq!(paths, ["/a", "/b"]);
     assert_eq!(s.mounts().unwrap()[0], mount("/a"));
     s.write(vec![

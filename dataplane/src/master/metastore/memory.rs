@@ -43,7 +43,7 @@ impl State {
                 self.edges.remove(&(parent, name));
             }
             Op::PutMount(m) => {
-                self.mounts.insert(m.path.clone(), m);
+                self.mounts.insert(m.path().to_owned(), m);
             }
             Op::DeleteMount(path) => {
                 self.mounts.remove(&path);

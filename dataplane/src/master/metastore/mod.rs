@@ -13,13 +13,10 @@ mod rocks;
 pub use memory::MemoryStore;
 pub use rocks::RocksStore;
 
-pub use crate::master::jobs::{Job, JobId};
+pub use crate::master::records::{
+    Inode, InodeId, InodeKind, Job, JobId, MountInfo, PersistState, ROOT_ID,
+};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-
-pub type InodeId = u64;
-/// The root directory's inode id.
-pub const ROOT_ID: InodeId = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -38,84 +35,6 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum InodeKind {
-    File,
-    Directory,
-}
-
-/// Whether a file's data exists in the under-storage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum PersistState {
-    /// Written to the cache only (MUST_CACHE, or ASYNC_THROUGH not yet done).
-    #[default]
-    NotPersisted,
-    /// ASYNC_THROUGH: queued for persistence; its blocks stay pinned.
-    ToBePersisted,
-    /// Present in the under-storage.
-    Persisted,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Inode {
-    pub id: InodeId,
-    pub parent: InodeId,
-    pub name: String,
-    pub kind: InodeKind,
-    /// Bytes; 0 for directories.
-    pub length: u64,
-    pub block_size: u64,
-    /// False while a file is being written; readers see only complete files.
-    pub completed: bool,
-    pub mode: u32,
-    pub owner: String,
-    pub group: String,
-    pub mtime_ms: u64,
-    pub pinned: bool,
-    /// Milliseconds after `mtime_ms` at which the cached data may be freed.
-    pub ttl_ms: Option<u64>,
-    pub replication_min: u32,
-    pub persist: PersistState,
-    /// For directories backed by an under-storage: when its listing was last
-    /// loaded (None: never, so the next access loads it).
-    pub synced_ms: Option<u64>,
-    /// Under-storage fingerprint (length and mtime) seen at the last sync;
-    /// a change invalidates cached blocks.
-    pub ufs_fingerprint: Option<String>,
-}
-
-impl Inode {
-    pub fn is_dir(&self) -> bool {
-        self.kind == InodeKind::Directory
-    }
-}
-
-/// How writes through a mount reach its under-storage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum WriteType {
-    #[default]
-    MustCache,
-    CacheThrough,
-    Through,
-    AsyncThrough,
-}
-
-/// One entry of the mount table: `path` in the namespace shows `ufs_uri`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MountInfo {
-    pub path: String,
-    pub ufs_uri: String,
-    pub read_only: bool,
-    pub write_type: WriteType,
-    /// 0: never re-validate a loaded listing.
-    pub sync_interval_ms: u64,
-    /// Options for the under-storage (endpoint, region ...), never secrets.
-    pub options: BTreeMap<String, String>,
-    /// Secret values are given as paths of files mounted into the pod.
-    pub credential_files: BTreeMap<String, String>,
-    pub mount_id: u64,
-}
 
 /// One change in an atomic batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +82,20 @@ pub trait MetaStore: Send + Sync + 'static {
     fn export(&self) -> StoreResult<Vec<Op>>;
     /// Replaces the whole content with `ops` (a snapshot being installed).
     fn replace_all(&self, ops: Vec<Op>) -> StoreResult<()>;
+}
+
+/// A `u64` kept under `key` in the meta column (counters, seeds), or
+/// `default` when there is none.
+pub fn read_counter(store: &dyn MetaStore, key: &str, default: u64) -> StoreResult<u64> {
+    Ok(match store.meta(key)? {
+        Some(bytes) if bytes.len() == 8 => u64::from_be_bytes(bytes.try_into().expect("8 bytes")),
+        _ => default,
+    })
+}
+
+/// The op that sets the `u64` under `key`.
+pub fn counter_op(key: &str, v: u64) -> Op {
+    Op::PutMeta(key.to_owned(), v.to_be_bytes().to_vec())
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {

@@ -98,7 +98,7 @@ impl RocksStore {
             Op::DeleteEdge { parent, name } => {
                 batch.delete_cf(self.cf(CF_EDGES), edge_key(*parent, name))
             }
-            Op::PutMount(m) => batch.put_cf(self.cf(CF_MOUNTS), m.path.as_bytes(), encode(m)?),
+            Op::PutMount(m) => batch.put_cf(self.cf(CF_MOUNTS), m.path().as_bytes(), encode(m)?),
             Op::DeleteMount(path) => batch.delete_cf(self.cf(CF_MOUNTS), path.as_bytes()),
             Op::PutMeta(k, v) => batch.put_cf(self.cf(CF_META), k.as_bytes(), v),
             Op::PutJob(j) => batch.put_cf(self.cf(CF_JOBS), j.id.to_be_bytes(), encode(j)?),

@@ -1,5 +1,5 @@
 //! Raft for the master (openraft): the type configuration, the RocksDB log
-//! store, and the namespace as the replicated state machine.
+//! store, the network, and the replicated state as the state machine.
 //!
 //! The log and the metadata live in two RocksDB instances: log appends are
 //! fsynced (an acknowledged write must survive a crash), metadata writes are
@@ -10,42 +10,14 @@ pub mod log_store;
 pub mod network;
 pub mod state_machine;
 
-use super::namespace::{Command, FsError, Reply};
+use super::command::{Command, FsError, Reply};
 use serde::{Deserialize, Serialize};
-use std::fmt;
 
 pub type NodeId = u64;
 
 /// What applying a command returned, carried back to the proposer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied(pub Result<Reply, FsError>);
-
-impl fmt::Display for Command {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Command::CreateDirectory { path, .. } => write!(f, "mkdir {path}"),
-            Command::CreateFile { path, .. } => write!(f, "create {path}"),
-            Command::CompleteFile { path, length, .. } => write!(f, "complete {path} ({length} B)"),
-            Command::Delete { path, recursive } => write!(f, "delete {path} recursive={recursive}"),
-            Command::Rename { src, dst, .. } => write!(f, "rename {src} -> {dst}"),
-            Command::SetAttribute { path, .. } => write!(f, "setattr {path}"),
-            Command::Mount(m) => write!(f, "mount {} at {}", m.ufs_uri, m.path),
-            Command::Unmount { path } => write!(f, "unmount {path}"),
-            Command::LoadListing { dir, entries, .. } => {
-                write!(f, "load {} entries into {dir}", entries.len())
-            }
-            Command::Noop => f.write_str("noop"),
-            Command::SeedInodeIds { start } => write!(f, "seed inode ids at {start}"),
-            Command::SubmitJob { spec, .. } => {
-                write!(f, "submit {} job for {:?}", spec.kind.as_str(), spec.paths)
-            }
-            Command::UpdateJob { id, state, .. } => {
-                write!(f, "job {id} progress ({})", state.as_str())
-            }
-            Command::CancelJob { id, .. } => write!(f, "cancel job {id}"),
-        }
-    }
-}
 
 openraft::declare_raft_types!(
     /// Weir master's Raft types.
@@ -65,7 +37,7 @@ pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 /// A snapshot travels as the encoded content of the metadata store.
 pub type SnapshotData = std::io::Cursor<Vec<u8>>;
 
-pub(crate) fn io_err(e: impl fmt::Display) -> std::io::Error {
+pub(crate) fn io_err(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 

@@ -1,4 +1,5 @@
-//! The namespace as openraft's state machine. Each entry's effects and the
+//! The replicated state (namespace and job table) as openraft's state
+//! machine. Each entry's effects and the
 //! new applied log id (and membership) are written in one batch, so after a
 //! crash the store is exactly "everything up to the applied id".
 
@@ -6,8 +7,9 @@ use super::{
     Applied, Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
     io_err,
 };
+use crate::master::command::{Command, FsError};
 use crate::master::metastore::{MetaStore, Op};
-use crate::master::namespace::{Command, Namespace};
+use crate::master::state::ReplicatedState;
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
@@ -29,15 +31,15 @@ struct StoredSnapshot {
 /// [`Op`] in a serialisable form (only the puts a full export contains).
 #[derive(Serialize, Deserialize)]
 enum SnapshotOp {
-    Inode(crate::master::metastore::Inode),
+    Inode(crate::master::records::Inode),
     Edge {
         parent: u64,
         name: String,
         child: u64,
     },
-    Mount(crate::master::metastore::MountInfo),
+    Mount(crate::master::records::MountInfo),
     Meta(String, Vec<u8>),
-    Job(crate::master::jobs::Job),
+    Job(crate::master::records::Job),
 }
 
 impl SnapshotOp {
@@ -84,10 +86,10 @@ impl SnapshotOp {
 /// Forces a metadata store's buffered writes to disk.
 pub type SyncFn = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
 
-/// The replicated namespace. Cloning shares the store.
+/// The replicated state. Cloning shares the store.
 #[derive(Clone)]
 pub struct StateMachine {
-    ns: Namespace,
+    ns: ReplicatedState,
     snapshot_dir: PathBuf,
     /// Forces the store's buffered writes to disk (RocksDB WAL sync); called
     /// before a snapshot lets openraft purge the log behind it.
@@ -115,7 +117,7 @@ fn decode<T: for<'a> Deserialize<'a>>(bytes: &[u8]) -> io::Result<T> {
 impl StateMachine {
     pub fn new(store: Arc<dyn MetaStore>, snapshot_dir: PathBuf, sync: SyncFn) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
-        let ns = Namespace::open(store).map_err(io_err)?;
+        let ns = ReplicatedState::open(store).map_err(io_err)?;
         let apply_latency = prometheus_client::metrics::histogram::Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.00001, 2.0, 18),
         );
@@ -127,7 +129,7 @@ impl StateMachine {
         })
     }
 
-    pub fn namespace(&self) -> &Namespace {
+    pub fn state(&self) -> &ReplicatedState {
         &self.ns
     }
 
@@ -239,7 +241,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             // A failed command is a result for its caller; only a failing
             // store stops the state machine.
-            if let Err(crate::master::namespace::FsError::Store(e)) = &reply {
+            if let Err(FsError::Store(e)) = &reply {
                 return Err(io_err(e));
             }
             self.apply_latency.observe(started.elapsed().as_secs_f64());

@@ -1,4 +1,5 @@
-//! Compiles `proto/*.proto` with the vendored protoc (no system protoc).
+//! Compiles `proto/*.proto` with the vendored protoc (no system protoc);
+//! the generated code stays in `OUT_DIR`, included by `src/lib.rs` only.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["proto/master.proto"];

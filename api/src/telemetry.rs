@@ -1,5 +1,6 @@
 //! Logging set-up shared by every Weir binary.
 
+use crate::error::{ApiError, ApiResult};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Log output format, chosen per binary by a flag.
@@ -10,11 +11,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. `RUST_LOG` wins over `default_filter`.
-pub fn init(default_filter: &str, format: LogFormat) -> crate::Result<()> {
+/// Installs the global subscriber, writing to stderr. `RUST_LOG` wins over
+/// `default_filter`.
+pub fn init(default_filter: &str, format: LogFormat) -> ApiResult<()> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(default_filter))
-        .map_err(|e| crate::Error::Telemetry(e.to_string()))?;
+        .map_err(|e| ApiError::LogFilter(Box::new(e)))?;
     let registry = tracing_subscriber::registry().with(filter);
     let installed = match format {
         LogFormat::Text => registry
@@ -24,5 +26,5 @@ pub fn init(default_filter: &str, format: LogFormat) -> crate::Result<()> {
             .with(fmt::layer().json().with_writer(std::io::stderr))
             .try_init(),
     };
-    installed.map_err(|e| crate::Error::Telemetry(e.to_string()))
+    installed.map_err(|e| ApiError::LogFilter(Box::new(e)))
 }

@@ -1,0 +1,203 @@
+//! The state of a mounted Weir file system: the client, the inode number
+//! to path map the kernel's lookups build, attributes as the kernel sees
+//! them, and the one mapping of client errors to errnos.
+
+use super::MAX_READ;
+use super::handles::Handle;
+use super::passthrough::Backing;
+use crate::client::{ClientError, FileSystem, FileWriter, LocalBlocks};
+use crate::proto::master as pb;
+use fuser::{Errno, FileAttr, FileType, INodeNo, ReplyEmpty};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub(super) struct WeirFuse {
+    pub(super) rt: tokio::runtime::Handle,
+    pub(super) fs: Arc<FileSystem>,
+    pub(super) root: String,
+    pub(super) read_only: bool,
+    pub(super) ttl: Duration,
+    /// Shared with `run`, which tells the fd holder what INIT granted.
+    pub(super) passthrough: Arc<AtomicBool>,
+    /// FUSE processes that served this mount before this one: file handles
+    /// carry it in their top bits, so a handle of an earlier process (the
+    /// kernel keeps those across a takeover) is told from one of ours.
+    pub(super) generation: u64,
+    /// Owner shown for every entry.
+    pub(super) owner: (u32, u32),
+    /// Inode number -> namespace path, learnt from lookups.
+    pub(super) paths: Mutex<HashMap<u64, String>>,
+    pub(super) root_id: AtomicU64,
+    pub(super) handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
+    /// Per open file: its blocks held by a worker on this machine, so
+    /// reads inside one block are answered from the worker's file by any
+    /// FUSE thread at once, without the handle's lock.
+    pub(super) local: Mutex<HashMap<u64, Arc<LocalBlocks>>>,
+    /// Inode number -> its passthrough backing, while an open holds it.
+    pub(super) backings: Mutex<HashMap<u64, Weak<Backing>>>,
+    pub(super) next_fh: AtomicU64,
+}
+
+pub(super) fn errno(e: &ClientError) -> Errno {
+    use tonic::Code;
+    match e {
+        ClientError::Api(weir_api::ApiError::Status(s)) => match s.code() {
+            Code::NotFound => Errno::ENOENT,
+            Code::AlreadyExists => Errno::EEXIST,
+            Code::InvalidArgument => Errno::EINVAL,
+            Code::PermissionDenied if s.message().contains("read-only") => Errno::EROFS,
+            Code::PermissionDenied => Errno::EACCES,
+            Code::FailedPrecondition => {
+                let m = s.message();
+                if m.contains("not empty") {
+                    Errno::ENOTEMPTY
+                } else if m.contains("not a directory") || m.contains("is a file") {
+                    Errno::ENOTDIR
+                } else if m.contains("is a directory") {
+                    Errno::EISDIR
+                } else {
+                    Errno::EPERM
+                }
+            }
+            _ => Errno::EIO,
+        },
+        ClientError::Worker {
+            kind: crate::wire::ErrorKind::NotFound,
+            ..
+        } => Errno::ENOENT,
+        ClientError::Worker {
+            kind: crate::wire::ErrorKind::NoSpace,
+            ..
+        } => Errno::ENOSPC,
+        ClientError::Invalid(_) => Errno::EINVAL,
+        _ => Errno::EIO,
+    }
+}
+
+fn time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+impl WeirFuse {
+    pub(super) fn ino_of(&self, info: &pb::FileInfo) -> u64 {
+        if info.id == self.root_id.load(Ordering::Relaxed) {
+            1
+        } else if info.id == 1 {
+            // Weir's root is only reachable when it is the mounted path.
+            self.root_id.load(Ordering::Relaxed)
+        } else {
+            info.id
+        }
+    }
+
+    pub(super) fn attr(&self, info: &pb::FileInfo) -> FileAttr {
+        let kind = if info.is_dir {
+            FileType::Directory
+        } else {
+            FileType::RegularFile
+        };
+        let t = time(info.mtime_ms);
+        FileAttr {
+            ino: INodeNo(self.ino_of(info)),
+            size: info.length,
+            blocks: info.length.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind,
+            perm: (info.mode & 0o7777) as u16,
+            nlink: if info.is_dir { 2 } else { 1 },
+            uid: self.owner.0,
+            gid: self.owner.1,
+            rdev: 0,
+            blksize: MAX_READ,
+            flags: 0,
+        }
+    }
+
+    pub(super) fn path_of(&self, ino: INodeNo) -> Option<String> {
+        if ino.0 == 1 {
+            return Some(self.root.clone());
+        }
+        if let Some(path) = self.paths.lock().expect("paths").get(&ino.0) {
+            return Some(path.clone());
+        }
+        // An inode the kernel learnt from an earlier FUSE process of this
+        // mount: the master knows where it is now.
+        let id = if ino.0 == self.root_id.load(Ordering::Relaxed) {
+            1
+        } else {
+            ino.0
+        };
+        let info = self.rt.block_on(self.fs.status_by_id(id)).ok()?;
+        let inside = self.root == "/"
+            || info.path == self.root
+            || info.path.starts_with(&format!("{}/", self.root));
+        if !inside {
+            return None;
+        }
+        self.remember(&info);
+        Some(info.path)
+    }
+
+    pub(super) fn child(&self, parent: INodeNo, name: &OsStr) -> Result<String, Errno> {
+        let dir = self.path_of(parent).ok_or(Errno::ENOENT)?;
+        let name = name.to_str().ok_or(Errno::EINVAL)?;
+        Ok(if dir == "/" {
+            format!("/{name}")
+        } else {
+            format!("{dir}/{name}")
+        })
+    }
+
+    pub(super) fn remember(&self, info: &pb::FileInfo) {
+        let ino = self.ino_of(info);
+        if ino != 1 {
+            self.paths
+                .lock()
+                .expect("paths")
+                .insert(ino, info.path.clone());
+        }
+    }
+
+    /// Deletes `name` if it is a directory (`dir`) or a file (`!dir`).
+    pub(super) fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+        let path = match self.writable().and_then(|()| self.child(parent, name)) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let result = self.rt.block_on(async {
+            if self.fs.status(&path).await?.is_dir != dir {
+                return Ok(false);
+            }
+            self.fs.delete(&path, false).await.map(|()| true)
+        });
+        match result {
+            Ok(true) => reply.ok(),
+            Ok(false) if dir => reply.error(Errno::ENOTDIR),
+            Ok(false) => reply.error(Errno::EISDIR),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    pub(super) fn writable(&self) -> Result<(), Errno> {
+        if self.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Commits a writer; errors reach the application's close().
+    pub(super) fn commit(&self, writer: FileWriter) -> Result<(), Errno> {
+        let path = writer.written();
+        self.rt.block_on(writer.close()).map(|_| ()).map_err(|e| {
+            tracing::warn!(bytes = path, error = %e, "committing a file failed");
+            errno(&e)
+        })
+    }
+}

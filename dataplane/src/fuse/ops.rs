@@ -1,0 +1,466 @@
+//! The FUSE callbacks: each turns a kernel request into calls on the
+//! client and one reply. Files are written once, front to back, through
+//! `create`, and committed when closed.
+
+use super::fs::{WeirFuse, errno};
+use super::handles::Handle;
+use super::{DIR_PAGE, MAX_READ, READAHEAD};
+use fuser::{
+    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    TimeOrNow, WriteFlags,
+};
+use std::ffi::OsStr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+impl Filesystem for WeirFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_readahead(READAHEAD);
+        let _ = config.set_max_write(MAX_READ);
+        // Readahead requests are "background" requests: let a whole window
+        // of them be in flight across the FUSE threads.
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        if self.passthrough.load(Ordering::Relaxed) {
+            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(2).is_ok();
+            if !ok {
+                tracing::info!("kernel has no FUSE passthrough; reading through the daemon");
+            }
+            self.passthrough.store(ok, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match self.rt.block_on(self.fs.status(&path)) {
+            Ok(info) => {
+                self.remember(&info);
+                reply.entry(&self.ttl, &self.attr(&info), Generation(0));
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(written) = self.being_written(fh) {
+            return reply.attr(&Duration::ZERO, &self.attr_written(ino, written));
+        }
+        let Some(path) = self.path_of(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.rt.block_on(self.fs.status(&path)) {
+            Ok(info) => reply.attr(&self.ttl, &self.attr(&info)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        // Only no-op truncations are possible on write-once files
+        // (O_TRUNC on a fresh file, `truncate` to the current size).
+        if let Some(written) = self.being_written(fh) {
+            if size.is_some_and(|s| s != written) {
+                return reply.error(Errno::EPERM);
+            }
+            return reply.attr(&Duration::ZERO, &self.attr_written(ino, written));
+        }
+        let Some(path) = self.path_of(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.rt.block_on(self.fs.status(&path)) {
+            Ok(info) if size.is_some_and(|s| s != info.length) => reply.error(if self.read_only {
+                Errno::EROFS
+            } else {
+                Errno::EPERM
+            }),
+            Ok(info) => reply.attr(&self.ttl, &self.attr(&info)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let path = match self.writable().and_then(|()| self.child(parent, name)) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match self
+            .rt
+            .block_on(self.fs.mkdir(&path, mode & !umask & 0o7777))
+        {
+            Ok(info) => {
+                self.remember(&info);
+                reply.entry(&self.ttl, &self.attr(&info), Generation(0));
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(parent, name, false, reply);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(parent, name, true, reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let paths = self
+            .writable()
+            .and_then(|()| Ok((self.child(parent, name)?, self.child(newparent, newname)?)));
+        let (src, dst) = match paths {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match self.rt.block_on(self.fs.rename(&src, &dst)) {
+            Ok(info) => {
+                self.remember(&info);
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let Some(path) = self.path_of(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            // Files are written once, through create.
+            return reply.error(if self.read_only {
+                Errno::EROFS
+            } else {
+                Errno::EPERM
+            });
+        }
+        let reader = match self.rt.block_on(self.fs.open(&path)) {
+            Ok(r) => r,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        if self.passthrough.load(Ordering::Relaxed)
+            && reader.info().length > 0
+            && let Some(backing) = self.backing(ino.0, &reader, &reply)
+        {
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing.id);
+            self.handles.lock().expect("handles").insert(
+                fh,
+                Arc::new(Mutex::new(Handle::Read {
+                    reader: Box::new(reader),
+                    buf: Vec::new(),
+                    _backing: Some(backing),
+                })),
+            );
+            return;
+        }
+        let local = reader.local_blocks();
+        let fh = self.add_handle(Handle::Read {
+            reader: Box::new(reader),
+            buf: Vec::new(),
+            _backing: None,
+        });
+        self.local.lock().expect("local").insert(fh.0, local);
+        reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(reply) = self.read_local(fh, offset, size, reply) else {
+            return;
+        };
+        let Some(h) = self.handle_or_inherited(ino, fh, false) else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut h = h.lock().expect("handle");
+        let Handle::Read { reader, buf, .. } = &mut *h else {
+            return reply.error(Errno::EBADF);
+        };
+        if buf.len() < size as usize {
+            buf.resize(size as usize, 0);
+        }
+        let buf = &mut buf[..size as usize];
+        match self.rt.block_on(reader.read_at(offset, buf)) {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => {
+                tracing::warn!(error = %e, "read failed");
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let path = match self.writable().and_then(|()| self.child(parent, name)) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match self.rt.block_on(self.fs.create(&path, None)) {
+            Ok(w) => {
+                let mut info = w.info().clone();
+                info.mode = mode & !umask & 0o7777;
+                self.remember(&info);
+                let fh = self.add_handle(Handle::Write(Some(Box::new(w))));
+                reply.created(
+                    &Duration::ZERO,
+                    &self.attr(&info),
+                    Generation(0),
+                    fh,
+                    FopenFlags::empty(),
+                );
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(h) = self.handle(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut h = h.lock().expect("handle");
+        let Handle::Write(Some(w)) = &mut *h else {
+            return reply.error(Errno::EBADF);
+        };
+        if offset != w.written() {
+            // Write-once files are written front to back.
+            return reply.error(Errno::EINVAL);
+        }
+        match self.rt.block_on(w.write(data)) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let Some(h) = self.handle(fh) else {
+            return reply.ok();
+        };
+        // A flush comes with every close of a duplicate descriptor too (a
+        // shell's redirection flushes before anything is written): commit
+        // once there is data, so close() reports a failed commit.
+        let writer = match &mut *h.lock().expect("handle") {
+            Handle::Write(w) if w.as_ref().is_some_and(|w| w.written() > 0) => w.take(),
+            _ => None,
+        };
+        match writer.map(|w| self.commit(*w)) {
+            Some(Err(e)) => reply.error(e),
+            _ => reply.ok(),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.local.lock().expect("local").remove(&fh.0);
+        let h = self.handles.lock().expect("handles").remove(&fh.0);
+        if let Some(h) = &h
+            && let Handle::Read {
+                _backing: Some(_), ..
+            } = &*h.lock().expect("handle")
+        {
+            let mut backings = self.backings.lock().expect("backings");
+            if backings.get(&ino.0).is_some_and(|b| b.strong_count() <= 1) {
+                backings.remove(&ino.0);
+            }
+        }
+        if let Some(h) = h
+            && let Handle::Write(w) = &mut *h.lock().expect("handle")
+            && let Some(w) = w.take()
+            && let Err(e) = self.commit(*w)
+        {
+            return reply.error(e);
+        }
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let Some(path) = self.path_of(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let fh = self.add_handle(Handle::Dir {
+            path,
+            entries: Vec::new(),
+            cursor: String::new(),
+            done: false,
+        });
+        reply.opened(fh, FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(h) = self.handle_or_inherited(ino, fh, true) else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut h = h.lock().expect("handle");
+        let Handle::Dir {
+            path,
+            entries,
+            cursor,
+            done,
+        } = &mut *h
+        else {
+            return reply.error(Errno::EBADF);
+        };
+        // Offsets 0 and 1 are "." and ".."; entry i is at offset i + 2.
+        let mut next = offset;
+        loop {
+            if next < 2 {
+                let name = if next == 0 { "." } else { ".." };
+                next += 1;
+                if reply.add(ino, next, FileType::Directory, name) {
+                    return reply.ok();
+                }
+                continue;
+            }
+            let i = (next - 2) as usize;
+            if i >= entries.len() {
+                if *done {
+                    return reply.ok();
+                }
+                // Stream the next page only when the kernel gets this far.
+                match self.rt.block_on(self.fs.list_page(path, cursor, DIR_PAGE)) {
+                    Ok((page, c)) => {
+                        if page.is_empty() {
+                            *done = true;
+                        }
+                        for info in &page {
+                            self.remember(info);
+                            let kind = if info.is_dir {
+                                FileType::Directory
+                            } else {
+                                FileType::RegularFile
+                            };
+                            entries.push((self.ino_of(info), kind, info.name.clone()));
+                        }
+                        *cursor = if c.is_empty() {
+                            page.last().map(|i| i.name.clone()).unwrap_or_default()
+                        } else {
+                            c
+                        };
+                        if page.len() < DIR_PAGE as usize {
+                            *done = true;
+                        }
+                        continue;
+                    }
+                    Err(e) => return reply.error(errno(&e)),
+                }
+            }
+            let (child, kind, name) = &entries[i];
+            next += 1;
+            if reply.add(INodeNo(*child), next, *kind, name) {
+                return reply.ok();
+            }
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.lock().expect("handles").remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        const BSIZE: u64 = 4096;
+        match self.rt.block_on(self.fs.capacity()) {
+            Ok((capacity, used)) => {
+                let blocks = capacity / BSIZE;
+                let free = capacity.saturating_sub(used) / BSIZE;
+                reply.statfs(blocks, free, free, 0, 0, BSIZE as u32, 255, BSIZE as u32);
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! One command's changes to the inode tree, gathered before they are
+//! written in one batch: later steps of a command see what earlier steps
+//! did (the store does not show the batch being built), and new inodes
+//! take ids from the replicated counter.
+
+use super::ids::{META_INODE_COUNT, META_NEXT_ID};
+use crate::block::DEFAULT_BLOCK_SIZE;
+use crate::master::command::{FsResult, Stamp, UfsEntry};
+use crate::master::metastore::{
+    Inode, InodeId, InodeKind, MetaStore, Op, PersistState, ROOT_ID, counter_op, read_counter,
+};
+use std::collections::BTreeMap;
+
+/// Changes one command makes, gathered before they are written in one batch.
+pub(super) struct Change<'a> {
+    pub store: &'a dyn MetaStore,
+    pub ops: Vec<Op>,
+    pub next_id: u64,
+    inode_delta: i64,
+    /// Inodes written earlier in this batch, so later steps see them.
+    pending: BTreeMap<InodeId, Inode>,
+    pending_edges: BTreeMap<(InodeId, String), Option<InodeId>>,
+}
+
+impl<'a> Change<'a> {
+    pub fn new(store: &'a dyn MetaStore) -> FsResult<Self> {
+        Ok(Self {
+            store,
+            ops: Vec::new(),
+            next_id: read_counter(store, META_NEXT_ID, ROOT_ID + 1)?,
+            inode_delta: 0,
+            pending: BTreeMap::new(),
+            pending_edges: BTreeMap::new(),
+        })
+    }
+
+    pub fn inode(&self, id: InodeId) -> FsResult<Option<Inode>> {
+        if let Some(i) = self.pending.get(&id) {
+            return Ok(Some(i.clone()));
+        }
+        Ok(self.store.inode(id)?)
+    }
+
+    pub fn child(&self, parent: InodeId, name: &str) -> FsResult<Option<InodeId>> {
+        if let Some(c) = self.pending_edges.get(&(parent, name.to_owned())) {
+            return Ok(*c);
+        }
+        Ok(self.store.child(parent, name)?)
+    }
+
+    pub fn put(&mut self, inode: Inode) {
+        self.pending.insert(inode.id, inode.clone());
+        self.ops.push(Op::PutInode(inode));
+    }
+
+    pub fn create(&mut self, mut inode: Inode) -> Inode {
+        inode.id = self.next_id;
+        self.next_id += 1;
+        self.inode_delta += 1;
+        self.link(inode.parent, &inode.name, inode.id);
+        self.put(inode.clone());
+        inode
+    }
+
+    pub fn link(&mut self, parent: InodeId, name: &str, child: InodeId) {
+        self.pending_edges
+            .insert((parent, name.to_owned()), Some(child));
+        self.ops.push(Op::PutEdge {
+            parent,
+            name: name.to_owned(),
+            child,
+        });
+    }
+
+    pub fn unlink(&mut self, parent: InodeId, name: &str) {
+        self.pending_edges.insert((parent, name.to_owned()), None);
+        self.ops.push(Op::DeleteEdge {
+            parent,
+            name: name.to_owned(),
+        });
+    }
+
+    /// Removes `inode` and everything below it; returns how many inodes went.
+    pub fn remove_tree(&mut self, inode: &Inode) -> FsResult<u64> {
+        let mut removed = 0;
+        let mut stack = vec![inode.clone()];
+        while let Some(node) = stack.pop() {
+            if node.is_dir() {
+                let mut cursor: Option<String> = None;
+                loop {
+                    let page = self.store.children(node.id, cursor.as_deref(), 1024)?;
+                    let Some((last, _)) = page.last() else { break };
+                    cursor = Some(last.clone());
+                    for (name, id) in page {
+                        // Skip what this command already unlinked: the
+                        // store does not show the batch being built.
+                        if self.child(node.id, &name)? != Some(id) {
+                            continue;
+                        }
+                        if let Some(child) = self.inode(id)? {
+                            stack.push(child);
+                        }
+                    }
+                }
+            }
+            self.unlink(node.parent, &node.name);
+            self.ops.push(Op::DeleteInode(node.id));
+            self.pending.remove(&node.id);
+            removed += 1;
+        }
+        self.inode_delta -= removed as i64;
+        Ok(removed)
+    }
+
+    /// The batch: every change, then the id counter and inode count.
+    pub fn into_ops(mut self) -> FsResult<Vec<Op>> {
+        let count = read_counter(self.store, META_INODE_COUNT, 1)?;
+        self.ops.push(counter_op(META_NEXT_ID, self.next_id));
+        self.ops.push(counter_op(
+            META_INODE_COUNT,
+            (count as i64 + self.inode_delta).max(0) as u64,
+        ));
+        Ok(self.ops)
+    }
+}
+
+pub(super) fn new_inode(parent: InodeId, name: &str, kind: InodeKind, stamp: &Stamp) -> Inode {
+    Inode {
+        id: 0,
+        parent,
+        name: name.to_owned(),
+        kind,
+        length: 0,
+        block_size: DEFAULT_BLOCK_SIZE,
+        completed: kind == InodeKind::Directory,
+        mode: stamp.mode,
+        owner: stamp.owner.clone(),
+        group: stamp.group.clone(),
+        mtime_ms: stamp.now_ms,
+        pinned: false,
+        ttl_ms: None,
+        replication_min: 0,
+        persist: PersistState::NotPersisted,
+        synced_ms: None,
+        ufs_fingerprint: None,
+    }
+}
+
+/// An inode for an entry found in the under-storage, owned like its
+/// directory (the under-storage's own owners mean nothing here).
+pub(super) fn ufs_inode(dir: &Inode, e: &UfsEntry) -> Inode {
+    let kind = if e.is_dir {
+        InodeKind::Directory
+    } else {
+        InodeKind::File
+    };
+    let stamp = Stamp {
+        mode: if e.is_dir { 0o755 } else { 0o644 },
+        owner: dir.owner.clone(),
+        group: dir.group.clone(),
+        now_ms: e.mtime_ms,
+    };
+    let mut i = new_inode(dir.id, &e.name, kind, &stamp);
+    i.length = if e.is_dir { 0 } else { e.length };
+    i.completed = true;
+    i.persist = PersistState::Persisted;
+    i.ufs_fingerprint = (!e.is_dir).then(|| e.fingerprint());
+    i
+}

@@ -1,0 +1,92 @@
+//! Listings of the under-storage loaded into the namespace: entries
+//! created, files whose version changed replaced under new inode ids (so
+//! blocks cached for old content are never served for new), and entries
+//! the under-storage no longer has removed.
+
+use super::Namespace;
+use super::change::{Change, ufs_inode};
+use crate::master::command::{FsError, FsResult, Reply, UfsEntry};
+use crate::master::metastore::{InodeKind, PersistState};
+use crate::path::WeirPath;
+
+impl Namespace {
+    pub(super) fn plan_load_listing(
+        &self,
+        c: &mut Change<'_>,
+        dir: &str,
+        entries: &[UfsEntry],
+        vanished: &[String],
+        complete: bool,
+        now_ms: u64,
+    ) -> FsResult<Reply> {
+        let dir_path = Self::parse(dir)?;
+        let Some(mut dir_inode) = self.lookup(&dir_path)? else {
+            // The directory went (deleted or unmounted) while it was
+            // being listed: nothing to load into.
+            return Ok(Reply::Loaded {
+                created: 0,
+                updated: 0,
+                removed: 0,
+            });
+        };
+        if !dir_inode.is_dir() {
+            return Err(FsError::FailedPrecondition(format!("{dir_path} is a file")));
+        }
+        let (mut created, mut updated, mut removed) = (0, 0, 0);
+        for e in entries {
+            WeirPath::root().child(&e.name)?;
+            let kind = if e.is_dir {
+                InodeKind::Directory
+            } else {
+                InodeKind::File
+            };
+            match c.child(dir_inode.id, &e.name)? {
+                None => {
+                    c.create(ufs_inode(&dir_inode, e));
+                    created += 1;
+                }
+                Some(id) => {
+                    let Some(existing) = c.inode(id)? else {
+                        continue;
+                    };
+                    if existing.kind != kind {
+                        removed += c.remove_tree(&existing)?;
+                        c.create(ufs_inode(&dir_inode, e));
+                        created += 1;
+                    } else if !e.is_dir
+                        && existing.persist == PersistState::Persisted
+                        && existing.ufs_fingerprint.as_deref() != Some(e.fingerprint().as_str())
+                    {
+                        // Changed in the under-storage: a new inode id,
+                        // so blocks cached for the old content are
+                        // never served for the new.
+                        c.remove_tree(&existing)?;
+                        let mut i = existing.clone();
+                        i.length = e.length;
+                        i.mtime_ms = e.mtime_ms;
+                        i.ufs_fingerprint = Some(e.fingerprint());
+                        c.create(i);
+                        updated += 1;
+                    }
+                }
+            }
+        }
+        for name in vanished {
+            if let Some(id) = c.child(dir_inode.id, name)?
+                && let Some(existing) = c.inode(id)?
+                && existing.persist == PersistState::Persisted
+            {
+                removed += c.remove_tree(&existing)?;
+            }
+        }
+        if complete {
+            dir_inode.synced_ms = Some(now_ms);
+            c.put(dir_inode);
+        }
+        Ok(Reply::Loaded {
+            created,
+            updated,
+            removed,
+        })
+    }
+}

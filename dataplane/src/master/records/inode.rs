@@ -1,0 +1,67 @@
+//! The inode record: one file or directory of the namespace as the master
+//! replicates it.
+
+use crate::block::{BlockRange, blocks_of};
+use serde::{Deserialize, Serialize};
+
+pub use crate::block::InodeId;
+/// The root directory's inode id.
+pub const ROOT_ID: InodeId = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InodeKind {
+    File,
+    Directory,
+}
+
+/// Whether a file's data exists in the under-storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum PersistState {
+    /// Written to the cache only (MUST_CACHE, or ASYNC_THROUGH not yet done).
+    #[default]
+    NotPersisted,
+    /// ASYNC_THROUGH: queued for persistence; its blocks stay pinned.
+    ToBePersisted,
+    /// Present in the under-storage.
+    Persisted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub id: InodeId,
+    pub parent: InodeId,
+    pub name: String,
+    pub kind: InodeKind,
+    /// Bytes; 0 for directories.
+    pub length: u64,
+    pub block_size: u64,
+    /// False while a file is being written; readers see only complete files.
+    pub completed: bool,
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+    pub mtime_ms: u64,
+    pub pinned: bool,
+    /// Milliseconds after `mtime_ms` at which the cached data may be freed.
+    pub ttl_ms: Option<u64>,
+    pub replication_min: u32,
+    pub persist: PersistState,
+    /// For directories backed by an under-storage: when its listing was last
+    /// loaded (None: never, so the next access loads it).
+    pub synced_ms: Option<u64>,
+    /// Under-storage fingerprint (length and mtime) seen at the last sync;
+    /// a change invalidates cached blocks.
+    pub ufs_fingerprint: Option<String>,
+}
+
+impl Inode {
+    pub fn is_dir(&self) -> bool {
+        self.kind == InodeKind::Directory
+    }
+
+    /// The file's blocks; none for a directory.
+    pub fn blocks(&self) -> impl Iterator<Item = BlockRange> + use<> {
+        let length = if self.is_dir() { 0 } else { self.length };
+        blocks_of(self.id, length, self.block_size)
+    }
+}

@@ -1,0 +1,320 @@
+//! The file system calls of the master's API: status, create, complete,
+//! delete, rename, attributes, block locations and free. Reads are
+//! linearizable and load missing paths from the under-storage first.
+
+use super::convert::{now_ms, persist_from_pb, persist_to_pb, stamp};
+use crate::block::DEFAULT_BLOCK_SIZE;
+use crate::master::command::{AttrUpdate, Command, Reply};
+use crate::master::error::MasterError;
+use crate::master::metastore::{Inode, StoreError};
+use crate::master::namespace::Namespace;
+use crate::master::node::Proposer;
+use crate::master::sync::MetadataSync;
+use crate::master::workers::WorkerRegistry;
+use crate::path::WeirPath;
+use crate::proto::master as pb;
+use std::sync::Arc;
+use tonic::Status;
+
+pub(super) fn parse(raw: &str) -> Result<WeirPath, Status> {
+    WeirPath::parse(raw).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// The file system side of the API.
+#[derive(Debug, Clone)]
+pub struct FsApi {
+    pub(super) proposer: Proposer,
+    pub(super) namespace: Namespace,
+    pub(super) sync: Arc<MetadataSync>,
+    pub(super) workers: Arc<WorkerRegistry>,
+}
+
+impl FsApi {
+    pub(super) fn info(&self, path: &WeirPath, inode: &Inode) -> pb::FileInfo {
+        let cached_percent = if inode.is_dir() || inode.length == 0 {
+            100
+        } else {
+            let cached: u64 = inode
+                .blocks()
+                .filter(|b| self.workers.is_cached(b.id))
+                .map(|b| b.len)
+                .sum();
+            (cached * 100 / inode.length) as u32
+        };
+        let (ufs_path, mount_id, ufs_relative) = self
+            .namespace
+            .mount_of(path)
+            .ok()
+            .flatten()
+            .map(|m| {
+                let rest = WeirPath::parse(m.path())
+                    .ok()
+                    .and_then(|mp| path.strip_prefix(&mp).map(str::to_owned))
+                    .unwrap_or_default();
+                let full = if rest.is_empty() {
+                    m.spec.ufs_uri.clone()
+                } else {
+                    format!("{}/{rest}", m.spec.ufs_uri.trim_end_matches('/'))
+                };
+                (full, m.mount_id, rest)
+            })
+            .unwrap_or_default();
+        pb::FileInfo {
+            id: inode.id,
+            path: path.to_string(),
+            name: inode.name.clone(),
+            is_dir: inode.is_dir(),
+            length: inode.length,
+            block_size: inode.block_size,
+            completed: inode.completed,
+            mode: inode.mode,
+            owner: inode.owner.clone(),
+            group: inode.group.clone(),
+            mtime_ms: inode.mtime_ms,
+            pinned: inode.pinned,
+            ttl_ms: inode.ttl_ms,
+            replication_min: inode.replication_min,
+            persist: persist_to_pb(inode.persist) as i32,
+            cached_percent,
+            ufs_path,
+            mount_id,
+            ufs_relative,
+        }
+    }
+
+    pub(super) async fn write_inode(
+        &self,
+        path: &WeirPath,
+        cmd: Command,
+    ) -> Result<pb::FileInfo, Status> {
+        match self.proposer.write(cmd).await? {
+            Reply::Inode(inode) => {
+                // A rename's reply is the inode at its new path.
+                Ok(self.info(path, &inode))
+            }
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// The inode at `path` as of a linearizable read, loading it from the
+    /// under-storage when the namespace does not have it yet.
+    pub(super) async fn linearized_inode(&self, path: &WeirPath) -> Result<Inode, Status> {
+        self.proposer.linearize().await?;
+        self.sync
+            .resolve(path)
+            .await?
+            .ok_or_else(|| Status::not_found(path.to_string()))
+    }
+
+    pub async fn get_status(&self, request: pb::PathRequest) -> Result<pb::FileInfo, Status> {
+        let path = parse(&request.path)?;
+        let inode = self.linearized_inode(&path).await?;
+        Ok(self.info(&path, &inode))
+    }
+
+    pub async fn get_status_by_id(
+        &self,
+        request: pb::InodeRequest,
+    ) -> Result<pb::FileInfo, Status> {
+        let id = request.id;
+        self.proposer.linearize().await?;
+        let path = self
+            .namespace
+            .path_of(id)
+            .map_err(MasterError::from)?
+            .ok_or_else(|| Status::not_found(format!("inode {id}")))?;
+        let inode = self.linearized_inode(&path).await?;
+        Ok(self.info(&path, &inode))
+    }
+
+    pub async fn create_directory(
+        &self,
+        request: pb::CreateRequest,
+    ) -> Result<pb::FileInfo, Status> {
+        let r = request;
+        let path = parse(&r.path)?;
+        let stamp = stamp(r.mode, r.owner, r.group, 0o755);
+        self.write_inode(
+            &path,
+            Command::CreateDirectory {
+                path: path.to_string(),
+                recursive: r.recursive,
+                stamp,
+            },
+        )
+        .await
+    }
+
+    pub async fn create_file(&self, request: pb::CreateRequest) -> Result<pb::FileInfo, Status> {
+        let r = request;
+        let path = parse(&r.path)?;
+        let stamp = stamp(r.mode, r.owner, r.group, 0o644);
+        let block_size = if r.block_size == 0 {
+            DEFAULT_BLOCK_SIZE
+        } else {
+            r.block_size
+        };
+        self.write_inode(
+            &path,
+            Command::CreateFile {
+                path: path.to_string(),
+                recursive: r.recursive,
+                block_size,
+                stamp,
+            },
+        )
+        .await
+    }
+
+    pub async fn complete_file(
+        &self,
+        request: pb::CompleteFileRequest,
+    ) -> Result<pb::FileInfo, Status> {
+        let r = request;
+        let path = parse(&r.path)?;
+        self.write_inode(
+            &path,
+            Command::CompleteFile {
+                path: path.to_string(),
+                length: r.length,
+                now_ms: now_ms(),
+            },
+        )
+        .await
+    }
+
+    pub async fn delete(&self, request: pb::DeleteRequest) -> Result<pb::DeleteResponse, Status> {
+        let r = request;
+        let path = parse(&r.path)?;
+        match self
+            .proposer
+            .write(Command::Delete {
+                path: path.to_string(),
+                recursive: r.recursive,
+            })
+            .await?
+        {
+            Reply::Deleted { inodes } => Ok(pb::DeleteResponse { inodes }),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn rename(&self, request: pb::RenameRequest) -> Result<pb::FileInfo, Status> {
+        let r = request;
+        let (src, dst) = (parse(&r.src)?, parse(&r.dst)?);
+        self.write_inode(
+            &dst,
+            Command::Rename {
+                src: src.to_string(),
+                dst: dst.to_string(),
+                now_ms: now_ms(),
+            },
+        )
+        .await
+    }
+
+    pub async fn set_attribute(
+        &self,
+        request: pb::SetAttributeRequest,
+    ) -> Result<pb::FileInfo, Status> {
+        let r = request;
+        let path = parse(&r.path)?;
+        let update = AttrUpdate {
+            pinned: r.pinned,
+            ttl_ms: if r.clear_ttl {
+                Some(None)
+            } else {
+                r.ttl_ms.map(Some)
+            },
+            replication_min: r.replication_min,
+            mode: r.mode,
+            owner: r.owner,
+            group: r.group,
+            persist: r.persist.map(persist_from_pb).transpose()?,
+        };
+        self.write_inode(
+            &path,
+            Command::SetAttribute {
+                path: path.to_string(),
+                update,
+            },
+        )
+        .await
+    }
+
+    pub async fn get_file_block_info(
+        &self,
+        request: pb::PathRequest,
+    ) -> Result<pb::FileBlockInfo, Status> {
+        let path = parse(&request.path)?;
+        let inode = self.linearized_inode(&path).await?;
+        if inode.is_dir() {
+            return Err(Status::failed_precondition(format!(
+                "{path} is a directory"
+            )));
+        }
+        let blocks = inode
+            .blocks()
+            .map(|b| pb::BlockInfo {
+                block_id: b.id,
+                offset: b.offset,
+                length: b.len,
+                locations: self
+                    .workers
+                    .locations(b.id)
+                    .into_iter()
+                    .map(|(id, addr, tier)| pb::BlockLocation {
+                        worker: Some(pb::WorkerAddress {
+                            worker_id: id,
+                            host: addr.host,
+                            rpc_port: addr.rpc_port,
+                            data_port: addr.data_port,
+                        }),
+                        tier,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(pb::FileBlockInfo {
+            file: Some(self.info(&path, &inode)),
+            blocks,
+        })
+    }
+
+    pub async fn free(&self, request: pb::FreeRequest) -> Result<pb::FreeResponse, Status> {
+        let r = request;
+        let path = parse(&r.path)?;
+        let root = self.linearized_inode(&path).await?;
+        if root.is_dir() && !r.recursive {
+            return Err(Status::failed_precondition(format!(
+                "{path} is a directory: free it with recursive"
+            )));
+        }
+        let mut blocks = Vec::new();
+        let mut stack = vec![root];
+        while let Some(inode) = stack.pop() {
+            if inode.pinned {
+                continue;
+            }
+            if inode.is_dir() {
+                let store = self.namespace.store();
+                let internal = |e: StoreError| Status::internal(e.to_string());
+                let mut after: Option<String> = None;
+                loop {
+                    let page = store
+                        .children(inode.id, after.as_deref(), 1000)
+                        .map_err(internal)?;
+                    let Some((last, _)) = page.last() else { break };
+                    after = Some(last.clone());
+                    for (_, id) in page {
+                        stack.extend(store.inode(id).map_err(internal)?);
+                    }
+                }
+            } else {
+                blocks.extend(inode.blocks().map(|b| b.id));
+            }
+        }
+        let copies = self.workers.schedule_free(blocks);
+        Ok(pb::FreeResponse { blocks: copies })
+    }
+}
