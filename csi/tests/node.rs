@@ -30,11 +30,7 @@ fn weir() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    weir_testkit::free_local_port()
 }
 
 fn capability(mode: pb::volume_capability::access_mode::Mode) -> Option<pb::VolumeCapability> {

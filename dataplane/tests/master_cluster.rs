@@ -610,14 +610,10 @@ async fn t50_workers_report_blocks_and_are_lost_when_silent() {
 async fn t60_s3_mount_loads_lazily_and_counts() {
     let s3 = s3_server("data").await;
     for i in 0..50 {
-        s3.request(
-            "PUT",
-            &format!("/data/train/part-{i:03}.bin"),
-            &vec![b'z'; 1000 + i],
-        )
-        .await;
+        s3.put(&format!("train/part-{i:03}.bin"), &vec![b'z'; 1000 + i])
+            .unwrap();
     }
-    s3.request("PUT", "/data/README", b"hello s3").await;
+    s3.put("README", b"hello s3").unwrap();
     let root = tempfile::tempdir().unwrap();
     let creds = root.path().join("creds");
     std::fs::create_dir_all(&creds).unwrap();

@@ -3,112 +3,43 @@
 //! the Helm chart installed in a test namespace.
 
 use crate::{Bed, profile_dir};
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+use weir_testkit::ChildGuard;
 
 /// The node's address on the pod bridge: pods reach host processes there.
 pub const NODE_IP: &str = "10.88.0.1";
 
-fn moto_path() -> PathBuf {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/root".into());
-    std::env::var_os("WEIR_MOTO_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join(".cache/weir/venv/bin/moto_server"))
-}
-
-pub fn free_port(host: &str) -> u16 {
-    TcpListener::bind((host, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Reproducible bytes that differ per seed (xorshift), for test files.
-pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub use weir_testkit::{bytes, free_port};
 
 /// A moto S3 server on the pod bridge with one bucket; stopped on drop.
 pub struct BridgeS3 {
-    child: Child,
+    server: weir_testkit::S3Server,
     pub endpoint: String,
     pub bucket: String,
 }
 
-impl Drop for BridgeS3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl BridgeS3 {
     pub fn start(bucket: &str) -> anyhow::Result<Self> {
-        let port = free_port(NODE_IP);
-        let child = Command::new(moto_path())
-            .args(["-H", NODE_IP, "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let addr = format!("{NODE_IP}:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "moto did not start on {addr}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let s3 = BridgeS3 {
-            child,
-            endpoint: format!("http://{addr}"),
+        let server = weir_testkit::S3Server::start(NODE_IP, 0, bucket)?;
+        Ok(BridgeS3 {
+            endpoint: server.endpoint.clone(),
             bucket: bucket.into(),
-        };
-        s3.request("PUT", &format!("/{bucket}"), b"")?;
-        Ok(s3)
+            server,
+        })
     }
 
     /// Stores `body` as `key` in the bucket.
     pub fn put(&self, key: &str, body: &[u8]) -> anyhow::Result<()> {
-        self.request("PUT", &format!("/{}/{key}", self.bucket), body)
-    }
-
-    /// An unsigned request (moto accepts them).
-    fn request(&self, method: &str, path: &str, body: &[u8]) -> anyhow::Result<()> {
-        use std::io::{Read, Write};
-        let addr = self.endpoint.trim_start_matches("http://");
-        let mut s = std::net::TcpStream::connect(addr)?;
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )?;
-        s.write_all(body)?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out)?;
-        let text = String::from_utf8_lossy(&out);
-        let status = text.lines().next().unwrap_or_default();
-        anyhow::ensure!(
-            status.contains(" 200") || status.contains(" 204"),
-            "{method} {path}: {status}"
-        );
-        Ok(())
+        Ok(self.server.put(key, body)?)
     }
 }
 
 /// `weir-operator` of this build, watching one namespace, logging to a
 /// file; killed on drop.
 pub struct OperatorProcess {
-    child: Option<Child>,
+    child: Option<ChildGuard>,
     pub log: PathBuf,
     pub metrics: String,
     args: Vec<String>,
@@ -163,32 +94,20 @@ impl OperatorProcess {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        self.child = Some(child);
+        self.child = Some(ChildGuard::new(child));
         Ok(())
     }
 
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill();
         }
     }
 
     /// Stops with SIGTERM (a clean exit releases the Lease).
     pub fn terminate(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            c.terminate(Duration::from_secs(10));
         }
     }
 

@@ -6,7 +6,6 @@
 
 use super::error::{ClientError, FsResult};
 use super::leases::Leases;
-use super::reader::FileReader;
 use super::workers::Workers;
 use crate::block::BlockId;
 use crate::proto::master as pb;
@@ -194,18 +193,6 @@ impl FileSystem {
         );
         *self.mounts.lock().expect("mounts") = Some((Instant::now(), t.clone()));
         Ok(t)
-    }
-
-    /// Opens a file for positional reads.
-    pub async fn open(self: &Arc<Self>, path: &str) -> FsResult<FileReader> {
-        let info = self.block_info(path).await?;
-        let file = info.file.clone().unwrap_or_default();
-        if !file.completed {
-            return Err(ClientError::Invalid(format!(
-                "{path} is still being written"
-            )));
-        }
-        Ok(FileReader::new(self.clone(), path, info))
     }
 
     pub(crate) async fn set_persist(&self, path: &str, state: pb::PersistState) -> FsResult<()> {

@@ -27,6 +27,20 @@ const READ_RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// the bytes skipped are kept for the read that comes late.
 const SKIP_AHEAD: u64 = 8 << 20;
 
+impl FileSystem {
+    /// Opens a file for positional reads.
+    pub async fn open(self: &Arc<Self>, path: &str) -> FsResult<FileReader> {
+        let info = self.block_info(path).await?;
+        let file = info.file.clone().unwrap_or_default();
+        if !file.completed {
+            return Err(ClientError::Invalid(format!(
+                "{path} is still being written"
+            )));
+        }
+        Ok(FileReader::new(self.clone(), path, info))
+    }
+}
+
 /// Positional reads of one file.
 #[derive(Debug)]
 pub struct FileReader {

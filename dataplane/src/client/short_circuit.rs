@@ -7,7 +7,6 @@
 
 use super::fs::FileSystem;
 use super::leases::LeaseGuard;
-use super::reader::FileReader;
 use super::workers::data_addr;
 use crate::proto::master as pb;
 use std::collections::HashMap;
@@ -81,14 +80,19 @@ impl FileSystem {
         })
     }
 
-    /// Leases every block of a file from a local worker that keeps them in
-    /// one file holding exactly the file's bytes, and opens that file.
-    /// `None` when no local worker has all of it that way.
-    pub async fn lease_local_file(&self, reader: &FileReader) -> Option<LocalFile> {
+    /// Leases every block of a file (`blocks`, `length` bytes) from a
+    /// local worker that keeps them in one file holding exactly the file's
+    /// bytes, and opens that file. `None` when no local worker has all of
+    /// it that way.
+    pub async fn lease_local_file(
+        &self,
+        blocks: &[pb::BlockInfo],
+        length: u64,
+    ) -> Option<LocalFile> {
         if !self.config().short_circuit {
             return None;
         }
-        let (first, rest) = reader.blocks().split_first()?;
+        let (first, rest) = blocks.split_first()?;
         let holds_all = |w: &pb::WorkerAddress| {
             rest.iter().all(|b| {
                 b.locations.iter().any(|l| {
@@ -104,14 +108,13 @@ impl FileSystem {
             .filter_map(|l| l.worker.as_ref())
             .filter(|w| self.is_local(&w.host) && !self.workers().failed_recently(&data_addr(w)))
             .find(|w| holds_all(w))?;
-        let blocks: Vec<(u64, u64, u64)> = reader
-            .blocks()
+        let ranges: Vec<(u64, u64, u64)> = blocks
             .iter()
             .map(|b| (b.block_id, b.offset, b.length))
             .collect();
         let (path, lease) = self
             .leases()
-            .take_file(self.workers(), &data_addr(holder), blocks, reader.len())
+            .take_file(self.workers(), &data_addr(holder), ranges, length)
             .await?;
         let file = std::fs::File::open(path).ok()?;
         Some(LocalFile {

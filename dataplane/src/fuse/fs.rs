@@ -3,15 +3,15 @@
 //! them, and the one mapping of client errors to errnos.
 
 use super::MAX_READ;
-use super::handles::Handle;
-use super::passthrough::Backing;
-use crate::client::{ClientError, FileSystem, FileWriter, LocalBlocks};
+use super::handles::{Handle, Handles};
+use super::passthrough::LocalReads;
+use crate::client::{ClientError, FileSystem, FileWriter};
 use crate::proto::master as pb;
-use fuser::{Errno, FileAttr, FileType, INodeNo, ReplyEmpty};
+use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo, ReplyEmpty};
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub(super) struct WeirFuse {
@@ -20,25 +20,13 @@ pub(super) struct WeirFuse {
     pub(super) root: String,
     pub(super) read_only: bool,
     pub(super) ttl: Duration,
-    /// Shared with `run`, which tells the fd holder what INIT granted.
-    pub(super) passthrough: Arc<AtomicBool>,
-    /// FUSE processes that served this mount before this one: file handles
-    /// carry it in their top bits, so a handle of an earlier process (the
-    /// kernel keeps those across a takeover) is told from one of ours.
-    pub(super) generation: u64,
     /// Owner shown for every entry.
     pub(super) owner: (u32, u32),
     /// Inode number -> namespace path, learnt from lookups.
     pub(super) paths: Mutex<HashMap<u64, String>>,
     pub(super) root_id: AtomicU64,
-    pub(super) handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
-    /// Per open file: its blocks held by a worker on this machine, so
-    /// reads inside one block are answered from the worker's file by any
-    /// FUSE thread at once, without the handle's lock.
-    pub(super) local: Mutex<HashMap<u64, Arc<LocalBlocks>>>,
-    /// Inode number -> its passthrough backing, while an open holds it.
-    pub(super) backings: Mutex<HashMap<u64, Weak<Backing>>>,
-    pub(super) next_fh: AtomicU64,
+    pub(super) handles: Handles,
+    pub(super) reads: LocalReads,
 }
 
 pub(super) fn errno(e: &ClientError) -> Errno {
@@ -199,5 +187,42 @@ impl WeirFuse {
             tracing::warn!(bytes = path, error = %e, "committing a file failed");
             errno(&e)
         })
+    }
+
+    /// The handle `fh`; one an earlier FUSE process opened is opened again
+    /// here (a file for reading, a directory listed from its start), so
+    /// applications keep reading through a takeover. A file it was writing
+    /// is lost with it: that handle stays unknown (EBADF).
+    pub(super) fn handle_or_inherited(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        dir: bool,
+    ) -> Option<Arc<Mutex<Handle>>> {
+        if let Some(h) = self.handles.get(fh) {
+            return Some(h);
+        }
+        if !self.handles.inherited(fh) {
+            return None;
+        }
+        let path = self.path_of(ino)?;
+        let handle = if dir {
+            Handle::dir(path)
+        } else {
+            Handle::read(self.rt.block_on(self.fs.open(&path)).ok()?, None)
+        };
+        tracing::debug!(fh = fh.0, ino = ino.0, "reopened an inherited handle");
+        Some(self.handles.get_or_insert(fh, handle))
+    }
+
+    /// A file being written: its size is what has been written so far.
+    pub(super) fn attr_written(&self, ino: INodeNo, written: u64) -> FileAttr {
+        let mut attr = self.attr(&pb::FileInfo {
+            length: written,
+            mode: 0o644,
+            ..Default::default()
+        });
+        attr.ino = ino;
+        attr
     }
 }

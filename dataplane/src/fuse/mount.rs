@@ -4,7 +4,8 @@
 //! an unmount or the mount left, alive, to the next FUSE process.
 
 use super::fs::WeirFuse;
-use super::handles::FH_GENERATION_SHIFT;
+use super::handles::Handles;
+use super::passthrough::LocalReads;
 use super::{FuseConfig, FuseError, READAHEAD, takeover};
 use crate::client::{ClientError, FileSystem};
 use fuser::MountOption;
@@ -120,15 +121,11 @@ pub async fn run(
         root,
         read_only: config.read_only,
         ttl: config.attr_ttl,
-        passthrough: passthrough.clone(),
-        generation,
         owner: (config.uid, config.gid),
         paths: Mutex::new(HashMap::new()),
         root_id: AtomicU64::new(root_info.id),
-        handles: Mutex::new(HashMap::new()),
-        local: Mutex::new(HashMap::new()),
-        backings: Mutex::new(HashMap::new()),
-        next_fh: AtomicU64::new((generation << FH_GENERATION_SHIFT) + 1),
+        handles: Handles::new(generation),
+        reads: LocalReads::new(passthrough.clone()),
     };
     let mut served = match held {
         Some((state, fd)) => adopt(weir, &config, state, fd).await?,
@@ -186,7 +183,7 @@ async fn adopt(
     fd: OwnedFd,
 ) -> Result<Served, FuseError> {
     let fc = fuser_config(config);
-    let generation = weir.generation;
+    let generation = weir.handles.generation();
     let (session, fd) = tokio::task::spawn_blocking(move || {
         let session = takeover::adopt(weir, &fd, state.passthrough, READAHEAD, fc)?;
         let session = session.spawn()?;
@@ -212,7 +209,7 @@ async fn mount(weir: WeirFuse, config: &FuseConfig) -> Result<Served, FuseError>
     std::fs::create_dir_all(&mount_point).map_err(|e| mount_err(config, e))?;
     let fc = fuser_config(config);
     let lodge = config.fd_holder.is_some();
-    let generation = weir.generation;
+    let generation = weir.handles.generation();
     let mp = mount_point.clone();
     let (session, fd) = tokio::task::spawn_blocking(move || {
         let session = fuser::Session::new(weir, &mp, &fc)?;

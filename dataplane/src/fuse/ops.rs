@@ -12,8 +12,6 @@ use fuser::{
     TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 impl Filesystem for WeirFuse {
@@ -24,13 +22,13 @@ impl Filesystem for WeirFuse {
         // of them be in flight across the FUSE threads.
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
-        if self.passthrough.load(Ordering::Relaxed) {
+        if self.reads.passthrough() {
             let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(2).is_ok();
             if !ok {
                 tracing::info!("kernel has no FUSE passthrough; reading through the daemon");
             }
-            self.passthrough.store(ok, Ordering::Relaxed);
+            self.reads.set_passthrough(ok);
         }
         Ok(())
     }
@@ -50,7 +48,7 @@ impl Filesystem for WeirFuse {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        if let Some(written) = self.being_written(fh) {
+        if let Some(written) = self.handles.being_written(fh) {
             return reply.attr(&Duration::ZERO, &self.attr_written(ino, written));
         }
         let Some(path) = self.path_of(ino) else {
@@ -82,7 +80,7 @@ impl Filesystem for WeirFuse {
     ) {
         // Only no-op truncations are possible on write-once files
         // (O_TRUNC on a fresh file, `truncate` to the current size).
-        if let Some(written) = self.being_written(fh) {
+        if let Some(written) = self.handles.being_written(fh) {
             if size.is_some_and(|s| s != written) {
                 return reply.error(Errno::EPERM);
             }
@@ -177,29 +175,21 @@ impl Filesystem for WeirFuse {
             Ok(r) => r,
             Err(e) => return reply.error(errno(&e)),
         };
-        if self.passthrough.load(Ordering::Relaxed)
+        if self.reads.passthrough()
             && reader.info().length > 0
-            && let Some(backing) = self.backing(ino.0, &reader, &reply)
+            && let Some(backing) = self
+                .reads
+                .backing(&self.rt, &self.fs, ino.0, &reader, &reply)
         {
-            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing.id);
-            self.handles.lock().expect("handles").insert(
-                fh,
-                Arc::new(Mutex::new(Handle::Read {
-                    reader: Box::new(reader),
-                    buf: Vec::new(),
-                    _backing: Some(backing),
-                })),
-            );
+            let fh = self
+                .handles
+                .add(Handle::read(reader, Some(backing.clone())));
+            reply.opened_passthrough(fh, FopenFlags::empty(), &backing.id);
             return;
         }
         let local = reader.local_blocks();
-        let fh = self.add_handle(Handle::Read {
-            reader: Box::new(reader),
-            buf: Vec::new(),
-            _backing: None,
-        });
-        self.local.lock().expect("local").insert(fh.0, local);
+        let fh = self.handles.add(Handle::read(reader, None));
+        self.reads.track(fh, local);
         reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
     }
 
@@ -214,7 +204,7 @@ impl Filesystem for WeirFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(reply) = self.read_local(fh, offset, size, reply) else {
+        let Some(reply) = self.reads.read(&self.rt, fh, offset, size, reply) else {
             return;
         };
         let Some(h) = self.handle_or_inherited(ino, fh, false) else {
@@ -256,7 +246,7 @@ impl Filesystem for WeirFuse {
                 let mut info = w.info().clone();
                 info.mode = mode & !umask & 0o7777;
                 self.remember(&info);
-                let fh = self.add_handle(Handle::Write(Some(Box::new(w))));
+                let fh = self.handles.add(Handle::Write(Some(Box::new(w))));
                 reply.created(
                     &Duration::ZERO,
                     &self.attr(&info),
@@ -281,7 +271,7 @@ impl Filesystem for WeirFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let Some(h) = self.handle(fh) else {
+        let Some(h) = self.handles.get(fh) else {
             return reply.error(Errno::EBADF);
         };
         let mut h = h.lock().expect("handle");
@@ -306,7 +296,7 @@ impl Filesystem for WeirFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let Some(h) = self.handle(fh) else {
+        let Some(h) = self.handles.get(fh) else {
             return reply.ok();
         };
         // A flush comes with every close of a duplicate descriptor too (a
@@ -332,18 +322,18 @@ impl Filesystem for WeirFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.local.lock().expect("local").remove(&fh.0);
-        let h = self.handles.lock().expect("handles").remove(&fh.0);
-        if let Some(h) = &h
-            && let Handle::Read {
-                _backing: Some(_), ..
-            } = &*h.lock().expect("handle")
-        {
-            let mut backings = self.backings.lock().expect("backings");
-            if backings.get(&ino.0).is_some_and(|b| b.strong_count() <= 1) {
-                backings.remove(&ino.0);
-            }
-        }
+        let h = self.handles.remove(fh);
+        let had_backing = h.as_ref().is_some_and(|h| {
+            matches!(
+                &*h.lock().expect("handle"),
+                Handle::Read {
+                    _backing: Some(_),
+                    ..
+                }
+            )
+        });
+        // While `h` still holds its share of the backing.
+        self.reads.closed(fh, ino.0, had_backing);
         if let Some(h) = h
             && let Handle::Write(w) = &mut *h.lock().expect("handle")
             && let Some(w) = w.take()
@@ -358,12 +348,7 @@ impl Filesystem for WeirFuse {
         let Some(path) = self.path_of(ino) else {
             return reply.error(Errno::ENOENT);
         };
-        let fh = self.add_handle(Handle::Dir {
-            path,
-            entries: Vec::new(),
-            cursor: String::new(),
-            done: false,
-        });
+        let fh = self.handles.add(Handle::dir(path));
         reply.opened(fh, FopenFlags::empty());
     }
 
@@ -448,7 +433,7 @@ impl Filesystem for WeirFuse {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.handles.lock().expect("handles").remove(&fh.0);
+        self.handles.remove(fh);
         reply.ok();
     }
 

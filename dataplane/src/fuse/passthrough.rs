@@ -5,13 +5,12 @@
 //! file on the calling FUSE thread. Both go through the client's one
 //! short-circuit path ([`crate::client::short_circuit`]).
 
-use super::fs::WeirFuse;
 use crate::client::short_circuit::read_leased;
-use crate::client::{FileReader, LocalFile};
+use crate::client::{FileReader, FileSystem, LocalBlocks, LocalFile};
 use fuser::{BackingId, FileHandle, ReplyData, ReplyOpen};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 /// A file as this machine's worker keeps it (every block leased, in one
 /// file holding exactly its bytes), registered with the kernel for
@@ -28,11 +27,40 @@ thread_local! {
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-impl WeirFuse {
+/// The local reads of this mount.
+pub(super) struct LocalReads {
+    /// Whether the kernel does passthrough (INIT granted it, and no open
+    /// was refused since); shared with the code that tells the fd holder.
+    passthrough: Arc<AtomicBool>,
+    /// Per open file: its blocks held by a worker on this machine.
+    local: Mutex<HashMap<u64, Arc<LocalBlocks>>>,
+    /// Inode number -> its passthrough backing, while an open holds it.
+    backings: Mutex<HashMap<u64, Weak<Backing>>>,
+}
+
+impl LocalReads {
+    pub fn new(passthrough: Arc<AtomicBool>) -> Self {
+        Self {
+            passthrough,
+            local: Mutex::new(HashMap::new()),
+            backings: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn passthrough(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+    }
+
+    pub fn set_passthrough(&self, on: bool) {
+        self.passthrough.store(on, Ordering::Relaxed);
+    }
+
     /// The inode's passthrough backing: the one its open files share, or a
     /// new one over the file leased from this machine's worker.
-    pub(super) fn backing(
+    pub fn backing(
         &self,
+        rt: &tokio::runtime::Handle,
+        fs: &FileSystem,
         ino: u64,
         reader: &FileReader,
         reply: &ReplyOpen,
@@ -44,7 +72,7 @@ impl WeirFuse {
         }
         // The lease is a round trip to the worker: taken without the lock,
         // so opens of other files do not wait for it.
-        let local = self.rt.block_on(self.fs.lease_local_file(reader))?;
+        let local = rt.block_on(fs.lease_local_file(reader.blocks(), reader.len()))?;
         // Registered under the lock, so two first opens racing here end up
         // with one backing (the loser's lease is released).
         let mut backings = self.backings.lock().expect("backings");
@@ -59,16 +87,33 @@ impl WeirFuse {
             }
             Err(e) => {
                 tracing::info!(error = %e, "passthrough refused; reading through the daemon");
-                self.passthrough.store(false, Ordering::Relaxed);
+                self.set_passthrough(false);
                 None
+            }
+        }
+    }
+
+    /// Answers reads of the open file `fh` from local blocks from now on.
+    pub fn track(&self, fh: FileHandle, blocks: Arc<LocalBlocks>) {
+        self.local.lock().expect("local").insert(fh.0, blocks);
+    }
+
+    /// The open file `fh` (of inode `ino`) is closed.
+    pub fn closed(&self, fh: FileHandle, ino: u64, had_backing: bool) {
+        self.local.lock().expect("local").remove(&fh.0);
+        if had_backing {
+            let mut backings = self.backings.lock().expect("backings");
+            if backings.get(&ino).is_some_and(|b| b.strong_count() <= 1) {
+                backings.remove(&ino);
             }
         }
     }
 
     /// Answers a read from a local block file if the range lies in one;
     /// hands the reply back otherwise.
-    pub(super) fn read_local(
+    pub fn read(
         &self,
+        rt: &tokio::runtime::Handle,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -86,7 +131,7 @@ impl WeirFuse {
                 let Some(block) = local.block(index).cloned() else {
                     return Some(reply);
                 };
-                self.rt.block_on(local.get(index, &block))
+                rt.block_on(local.get(index, &block))
             }
         };
         let Some(leased) = leased else {

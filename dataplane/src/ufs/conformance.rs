@@ -169,8 +169,6 @@ mod tests {
     use super::run_all;
     use crate::ufs::OpendalUfs;
     use std::collections::BTreeMap;
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
 
     #[tokio::test]
     async fn local_paths_conform() {
@@ -180,76 +178,15 @@ mod tests {
         run_all(&ufs, true).await;
     }
 
-    /// A real S3-compatible server (moto) on loopback, stopped on drop.
-    struct Moto(Child);
-
-    impl Drop for Moto {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    fn moto_server() -> std::path::PathBuf {
-        if let Some(p) = std::env::var_os("WEIR_MOTO_SERVER") {
-            return p.into();
-        }
-        let home = std::env::var_os("HOME")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| "/root".into());
-        home.join(".cache/weir/venv/bin/moto_server")
-    }
-
-    async fn http(addr: &str, request: &str) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("connect to moto");
-        s.write_all(request.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out).await;
-        out
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn s3_conforms_against_a_real_server() {
-        let server = moto_server();
-        assert!(
-            server.exists(),
-            "{} missing: run e2e/cluster/install.sh",
-            server.display()
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let _moto = Moto(
-            Command::new(&server)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start moto_server"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(&addr).await.is_err() {
-            assert!(Instant::now() < deadline, "moto did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let created = http(&addr, &format!("PUT /conformance HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")).await;
-        assert!(
-            created.starts_with("HTTP/1.1 200") || created.starts_with("HTTP/1.0 200"),
-            "{created}"
-        );
-
+        let s3 = weir_testkit::S3Server::local("conformance").expect("starting the test S3 server");
         let dir = tempfile::tempdir().unwrap();
         let (key, secret) = (dir.path().join("key"), dir.path().join("secret"));
         std::fs::write(&key, "testing\n").unwrap();
         std::fs::write(&secret, "testing\n").unwrap();
         let options: BTreeMap<String, String> =
-            [("endpoint".to_owned(), format!("http://{addr}"))].into();
+            [("endpoint".to_owned(), s3.endpoint.clone())].into();
         let creds: BTreeMap<String, String> = [
             ("accessKeyId".to_owned(), key.display().to_string()),
             ("secretAccessKey".to_owned(), secret.display().to_string()),

@@ -4,6 +4,7 @@
 //! leader's block map current.
 
 mod data;
+mod peers;
 mod persist;
 pub mod store;
 

@@ -249,7 +249,7 @@ async fn persist_one(worker: &Worker, task: &PersistTask) -> WorkerResult<Outcom
                         Box::new(f.take(lease.len))
                     }
                     (None, Some((len, Some(peer)))) => {
-                        Box::new(super::data::open_peer_block(peer, *block, *len).await?)
+                        Box::new(super::peers::open_peer_block(peer, *block, *len).await?)
                     }
                     (None, _) => {
                         return Err(WorkerError::Store(super::store::StoreError::NotFound(

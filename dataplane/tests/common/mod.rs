@@ -1,106 +1,29 @@
-//! Helpers shared by the process-level tests: free ports, a moto S3 server,
-//! a byte-counting proxy in front of it, and `weir` processes.
+//! Helpers shared by the data plane's process-level tests: a byte-counting
+//! proxy in front of the S3 server, and `weir` processes (free ports, the
+//! S3 server and process teardown come from `weir-testkit`).
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+pub use weir_testkit::{ChildGuard, S3Server};
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    weir_testkit::free_local_port()
 }
 
-/// A moto S3 server on loopback with one bucket, stopped on drop.
-pub struct S3Server {
-    child: Option<Child>,
-    pub port: u16,
-    pub endpoint: String,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn moto_path() -> PathBuf {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/root".into());
-    std::env::var_os("WEIR_MOTO_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join(".cache/weir/venv/bin/moto_server"))
-}
-
+/// A moto S3 server on a free loopback port with one bucket.
 pub async fn s3_server(bucket: &str) -> S3Server {
-    s3_server_on(free_port(), bucket).await
+    S3Server::local(bucket).expect("starting the test S3 server")
 }
 
 /// A fresh (empty) moto on a given port, e.g. to bring S3 "back" after
 /// stopping it.
 pub async fn s3_server_on(port: u16, bucket: &str) -> S3Server {
-    let server = moto_path();
-    assert!(
-        server.exists(),
-        "{} missing: run e2e/cluster/install.sh",
-        server.display()
-    );
-    let child = Command::new(server)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start moto_server");
-    let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(&addr).await.is_err() {
-        assert!(Instant::now() < deadline, "moto did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let s3 = S3Server {
-        child: Some(child),
-        port,
-        endpoint: format!("http://{addr}"),
-    };
-    s3.request("PUT", &format!("/{bucket}"), b"").await;
-    s3
-}
-
-impl S3Server {
-    /// An unsigned request (moto accepts them); returns the status line.
-    pub async fn request(&self, method: &str, path: &str, body: &[u8]) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = self.endpoint.trim_start_matches("http://");
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).await.unwrap();
-        s.write_all(body).await.unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out).await;
-        let status = out.lines().next().unwrap_or_default().to_owned();
-        assert!(
-            status.contains(" 200") || status.contains(" 204"),
-            "{method} {path}: {status}"
-        );
-        status
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    S3Server::start("127.0.0.1", port, bucket).expect("starting the test S3 server")
 }
 
 /// A plain HTTP/1.0 GET; the body.
@@ -242,22 +165,8 @@ impl CountingProxy {
 }
 
 /// SIGTERM, then SIGKILL if the process has not exited within 15 s.
-pub fn terminate(mut c: Child) {
-    // A signal, not a `kill` process: nothing is forked, so nothing hangs
-    // in exec on files this test holds on a mount whose daemon is down.
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(c.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = c.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = c.kill();
-    let _ = c.wait();
+pub fn terminate(c: Child) {
+    ChildGuard::new(c).terminate(Duration::from_secs(15));
 }
 
 pub fn weir_bin() -> &'static str {
@@ -269,7 +178,7 @@ pub struct Proc {
     pub name: String,
     pub args: Vec<String>,
     pub log: PathBuf,
-    child: Option<Child>,
+    child: Option<ChildGuard>,
 }
 
 impl Proc {
@@ -298,7 +207,7 @@ impl Proc {
             .stderr(log)
             .spawn()
             .expect("spawn weir");
-        self.child = Some(child);
+        self.child = Some(ChildGuard::new(child));
     }
 
     /// Forks the next run of this process now and lets it exec only at
@@ -331,23 +240,22 @@ impl Proc {
     pub fn restart_prepared(&mut self, (child, mut go): (Child, std::process::ChildStdin)) {
         use std::io::Write;
         go.write_all(b"go\n").expect("start the prepared process");
-        self.child = Some(child);
+        self.child = Some(ChildGuard::new(child));
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.as_ref().and_then(ChildGuard::id)
     }
 
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill();
         }
     }
 
     pub fn terminate(&mut self) {
-        if let Some(c) = self.child.take() {
-            terminate(c);
+        if let Some(mut c) = self.child.take() {
+            c.terminate(Duration::from_secs(15));
         }
     }
 
@@ -374,17 +282,5 @@ pub fn is_mounted(mount_point: &Path) -> bool {
 /// Credential files for the test S3 servers (both accept any key), as the
 /// mount options name them.
 pub fn creds(dir: &Path) -> std::collections::BTreeMap<String, String> {
-    std::fs::write(dir.join("key"), "testing").unwrap();
-    std::fs::write(dir.join("secret"), "testing").unwrap();
-    [
-        (
-            "accessKeyId".to_owned(),
-            dir.join("key").display().to_string(),
-        ),
-        (
-            "secretAccessKey".to_owned(),
-            dir.join("secret").display().to_string(),
-        ),
-    ]
-    .into()
+    weir_testkit::s3_credentials(dir)
 }

@@ -3,13 +3,17 @@
 //! did (the store does not show the batch being built), and new inodes
 //! take ids from the replicated counter.
 
-use super::ids::{META_INODE_COUNT, META_NEXT_ID};
 use crate::block::DEFAULT_BLOCK_SIZE;
 use crate::master::command::{FsResult, Stamp, UfsEntry};
 use crate::master::metastore::{
     Inode, InodeId, InodeKind, MetaStore, Op, PersistState, ROOT_ID, counter_op, read_counter,
 };
 use std::collections::BTreeMap;
+
+/// The counters a batch advances, kept in the store's meta column.
+pub(super) const META_NEXT_ID: &str = "next_inode_id";
+pub(super) const META_INODE_COUNT: &str = "inode_count";
+pub(super) const META_NEXT_MOUNT_ID: &str = "next_mount_id";
 
 /// Changes one command makes, gathered before they are written in one batch.
 pub(super) struct Change<'a> {

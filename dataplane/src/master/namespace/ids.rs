@@ -6,13 +6,10 @@
 //! numbers still carry.
 
 use super::Namespace;
-use super::change::Change;
+use super::change::{Change, META_INODE_COUNT, META_NEXT_ID, META_NEXT_MOUNT_ID};
 use crate::master::command::{FsResult, Reply};
 use crate::master::metastore::{ROOT_ID, counter_op, read_counter};
 
-pub(super) const META_NEXT_ID: &str = "next_inode_id";
-pub(super) const META_INODE_COUNT: &str = "inode_count";
-pub(super) const META_NEXT_MOUNT_ID: &str = "next_mount_id";
 /// Seeded inode ids start at or above this; block ids (inode << 24 | index)
 /// keep 2^39 ids of room above the highest seed.
 pub const SEEDED_IDS_FLOOR: u64 = 1 << 32;

@@ -20,8 +20,8 @@ pub use mounts::validate_ufs_uri;
 use crate::master::command::{Command, FsError, FsResult, Reply, Stamp};
 use crate::master::metastore::{Inode, InodeId, InodeKind, MetaStore, Op, ROOT_ID, counter_op};
 use crate::path::WeirPath;
+use change::META_INODE_COUNT;
 use change::{Change, new_inode};
-use ids::META_INODE_COUNT;
 use mounts::MountCache;
 use std::sync::Arc;
 

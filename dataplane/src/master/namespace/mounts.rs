@@ -3,8 +3,8 @@
 //! mount may name.
 
 use super::Namespace;
+use super::change::META_NEXT_MOUNT_ID;
 use super::change::{Change, new_inode};
-use super::ids::META_NEXT_MOUNT_ID;
 use crate::master::command::{FsError, FsResult, Reply, Stamp};
 use crate::master::metastore::{InodeKind, MountInfo, Op, PersistState, counter_op, read_counter};
 use crate::path::WeirPath;

@@ -1,0 +1,12 @@
+//! The data plane as a user runs it: real `weir master`, `weir worker` and
+//! `weir fuse` processes on loopback, a real S3-compatible server (moto),
+//! real FUSE mounts. One test binary, a file per area.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cluster;
+mod failures;
+mod reads;
+mod restart;
+mod writes;
