@@ -13,7 +13,7 @@ tar_out=
 [ "${3:-}" = --tar ] && tar_out=$4
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
 PROFILE_DIR=${WEIR_PROFILE_DIR:-$CARGO_TARGET_DIR/${WEIR_PROFILE:-debug}}
-# The binaries of the one Weir image (DESIGN.md: one image, three binaries).
+# The binaries of the one Weir image (one image holds all three binaries).
 WEIR_BINARIES=(weir weir-operator weir-csi)
 E2E_BINARIES=(weir-e2e-fuse-probe)
 

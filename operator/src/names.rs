@@ -1,5 +1,6 @@
-//! The names of everything the operator makes for a runtime (DESIGN.md,
-//! "Names"). One place, so the CSI plugin, the chart and the tests agree.
+//! The names of everything the operator makes for a runtime: StatefulSets,
+//! Services, the ConfigMap, the FUSE node label and mount path, the PV and
+//! the PVC. One place, so the CSI plugin, the chart and the tests agree.
 
 /// Field manager of every server-side apply.
 pub const MANAGER: &str = "weir-operator";
