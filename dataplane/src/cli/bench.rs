@@ -130,37 +130,7 @@ where
 pub async fn meta(conn: &ConnArgs, args: MetaBenchArgs) -> Result<(), CliError> {
     let admin = conn.client()?;
     let dir = args.dir.trim_end_matches('/').to_owned();
-    let mkdir = pb::CreateRequest {
-        path: dir.clone(),
-        recursive: true,
-        ..Default::default()
-    };
-    admin
-        .call(|mut c| {
-            let r = mkdir.clone();
-            async move { c.create_directory(r).await }
-        })
-        .await?;
-    // Files for getStatus to read.
-    const STAT_FILES: u64 = 1000;
-    for i in 0..STAT_FILES {
-        let req = pb::CreateRequest {
-            path: format!("{dir}/stat/f{i}"),
-            recursive: true,
-            ..Default::default()
-        };
-        match admin
-            .call(|mut c| {
-                let r = req.clone();
-                async move { c.create_file(r).await }
-            })
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    prepare(&admin, &dir).await?;
     let mut rows = Vec::new();
     for &clients in &args.clients {
         let baseline = run_clients(conn, clients, args.seconds, |c, _, _| async move {
@@ -193,46 +163,7 @@ pub async fn meta(conn: &ConnArgs, args: MetaBenchArgs) -> Result<(), CliError> 
                         MetaOp::Create => format!("{d}/create-{run}-{clients}-{t:?}/c{task}/f{i}"),
                     };
                     let sessions = sessions.clone();
-                    async move {
-                        use pb::meta_request::Op;
-                        match (t, op) {
-                            (Transport::Stream, MetaOp::GetStatus) => sessions
-                                [task % sessions.len()]
-                            .call(Op::GetStatus(pb::PathRequest { path }))
-                            .await
-                            .is_ok(),
-                            (Transport::Stream, MetaOp::Create) => sessions[task % sessions.len()]
-                                .call(Op::CreateFile(pb::CreateRequest {
-                                    path,
-                                    recursive: true,
-                                    ..Default::default()
-                                }))
-                                .await
-                                .is_ok(),
-                            (Transport::Unary, MetaOp::GetStatus) => {
-                                let req = pb::PathRequest { path };
-                                c.call(|mut m| {
-                                    let r = req.clone();
-                                    async move { m.get_status(r).await }
-                                })
-                                .await
-                                .is_ok()
-                            }
-                            (Transport::Unary, MetaOp::Create) => {
-                                let req = pb::CreateRequest {
-                                    path,
-                                    recursive: true,
-                                    ..Default::default()
-                                };
-                                c.call(|mut m| {
-                                    let r = req.clone();
-                                    async move { m.create_file(r).await }
-                                })
-                                .await
-                                .is_ok()
-                            }
-                        }
-                    }
+                    async move { one_op(&c, &sessions, t, op, task, path).await }
                 })
                 .await?;
                 rows.push((op, transport, clients, out, baseline.rate()));
@@ -250,7 +181,98 @@ pub async fn meta(conn: &ConnArgs, args: MetaBenchArgs) -> Result<(), CliError> 
         })
         .await?;
 
-    if !args.json {
+    print_rows(rows, args.json);
+    Ok(())
+}
+
+/// Files for getStatus to read.
+const STAT_FILES: u64 = 1000;
+
+/// The benchmark's directory and the files getStatus reads.
+async fn prepare(admin: &MasterClient, dir: &str) -> Result<(), CliError> {
+    let mkdir = pb::CreateRequest {
+        path: dir.to_owned(),
+        recursive: true,
+        ..Default::default()
+    };
+    admin
+        .call(|mut c| {
+            let r = mkdir.clone();
+            async move { c.create_directory(r).await }
+        })
+        .await?;
+    for i in 0..STAT_FILES {
+        let req = pb::CreateRequest {
+            path: format!("{dir}/stat/f{i}"),
+            recursive: true,
+            ..Default::default()
+        };
+        match admin
+            .call(|mut c| {
+                let r = req.clone();
+                async move { c.create_file(r).await }
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// One operation of a benchmark client: whether it succeeded.
+async fn one_op(
+    c: &MasterClient,
+    sessions: &[weir_api::MetaSession],
+    t: Transport,
+    op: MetaOp,
+    task: usize,
+    path: String,
+) -> bool {
+    use pb::meta_request::Op;
+    match (t, op) {
+        (Transport::Stream, MetaOp::GetStatus) => sessions[task % sessions.len()]
+            .call(Op::GetStatus(pb::PathRequest { path }))
+            .await
+            .is_ok(),
+        (Transport::Stream, MetaOp::Create) => sessions[task % sessions.len()]
+            .call(Op::CreateFile(pb::CreateRequest {
+                path,
+                recursive: true,
+                ..Default::default()
+            }))
+            .await
+            .is_ok(),
+        (Transport::Unary, MetaOp::GetStatus) => {
+            let req = pb::PathRequest { path };
+            c.call(|mut m| {
+                let r = req.clone();
+                async move { m.get_status(r).await }
+            })
+            .await
+            .is_ok()
+        }
+        (Transport::Unary, MetaOp::Create) => {
+            let req = pb::CreateRequest {
+                path,
+                recursive: true,
+                ..Default::default()
+            };
+            c.call(|mut m| {
+                let r = req.clone();
+                async move { m.create_file(r).await }
+            })
+            .await
+            .is_ok()
+        }
+    }
+}
+
+/// The table (or JSON lines) of a benchmark's rows.
+fn print_rows(rows: Vec<(MetaOp, Transport, usize, Outcome, f64)>, json: bool) {
+    if !json {
         println!(
             "| op | transport | clients | ops/s | p50 µs | p99 µs | errors | no-op RPC ops/s (baseline) | ratio |"
         );
@@ -262,7 +284,7 @@ pub async fn meta(conn: &ConnArgs, args: MetaBenchArgs) -> Result<(), CliError> 
             MetaOp::Create => "create",
             MetaOp::GetStatus => "getStatus",
         };
-        if args.json {
+        if json {
             println!(
                 "{}",
                 serde_json::json!({"op": name, "transport": transport, "clients": clients, "opsPerSec": out.rate(), "p50Us": out.percentile(0.5),
@@ -279,5 +301,4 @@ pub async fn meta(conn: &ConnArgs, args: MetaBenchArgs) -> Result<(), CliError> 
             );
         }
     }
-    Ok(())
 }

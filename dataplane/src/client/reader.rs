@@ -230,8 +230,24 @@ impl FileReader {
                 return Ok(Attempt::Done);
             }
         }
-        // 2. Bytes skipped earlier, or the open stream if this read starts
-        // where it is or a little ahead.
+        // 2. Bytes an open stream already brought, or will bring next.
+        if let Some(done) = self.read_open_stream(block, off, out).await {
+            return Ok(done);
+        }
+        // 3. A new stream from a holder, else through a worker from the
+        // under-storage.
+        self.open_stream(block, off, out, sequential).await
+    }
+
+    /// Serves a read from bytes skipped earlier, or from the open stream if
+    /// the read starts where it is or a little ahead; `None` when neither
+    /// has it.
+    async fn read_open_stream(
+        &mut self,
+        block: &pb::BlockInfo,
+        off: u64,
+        out: &mut [u8],
+    ) -> Option<Attempt> {
         if let Some((_, start, bytes)) = self.skipped.iter().find(|(b, start, bytes)| {
             *b == block.block_id
                 && *start <= off
@@ -239,7 +255,7 @@ impl FileReader {
         }) {
             let from = (off - start) as usize;
             out.copy_from_slice(&bytes[from..from + out.len()]);
-            return Ok(Attempt::Done);
+            return Some(Attempt::Done);
         }
         if let Some(s) = self.stream.as_mut()
             && s.block == block.block_id
@@ -248,33 +264,41 @@ impl FileReader {
             && s.remaining >= off - s.pos + out.len() as u64
         {
             let mut gap = vec![0u8; (off - s.pos) as usize];
-            if s.conn.read_exact(&mut gap).await.is_ok() {
-                s.pos += gap.len() as u64;
-                s.remaining -= gap.len() as u64;
-                let mut kept: u64 = self.skipped.iter().map(|(_, _, b)| b.len() as u64).sum();
-                while kept + gap.len() as u64 > SKIP_AHEAD
-                    && let Some((_, _, old)) = self.skipped.pop_front()
-                {
-                    kept -= old.len() as u64;
-                }
-                self.skipped
-                    .push_back((block.block_id, off - gap.len() as u64, gap));
-            } else {
+            if s.conn.read_exact(&mut gap).await.is_err() {
                 let addr = s.addr.clone();
                 self.stream = None;
                 self.fs.workers().mark_failed(&addr);
-                return Ok(Attempt::Retry(format!("{addr}: stream cut")));
+                return Some(Attempt::Retry(format!("{addr}: stream cut")));
             }
+            s.pos += gap.len() as u64;
+            s.remaining -= gap.len() as u64;
+            let mut kept: u64 = self.skipped.iter().map(|(_, _, b)| b.len() as u64).sum();
+            while kept + gap.len() as u64 > SKIP_AHEAD
+                && let Some((_, _, old)) = self.skipped.pop_front()
+            {
+                kept -= old.len() as u64;
+            }
+            self.skipped
+                .push_back((block.block_id, off - gap.len() as u64, gap));
         }
         if let Some(s) = self.stream.take()
             && s.block == block.block_id
             && s.pos == off
             && s.remaining >= out.len() as u64
         {
-            return Ok(self.read_stream(s, out).await);
+            return Some(self.read_stream(s, out).await);
         }
-        // 3. A new stream from a holder, else through a worker from the
-        // under-storage.
+        None
+    }
+
+    /// The worker to stream `block` from: a holder (a local one first),
+    /// else the worker the placement rule names for a miss. `Err` is the
+    /// reason there is none.
+    async fn source_worker(
+        &self,
+        block: &pb::BlockInfo,
+        has_source: bool,
+    ) -> FsResult<Result<(String, bool), String>> {
         let holders: Vec<String> = {
             let mut h: Vec<&pb::WorkerAddress> = block
                 .locations
@@ -287,21 +311,35 @@ impl FileReader {
                 .filter(|a| !self.fs.workers().failed_recently(a))
                 .collect()
         };
+        if let Some(a) = holders.first() {
+            return Ok(Ok((a.clone(), true)));
+        }
+        if !has_source {
+            return Ok(Err(format!(
+                "block {} is cached nowhere and {} is not in the under-storage",
+                block.block_id, self.path
+            )));
+        }
+        Ok(
+            match self.fs.miss_worker(block.block_id, block.length).await? {
+                Some(a) => Ok((a, false)),
+                None => Err("no live worker".into()),
+            },
+        )
+    }
+
+    /// Opens a new stream of `block` at `off` and reads `out` from it.
+    async fn open_stream(
+        &mut self,
+        block: &pb::BlockInfo,
+        off: u64,
+        out: &mut [u8],
+        sequential: bool,
+    ) -> FsResult<Attempt> {
         let source = self.source(block);
-        let addr = match holders.first() {
-            Some(a) => a.clone(),
-            None if source.is_some() => {
-                match self.fs.miss_worker(block.block_id, block.length).await? {
-                    Some(a) => a,
-                    None => return Ok(Attempt::Retry("no live worker".into())),
-                }
-            }
-            None => {
-                return Ok(Attempt::Retry(format!(
-                    "block {} is cached nowhere and {} is not in the under-storage",
-                    block.block_id, self.path
-                )));
-            }
+        let (addr, held) = match self.source_worker(block, source.is_some()).await? {
+            Ok(found) => found,
+            Err(why) => return Ok(Attempt::Retry(why)),
         };
         if sequential {
             self.prefetch_after(block.block_id).await;
@@ -360,7 +398,7 @@ impl FileReader {
                 self.fs.workers().give_back(&addr, conn);
                 match kind {
                     // Evicted or lost since the master last heard: retry.
-                    ErrorKind::NotFound if !holders.is_empty() => Ok(Attempt::Retry(message)),
+                    ErrorKind::NotFound if held => Ok(Attempt::Retry(message)),
                     ErrorKind::Internal => {
                         self.fs.workers().mark_failed(&addr);
                         Ok(Attempt::Retry(message))

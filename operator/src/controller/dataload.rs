@@ -111,32 +111,7 @@ async fn apply(dl: Arc<DataLoad>, ctx: &Context) -> Result<Action> {
     let now = Timestamp::now();
 
     if status.phase == LoadPhase::Executing {
-        let action = follow(ctx, &dl, &mut status).await?;
-        if dl.status.as_ref() != Some(&status) {
-            patch_status(&api, &name, &status).await?;
-            if matches!(status.phase, LoadPhase::Complete | LoadPhase::Failed) {
-                let warning = status.phase == LoadPhase::Failed;
-                let outcome = if warning { "Failed" } else { "Complete" };
-                let note = status
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == outcome)
-                    .map(|c| c.message.clone())
-                    .unwrap_or_default();
-                ctx.event(
-                    dl.as_ref(),
-                    warning,
-                    if warning {
-                        "LoadFailed"
-                    } else {
-                        "LoadComplete"
-                    },
-                    note,
-                )
-                .await;
-            }
-        }
-        return Ok(action);
+        return executing(ctx, &dl, &api, status).await;
     }
 
     // Is a run due?
@@ -207,16 +182,64 @@ async fn apply(dl: Arc<DataLoad>, ctx: &Context) -> Result<Action> {
         generation,
     );
 
+    submit(ctx, &dl, &api, status, due_at).await
+}
+
+/// A load under way: its jobs followed, and its end told as an Event.
+async fn executing(
+    ctx: &Context,
+    dl: &DataLoad,
+    api: &Api<DataLoad>,
+    mut status: DataLoadStatus,
+) -> Result<Action> {
+    let action = follow(ctx, dl, &mut status).await?;
+    if dl.status.as_ref() != Some(&status) {
+        patch_status(api, &dl.name_any(), &status).await?;
+        if matches!(status.phase, LoadPhase::Complete | LoadPhase::Failed) {
+            let warning = status.phase == LoadPhase::Failed;
+            let outcome = if warning { "Failed" } else { "Complete" };
+            let note = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == outcome)
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            ctx.event(
+                dl,
+                warning,
+                if warning {
+                    "LoadFailed"
+                } else {
+                    "LoadComplete"
+                },
+                note,
+            )
+            .await;
+        }
+    }
+    Ok(action)
+}
+
+/// A run that is due: one load job per distinct replica count of the
+/// targets, submitted to the dataset's leader.
+async fn submit(
+    ctx: &Context,
+    dl: &DataLoad,
+    api: &Api<DataLoad>,
+    mut status: DataLoadStatus,
+    due_at: Timestamp,
+) -> Result<Action> {
+    let (ds_ns, ds_name) = dataset_of(dl);
     let runtimes: Api<CacheRuntime> = Api::namespaced(ctx.client.clone(), &ds_ns);
     let default_replicas = runtimes
         .get_opt(&ds_name)
         .await?
         .and_then(|rt| rt.spec.data.replicas)
         .unwrap_or(1);
-    let specs = match job_specs(&dl, default_replicas) {
+    let specs = match job_specs(dl, default_replicas) {
         Ok(s) => s,
         Err(Error::Invalid(message)) => {
-            return fail(ctx, &dl, &api, status, "InvalidSpec", message).await;
+            return fail(ctx, dl, api, status, "InvalidSpec", message).await;
         }
         Err(e) => return Err(e),
     };
@@ -235,7 +258,7 @@ async fn apply(dl: Arc<DataLoad>, ctx: &Context) -> Result<Action> {
         match submitted {
             Ok(job) => ids.push(job.id),
             Err(weir_api::ApiError::Status(s)) if s.code() == tonic::Code::InvalidArgument => {
-                return fail(ctx, &dl, &api, status, "JobRefused", s.message().to_owned()).await;
+                return fail(ctx, dl, api, status, "JobRefused", s.message().to_owned()).await;
             }
             Err(e) => return Err(e.into()),
         }
@@ -255,11 +278,11 @@ async fn apply(dl: Arc<DataLoad>, ctx: &Context) -> Result<Action> {
         true,
         "JobSubmitted",
         format!("load job(s) {ids:?} on the master"),
-        generation,
+        dl.metadata.generation,
     );
-    patch_status(&api, &name, &status).await?;
+    patch_status(api, &dl.name_any(), &status).await?;
     ctx.event(
-        dl.as_ref(),
+        dl,
         false,
         "LoadStarted",
         format!("submitted load job(s) {ids:?}"),

@@ -36,7 +36,6 @@ pub(super) async fn scale_in(
         .await?
         .and_then(|s| s.spec?.replicas)
         .unwrap_or(desired);
-    let generation = rt.metadata.generation;
     let master = if master_up {
         ctx.masters(&names.namespace, &names.name).await?
     } else {
@@ -46,31 +45,64 @@ pub(super) async fn scale_in(
         // Without a master there is nothing to drain through.
         return Ok(desired);
     };
-    let drain_hosts = |hosts: Vec<String>| {
-        let master = master.clone();
-        async move {
-            let r = master
-                .call(|mut c| {
-                    let hosts = hosts.clone();
-                    async move { c.drain_workers(pb::DrainRequest { hosts }).await }
-                })
-                .await;
-            ctx.count_master_call("drain_workers", r.is_ok());
-            r.map_err(Error::from)
-        }
-    };
+    let drain = Drain { ctx, master };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    if let Some(drain) = status.drain.clone() {
+    if let Some(draining) = status.drain.clone() {
+        return drain
+            .go_on(rt, &pods, draining, desired, current, status)
+            .await;
+    }
+    if desired >= current {
+        return Ok(desired);
+    }
+    drain
+        .start(rt, names, &pods, desired, current, status)
+        .await
+}
+
+/// Drains workers through the runtime's leader.
+struct Drain<'a> {
+    ctx: &'a Context,
+    master: std::sync::Arc<weir_api::MasterClient>,
+}
+
+impl Drain<'_> {
+    /// Marks the workers at `hosts` as leaving (and every other as not);
+    /// the leader answers with what only they hold.
+    async fn hosts(&self, hosts: Vec<String>) -> Result<pb::DrainResponse> {
+        let r = self
+            .master
+            .call(|mut c| {
+                let hosts = hosts.clone();
+                async move { c.drain_workers(pb::DrainRequest { hosts }).await }
+            })
+            .await;
+        self.ctx.count_master_call("drain_workers", r.is_ok());
+        r.map_err(Error::from)
+    }
+
+    /// A drain under way: ended (scaled back up, or the leaving pods gone),
+    /// released (their blocks copied, or no room, or out of time), or still
+    /// copying. Returns the worker count to apply.
+    async fn go_on(
+        &self,
+        rt: &CacheRuntime,
+        pods: &Api<Pod>,
+        draining: DrainStatus,
+        desired: i32,
+        current: i32,
+        status: &mut CacheRuntimeStatus,
+    ) -> Result<i32> {
         let gone = {
             let mut all_gone = true;
-            for pod in &drain.pods {
+            for pod in &draining.pods {
                 all_gone &= pods.get_opt(pod).await?.is_none();
             }
             all_gone
         };
-        if desired >= current && !drain.released || drain.released && gone {
+        if desired >= current && !draining.released || draining.released && gone {
             // Scaled back up mid-drain, or the leaving pods are gone.
-            drain_hosts(Vec::new()).await?;
+            self.hosts(Vec::new()).await?;
             status.drain = None;
             set_condition(
                 &mut status.conditions,
@@ -78,22 +110,23 @@ pub(super) async fn scale_in(
                 true,
                 "Scaled",
                 format!("{desired} worker(s)"),
-                generation,
+                rt.metadata.generation,
             );
             return Ok(desired);
         }
-        if drain.released {
+        if draining.released {
             return Ok(desired);
         }
-        let report = drain_hosts(drain.hosts.clone()).await?;
+        let report = self.hosts(draining.hosts.clone()).await?;
         let sole: u64 = report.workers.iter().map(|w| w.sole_blocks).sum();
-        let job_over = match drain.job_id {
+        let job_over = match draining.job_id {
             None => true,
             Some(id) => {
-                let job = master
+                let job = self
+                    .master
                     .call(|mut c| async move { c.get_job(pb::JobId { id }).await })
                     .await;
-                ctx.count_master_call("get_job", job.is_ok());
+                self.ctx.count_master_call("get_job", job.is_ok());
                 // A lost job (leader lost its state) ends the wait too.
                 job.map(|j| {
                     j.state != pb::JobState::Running as i32
@@ -102,24 +135,27 @@ pub(super) async fn scale_in(
                 .unwrap_or(true)
             }
         };
-        let started: Timestamp = drain.started.parse().unwrap_or_else(|_| Timestamp::now());
+        let started: Timestamp = draining
+            .started
+            .parse()
+            .unwrap_or_else(|_| Timestamp::now());
         let waited = Timestamp::now().duration_since(started).unsigned_abs();
         if sole == 0 || job_over || waited > DRAIN_TIMEOUT {
             let note = if sole == 0 {
                 format!(
                     "drained {}: every block they held is on another worker",
-                    drain.pods.join(", ")
+                    draining.pods.join(", ")
                 )
             } else {
                 format!(
                     "removing {} with {sole} block(s) only there (no room elsewhere or {DRAIN_TIMEOUT:?} passed); they are read from the under-storage again when needed",
-                    drain.pods.join(", ")
+                    draining.pods.join(", ")
                 )
             };
-            ctx.event(rt, sole > 0, "WorkersDrained", note).await;
+            self.ctx.event(rt, sole > 0, "WorkersDrained", note).await;
             status.drain = Some(DrainStatus {
                 released: true,
-                ..drain
+                ..draining
             });
             return Ok(desired);
         }
@@ -130,62 +166,73 @@ pub(super) async fn scale_in(
             "Draining",
             format!(
                 "draining {}: {sole} block(s) only there, copying them to the other workers",
-                drain.pods.join(", ")
+                draining.pods.join(", ")
             ),
-            generation,
+            rt.metadata.generation,
         );
-        return Ok(current);
+        Ok(current)
     }
-    if desired >= current {
-        return Ok(desired);
-    }
-    let mut leaving = Vec::new();
-    let mut hosts = Vec::new();
-    for ordinal in desired..current {
-        let pod = format!("{}-{ordinal}", names.worker());
-        if let Some(ip) = pods.get_opt(&pod).await?.and_then(|p| p.status?.pod_ip) {
-            hosts.push(ip);
+
+    /// Starts draining the workers a scale-in removes; they stay until the
+    /// drain ends. Returns the worker count to apply.
+    async fn start(
+        &self,
+        rt: &CacheRuntime,
+        names: &RuntimeNames,
+        pods: &Api<Pod>,
+        desired: i32,
+        current: i32,
+        status: &mut CacheRuntimeStatus,
+    ) -> Result<i32> {
+        let mut leaving = Vec::new();
+        let mut hosts = Vec::new();
+        for ordinal in desired..current {
+            let pod = format!("{}-{ordinal}", names.worker());
+            if let Some(ip) = pods.get_opt(&pod).await?.and_then(|p| p.status?.pod_ip) {
+                hosts.push(ip);
+            }
+            leaving.push(pod);
         }
-        leaving.push(pod);
-    }
-    let report = drain_hosts(hosts.clone()).await?;
-    let sole: u64 = report.workers.iter().map(|w| w.sole_blocks).sum();
-    let job_id = if sole > 0 {
-        let spec = pb::JobSpec {
-            kind: pb::JobKind::Replicate as i32,
-            paths: vec!["/".into()],
-            replicas: 1,
-            load_what_fits: true,
-            ..Default::default()
+        let report = self.hosts(hosts.clone()).await?;
+        let sole: u64 = report.workers.iter().map(|w| w.sole_blocks).sum();
+        let job_id = if sole > 0 {
+            let spec = pb::JobSpec {
+                kind: pb::JobKind::Replicate as i32,
+                paths: vec!["/".into()],
+                replicas: 1,
+                load_what_fits: true,
+                ..Default::default()
+            };
+            let job = self
+                .master
+                .call(|mut c| {
+                    let spec = spec.clone();
+                    async move { c.submit_job(spec).await }
+                })
+                .await;
+            self.ctx.count_master_call("submit_job", job.is_ok());
+            Some(job?.id)
+        } else {
+            None
         };
-        let job = master
-            .call(|mut c| {
-                let spec = spec.clone();
-                async move { c.submit_job(spec).await }
-            })
-            .await;
-        ctx.count_master_call("submit_job", job.is_ok());
-        Some(job?.id)
-    } else {
-        None
-    };
-    ctx.event(
-        rt,
-        false,
-        "Draining",
-        format!(
-            "scaling workers {current} -> {desired}: draining {} ({sole} block(s) only there)",
-            leaving.join(", ")
-        ),
-    )
-    .await;
-    status.drain = Some(DrainStatus {
-        pods: leaving,
-        hosts,
-        job_id,
-        started: Timestamp::now().to_string(),
-        released: false,
-    });
-    // The next reconcile checks the drain (soon: it is usually quick).
-    Ok(current)
+        self.ctx.event(
+            rt,
+            false,
+            "Draining",
+            format!(
+                "scaling workers {current} -> {desired}: draining {} ({sole} block(s) only there)",
+                leaving.join(", ")
+            ),
+        )
+        .await;
+        status.drain = Some(DrainStatus {
+            pods: leaving,
+            hosts,
+            job_id,
+            started: Timestamp::now().to_string(),
+            released: false,
+        });
+        // The next reconcile checks the drain (soon: it is usually quick).
+        Ok(current)
+    }
 }
