@@ -40,8 +40,12 @@ pub enum WorkerError {
     Master(#[from] ApiError),
     #[error("mount {0} is not in the master's mount table")]
     NoMount(u64),
-    #[error("worker start: {0}")]
-    Start(String),
+    #[error("worker start: {what}: {source}")]
+    Start {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -336,7 +340,10 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> WorkerResult<()> {
-    let start = |what: &str, e: std::io::Error| WorkerError::Start(format!("{what}: {e}"));
+    let start = |what: &str, source| WorkerError::Start {
+        what: what.to_owned(),
+        source,
+    };
     std::fs::create_dir_all(&config.state_dir).map_err(|e| start("state directory", e))?;
     let data = tokio::net::TcpListener::bind(config.data_listen)
         .await
@@ -347,7 +354,7 @@ pub async fn run(
     let store = BlockStore::open(config.tiers.clone(), config.policy)?;
     let master = Arc::new(
         MasterClient::new(config.masters.clone(), Duration::from_secs(10))
-            .map_err(|e| WorkerError::Start(e.to_string()))?,
+            .map_err(WorkerError::Master)?,
     );
     let (cache_tx, cache_rx) = mpsc::channel(config.async_cache_queue.max(1));
     let persister = persist::Persister::open(config.state_dir.join("persist"), &store)?;
@@ -431,5 +438,8 @@ pub async fn run(
     for t in tasks {
         let _ = t.await;
     }
-    served.map_err(|e| WorkerError::Start(format!("serving: {e}")))
+    served.map_err(|source| WorkerError::Start {
+        what: "serving".into(),
+        source,
+    })
 }

@@ -49,7 +49,10 @@ pub struct Persister {
 impl Persister {
     /// Loads the journal left by a previous run and protects its blocks.
     pub fn open(dir: PathBuf, store: &BlockStore) -> WorkerResult<Self> {
-        let io = |e: std::io::Error| WorkerError::Start(format!("{}: {e}", dir.display()));
+        let io = |source: std::io::Error| WorkerError::Start {
+            what: dir.display().to_string(),
+            source,
+        };
         std::fs::create_dir_all(&dir).map_err(io)?;
         let mut tasks = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(io)? {
@@ -104,7 +107,10 @@ impl Persister {
             f.sync_all()?;
             std::fs::rename(&tmp, &path)
         };
-        write().map_err(|e| WorkerError::Start(format!("persist journal: {e}")))?;
+        write().map_err(|source| WorkerError::Start {
+            what: "persist journal".into(),
+            source,
+        })?;
         let seq = task.seq;
         queue.push_back(task);
         self.wake.notify_one();

@@ -1,10 +1,9 @@
 //! The masters' and workers' settings files (`<name>-config`), and the
 //! digest of them that pod templates carry.
 
-use super::master::master_addresses;
 use super::mounts::desired_mounts;
 use super::tiers::tiers;
-use super::{RenderConfig, meta, names_of, typed};
+use super::{RenderConfig, master_addresses, meta, names_of, typed};
 use crate::Result;
 use crate::crd::{CacheRuntime, Dataset};
 use crate::names::*;

@@ -1,8 +1,7 @@
 //! The FUSE DaemonSet: a dataset's FUSE client on every node labelled for
 //! its runtime, its mount on the host for the CSI plugin to bind.
 
-use super::master::master_addresses;
-use super::{RenderConfig, merge, meta, names_of, network, scheduling, typed};
+use super::{RenderConfig, master_addresses, merge, meta, names_of, network, scheduling, typed};
 use crate::crd::{CacheRuntime, Dataset};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use serde_json::json;

@@ -11,19 +11,6 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use serde_json::json;
 
-/// `host:port` of every master, by their stable DNS names.
-pub fn master_addresses(rt: &CacheRuntime, cfg: &RenderConfig) -> Vec<String> {
-    let names = names_of(rt);
-    (0..rt.spec.master.replicas.max(1))
-        .map(|i| {
-            format!(
-                "{}:{MASTER_PORT}",
-                names.master_host(i, &cfg.cluster_domain)
-            )
-        })
-        .collect()
-}
-
 /// The headless Service that gives masters stable names for Raft (also
 /// before they are ready: a new group must find its peers to elect).
 pub fn master_service(rt: &CacheRuntime) -> Service {

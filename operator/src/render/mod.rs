@@ -20,14 +20,14 @@ mod worker;
 
 pub use config::{config_hash, config_map};
 pub use fuse::fuse_daemonset;
-pub use master::{client_service, master_addresses, master_service, master_statefulset};
+pub use master::{client_service, master_service, master_statefulset};
 pub use mounts::{desired_mounts, mount_name};
 pub use volume::{persistent_volume, persistent_volume_claim};
 pub use worker::worker_statefulset;
 
 use crate::crd::runtime::NetworkMode;
 use crate::crd::{CacheRuntime, Dataset};
-use crate::names::RuntimeNames;
+use crate::names::{MASTER_PORT, RuntimeNames};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -93,4 +93,17 @@ pub(super) fn merge(base: &mut Value, extra: Value) {
     if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
         b.extend(e);
     }
+}
+
+/// `host:port` of every master, by their stable DNS names.
+pub fn master_addresses(rt: &CacheRuntime, cfg: &RenderConfig) -> Vec<String> {
+    let names = names_of(rt);
+    (0..rt.spec.master.replicas.max(1))
+        .map(|i| {
+            format!(
+                "{}:{MASTER_PORT}",
+                names.master_host(i, &cfg.cluster_domain)
+            )
+        })
+        .collect()
 }
