@@ -13,7 +13,7 @@ pub mod telemetry;
 
 pub use client::{LEADER_HEADER, MasterClient};
 pub use error::{ApiError, ApiResult};
-pub use mount::{MountSpec, WriteType};
+pub use mount::{MountSpec, SyncPolicy, WriteType};
 pub use session::MetaSession;
 
 /// Generated gRPC code, kept apart and exempt from the workspace lints.

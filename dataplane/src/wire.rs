@@ -126,6 +126,24 @@ pub enum Request {
     },
     Load(LoadRequest),
     Persist(PersistRequest),
+    /// [`Request::Read`] of bytes of one under-storage version only
+    /// (`fingerprint` as the master records it): a miss that finds another
+    /// version answers [`ErrorKind::Stale`], never other bytes.
+    ReadPinned {
+        read: ReadRequest,
+        fingerprint: String,
+    },
+    /// [`Request::Prefetch`], pinned to a version.
+    PrefetchPinned {
+        block: u64,
+        source: UfsSource,
+        fingerprint: String,
+    },
+    /// [`Request::Load`], pinned to a version.
+    LoadPinned {
+        load: LoadRequest,
+        fingerprint: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +153,20 @@ pub enum ErrorKind {
     Ufs,
     Invalid,
     Internal,
+    /// The under-storage holds another version than the one asked for.
+    Stale,
+    /// The under-storage refused access.
+    Denied,
+}
+
+impl ErrorKind {
+    /// Whether asking again (elsewhere, later) cannot help.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::NotFound | ErrorKind::Invalid | ErrorKind::Stale | ErrorKind::Denied
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

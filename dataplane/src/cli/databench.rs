@@ -194,7 +194,7 @@ pub async fn ufs_parallel_read(args: UfsParallelReadArgs) -> Result<(), CliError
         .map(|(path, offset, len)| {
             let store = store.clone();
             async move {
-                let mut stream = store.read_stream(&path, offset, len).await?;
+                let mut stream = store.read_stream(&path, offset, len, None).await?;
                 let mut got = 0u64;
                 while let Some(chunk) = stream.next().await {
                     got += chunk?.len() as u64;
@@ -259,7 +259,10 @@ pub async fn ufs_read(args: UfsObjectArgs) -> Result<(), CliError> {
         .ok_or_else(|| CliError::Usage(format!("{} not found", args.path)))?
         .length;
     let started = Instant::now();
-    let mut stream = store.read_stream(&path, 0, size).await.map_err(failed)?;
+    let mut stream = store
+        .read_stream(&path, 0, size, None)
+        .await
+        .map_err(failed)?;
     let mut got = 0u64;
     while let Some(chunk) = stream.next().await {
         got += chunk.map_err(failed)?.len() as u64;

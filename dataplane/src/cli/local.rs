@@ -45,6 +45,10 @@ pub struct UpArgs {
     /// Credentials as key=/file/holding/the/secret.
     #[arg(long = "credential-file", value_parser = super::fs::parse_kv)]
     pub credential_files: Vec<(String, String)>,
+    /// When known paths are checked against the under-storage again:
+    /// `never`, `always`, or an interval (`30s`).
+    #[arg(long, default_value = "60s")]
+    pub sync: weir_api::SyncPolicy,
 }
 
 const ROLES: [&str; 3] = ["fuse", "worker", "master"];
@@ -209,7 +213,7 @@ async fn up(args: UpArgs) -> Result<(), CliError> {
             ufs_uri: ufs_uri.clone(),
             read_only: false,
             write_type: weir_api::WriteType::CacheThrough,
-            sync_interval_ms: 0,
+            sync: args.sync,
             options: args.options.into_iter().collect(),
             credential_files: args.credential_files.into_iter().collect(),
         }

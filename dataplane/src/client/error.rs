@@ -12,6 +12,10 @@ pub enum ClientError {
     /// A worker answered with an error that retrying elsewhere cannot fix.
     #[error("{message}")]
     Worker { kind: ErrorKind, message: String },
+    /// The file changed in the under-storage after it was opened: the open
+    /// reader cannot go on without mixing two versions.
+    #[error("{path} changed in the under-storage while open ({reason}); open it again")]
+    Stale { path: String, reason: String },
     /// Every worker that could serve a block failed.
     #[error("reading {path}: {reason}")]
     Data { path: String, reason: String },

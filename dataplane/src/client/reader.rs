@@ -151,6 +151,13 @@ impl FileReader {
         })
     }
 
+    /// The under-storage version this file's bytes must come from, when
+    /// the master knows it.
+    fn pin(&self) -> Option<String> {
+        let f = self.info();
+        (!f.ufs_fingerprint.is_empty()).then(|| f.ufs_fingerprint.clone())
+    }
+
     async fn read_block(
         &mut self,
         block: &pb::BlockInfo,
@@ -352,13 +359,17 @@ impl FileReader {
         } else {
             out.len() as u64
         };
-        let req = Request::Read(ReadRequest {
+        let read = ReadRequest {
             block: block.block_id,
             offset: off,
             len,
             source,
             cache: true,
-        });
+        };
+        let req = match self.pin() {
+            Some(fingerprint) => Request::ReadPinned { read, fingerprint },
+            None => Request::Read(read),
+        };
         let opened = async {
             let mut conn = self.fs.workers().connect(&addr).await?;
             wire::send(&mut conn, &req)
@@ -399,6 +410,12 @@ impl FileReader {
                 match kind {
                     // Evicted or lost since the master last heard: retry.
                     ErrorKind::NotFound if held => Ok(Attempt::Retry(message)),
+                    // The file changed in the under-storage since it was
+                    // opened: none of the new bytes may follow the old.
+                    ErrorKind::Stale => Err(ClientError::Stale {
+                        path: self.path.clone(),
+                        reason: message,
+                    }),
                     ErrorKind::Internal => {
                         self.fs.workers().mark_failed(&addr);
                         Ok(Attempt::Retry(message))
@@ -443,9 +460,16 @@ impl FileReader {
             let mut conn = self.fs.workers().connect(&addr).await.ok()?;
             wire::send(
                 &mut conn,
-                &Request::Prefetch {
-                    block: next.block_id,
-                    source,
+                &match self.pin() {
+                    Some(fingerprint) => Request::PrefetchPinned {
+                        block: next.block_id,
+                        source,
+                        fingerprint,
+                    },
+                    None => Request::Prefetch {
+                        block: next.block_id,
+                        source,
+                    },
                 },
             )
             .await

@@ -61,6 +61,11 @@ pub(super) fn errno(e: &ClientError) -> Errno {
             ..
         } => Errno::ENOSPC,
         ClientError::Invalid(_) => Errno::EINVAL,
+        ClientError::Stale { .. } => Errno::ESTALE,
+        ClientError::Worker {
+            kind: crate::wire::ErrorKind::Denied,
+            ..
+        } => Errno::EACCES,
         _ => Errno::EIO,
     }
 }

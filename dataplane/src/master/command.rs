@@ -6,6 +6,7 @@
 use super::metastore::StoreError;
 use super::records::{Inode, Job, JobId, JobProgress, JobSpec, JobState, PersistState};
 use crate::path::PathError;
+use crate::ufs::Fingerprint;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use weir_api::MountSpec;
@@ -25,6 +26,9 @@ pub enum FsError {
     ReadOnly(String),
     #[error("metadata store: {0}")]
     Store(String),
+    /// The under-storage refused the caller (its permissions).
+    #[error("permission denied: {0}")]
+    Denied(String),
 }
 
 impl From<PathError> for FsError {
@@ -50,19 +54,47 @@ pub struct Stamp {
     pub now_ms: u64,
 }
 
-/// One entry of an under-storage listing.
+/// One entry of an under-storage listing, with its version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UfsEntry {
     pub name: String,
     pub is_dir: bool,
     pub length: u64,
     pub mtime_ms: u64,
+    /// The store's identity of the content (ETag; inode and change time).
+    pub version: String,
 }
 
 impl UfsEntry {
     /// What tells one version of the entry from another.
-    pub fn fingerprint(&self) -> String {
-        format!("{}:{}", self.length, self.mtime_ms)
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint {
+            length: self.length,
+            mtime_ms: self.mtime_ms,
+            version: self.version.clone(),
+        }
+    }
+}
+
+/// A listing entry as earlier releases logged it (no version); kept so
+/// their Raft logs still replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacyUfsEntry {
+    pub name: String,
+    pub is_dir: bool,
+    pub length: u64,
+    pub mtime_ms: u64,
+}
+
+impl From<&LegacyUfsEntry> for UfsEntry {
+    fn from(e: &LegacyUfsEntry) -> Self {
+        UfsEntry {
+            name: e.name.clone(),
+            is_dir: e.is_dir,
+            length: e.length,
+            mtime_ms: e.mtime_ms,
+            version: String::new(),
+        }
     }
 }
 
@@ -120,7 +152,7 @@ pub enum Command {
     /// With `complete`, the directory is marked synced at `now_ms`.
     LoadListing {
         dir: String,
-        entries: Vec<UfsEntry>,
+        entries: Vec<LegacyUfsEntry>,
         vanished: Vec<String>,
         complete: bool,
         now_ms: u64,
@@ -151,6 +183,22 @@ pub enum Command {
     CancelJob {
         id: JobId,
         now_ms: u64,
+    },
+    /// [`Command::LoadListing`] with each entry's version: what this
+    /// release proposes.
+    LoadVersionedListing {
+        dir: String,
+        entries: Vec<UfsEntry>,
+        vanished: Vec<String>,
+        complete: bool,
+        now_ms: u64,
+    },
+    /// The under-storage version of a file Weir itself just changed there
+    /// (renamed, written through): recorded as its own, with no new inode
+    /// id, so its cached blocks stay valid.
+    SetVersion {
+        path: String,
+        fingerprint: String,
     },
 }
 
@@ -196,6 +244,12 @@ impl fmt::Display for Command {
                 write!(f, "job {id} progress ({})", state.as_str())
             }
             Command::CancelJob { id, .. } => write!(f, "cancel job {id}"),
+            Command::LoadVersionedListing { dir, entries, .. } => {
+                write!(f, "load {} entries into {dir}", entries.len())
+            }
+            Command::SetVersion { path, fingerprint } => {
+                write!(f, "version of {path} is {fingerprint}")
+            }
         }
     }
 }

@@ -50,7 +50,8 @@ impl From<UfsError> for MasterError {
             UfsError::Unsupported { .. } => {
                 MasterError::Fs(FsError::FailedPrecondition(e.to_string()))
             }
-            UfsError::Io { .. } => MasterError::Ufs(e),
+            UfsError::Denied { .. } => MasterError::Fs(FsError::Denied(e.to_string())),
+            UfsError::Io { .. } | UfsError::Changed { .. } => MasterError::Ufs(e),
         }
     }
 }

@@ -104,8 +104,9 @@ mod tests {
             is_dir: false,
             length,
             mtime_ms: 1,
+            version: String::new(),
         };
-        let cmd = Command::LoadListing {
+        let cmd = Command::LoadVersionedListing {
             dir: "/m".into(),
             entries: vec![entry("big", DEFAULT_BLOCK_SIZE + 10), entry("small", 5)],
             vanished: vec![],

@@ -22,8 +22,8 @@ async fn names(ufs: &dyn Ufs, dir: &str) -> Vec<(String, bool, u64)> {
     v
 }
 
-/// Runs every case; `can_rename` says whether the store supports rename.
-pub async fn run_all(ufs: &dyn Ufs, can_rename: bool) {
+/// Runs every case.
+pub async fn run_all(ufs: &dyn Ufs) {
     // Missing things.
     assert!(ufs.stat(&p("nothing/here")).await.unwrap().is_none());
     assert!(
@@ -100,7 +100,7 @@ pub async fn run_all(ufs: &dyn Ufs, can_rename: bool) {
     // Streamed ranged reads: exact bytes, and a range past the end fails
     // rather than returning fewer bytes silently.
     let streamed: Vec<u8> = ufs
-        .read_stream(&p("big.bin"), 1 << 20, 10 << 20)
+        .read_stream(&p("big.bin"), 1 << 20, 10 << 20, None)
         .await
         .unwrap()
         .try_collect::<Vec<Bytes>>()
@@ -109,7 +109,7 @@ pub async fn run_all(ufs: &dyn Ufs, can_rename: bool) {
         .concat();
     assert!(streamed == big[1 << 20..11 << 20], "streamed range differs");
     let past_end = async {
-        ufs.read_stream(&p("big.bin"), (20 << 20) - 10, 20)
+        ufs.read_stream(&p("big.bin"), (20 << 20) - 10, 20, None)
             .await?
             .try_collect::<Vec<Bytes>>()
             .await
@@ -141,27 +141,111 @@ pub async fn run_all(ufs: &dyn Ufs, can_rename: bool) {
         &b"now full"[..]
     );
 
-    // Rename where supported.
-    let renamed = ufs.rename(&p("d/sub/deep.txt"), &p("d/moved.txt")).await;
-    if can_rename {
-        renamed.unwrap();
-        assert!(ufs.stat(&p("d/sub/deep.txt")).await.unwrap().is_none());
-        assert_eq!(
-            ufs.read(&p("d/moved.txt"), 0, 10).await.unwrap(),
-            &b"deep"[..]
-        );
-    } else {
-        assert!(
-            matches!(renamed, Err(UfsError::Unsupported { .. })),
-            "{renamed:?}"
-        );
+    // Rename moves the bytes (S3: copy + delete), into missing parents too.
+    ufs.rename(&p("d/sub/deep.txt"), &p("d/moved.txt"))
+        .await
+        .unwrap();
+    assert!(ufs.stat(&p("d/sub/deep.txt")).await.unwrap().is_none());
+    assert_eq!(
+        ufs.read(&p("d/moved.txt"), 0, 10).await.unwrap(),
+        &b"deep"[..]
+    );
+    ufs.rename(&p("d/moved.txt"), &p("d/new/parent/moved.txt"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ufs.read(&p("d/new/parent/moved.txt"), 0, 10).await.unwrap(),
+        &b"deep"[..]
+    );
+    assert!(matches!(
+        ufs.rename(&p("d/not-there"), &p("d/x")).await,
+        Err(UfsError::NotFound(_))
+    ));
+    for name in ["a", "b/c"] {
+        ufs.write(&p(&format!("r/dir/{name}")), Bytes::from_static(b"in dir"))
+            .await
+            .unwrap();
     }
+    ufs.rename(&p("r/dir"), &p("r/moved")).await.unwrap();
+    assert!(ufs.stat(&p("r/dir")).await.unwrap().is_none());
+    assert!(ufs.stat(&p("r/dir/b/c")).await.unwrap().is_none());
+    assert_eq!(
+        ufs.read(&p("r/moved/b/c"), 0, 10).await.unwrap(),
+        &b"in dir"[..]
+    );
+    assert_eq!(names(ufs, "r").await, vec![("moved".into(), true, 0)]);
 
     // Delete, twice.
     ufs.delete(&p("d/a.bin")).await.unwrap();
     ufs.delete(&p("d/a.bin")).await.unwrap();
     assert!(ufs.stat(&p("d/a.bin")).await.unwrap().is_none());
     assert!(!names(ufs, "d").await.iter().any(|(n, _, _)| n == "a.bin"));
+
+    versions(ufs).await;
+    directories(ufs).await;
+}
+
+/// A rewrite is a new version even at the same length; a read pinned to
+/// the old version fails instead of mixing.
+async fn versions(ufs: &dyn Ufs) {
+    let path = p("v/file.bin");
+    ufs.write(&path, Bytes::from(vec![1u8; 4096]))
+        .await
+        .unwrap();
+    let old = ufs.stat(&path).await.unwrap().unwrap().fingerprint();
+    let pinned = ufs
+        .read_stream(&path, 0, 4096, Some(&old))
+        .await
+        .unwrap()
+        .try_collect::<Vec<Bytes>>()
+        .await
+        .unwrap()
+        .concat();
+    assert_eq!(
+        pinned,
+        vec![1u8; 4096],
+        "a read pinned to the current version"
+    );
+    ufs.write(&path, Bytes::from(vec![2u8; 4096]))
+        .await
+        .unwrap();
+    let new = ufs.stat(&path).await.unwrap().unwrap().fingerprint();
+    assert!(
+        !old.same_content(&new),
+        "a same-length rewrite must change the fingerprint: {old} -> {new}"
+    );
+    let stale = async {
+        ufs.read_stream(&path, 0, 4096, Some(&old))
+            .await?
+            .try_collect::<Vec<Bytes>>()
+            .await
+    };
+    assert!(
+        matches!(stale.await, Err(UfsError::Changed { .. })),
+        "a read pinned to a replaced version"
+    );
+    let stat_again = ufs.stat(&path).await.unwrap().unwrap().fingerprint();
+    assert_eq!(stat_again, new, "stat is stable while nothing changes");
+}
+
+/// Empty directories exist, and a tree goes at once.
+async fn directories(ufs: &dyn Ufs) {
+    ufs.create_dir(&p("t/empty")).await.unwrap();
+    ufs.create_dir(&p("t/empty")).await.unwrap();
+    assert!(ufs.stat(&p("t/empty")).await.unwrap().unwrap().is_dir);
+    assert_eq!(names(ufs, "t").await, vec![("empty".into(), true, 0)]);
+    assert!(names(ufs, "t/empty").await.is_empty());
+    for i in 0..5 {
+        ufs.write(&p(&format!("t/full/{i}/f")), Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+    }
+    ufs.delete_all(&p("t/full")).await.unwrap();
+    assert!(ufs.stat(&p("t/full")).await.unwrap().is_none());
+    assert!(ufs.stat(&p("t/full/3/f")).await.unwrap().is_none());
+    ufs.delete(&p("t/empty")).await.unwrap();
+    assert!(ufs.stat(&p("t/empty")).await.unwrap().is_none());
+    ufs.delete_all(&p("t/never-was")).await.unwrap();
 }
 
 #[cfg(test)]
@@ -174,8 +258,8 @@ mod tests {
     async fn local_paths_conform() {
         let dir = tempfile::tempdir().unwrap();
         let uri = format!("local://{}", dir.path().display());
-        let ufs = OpendalUfs::open(&uri, &BTreeMap::new(), &BTreeMap::new()).unwrap();
-        run_all(&ufs, true).await;
+        let ufs = crate::ufs::open(&uri, &BTreeMap::new(), &BTreeMap::new()).unwrap();
+        run_all(ufs.as_ref()).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,6 +277,6 @@ mod tests {
         ]
         .into();
         let ufs = OpendalUfs::open("s3://conformance/prefix", &options, &creds).unwrap();
-        run_all(&ufs, false).await;
+        run_all(&ufs).await;
     }
 }

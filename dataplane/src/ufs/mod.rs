@@ -1,12 +1,23 @@
-//! Under-storage: where a mount's data really lives. One trait; each
-//! store (local paths here; S3, HTTP and HDFS through OpenDAL) implements it.
-//! Paths given to a store are relative to the mount's root, `/`-separated,
-//! validated by [`UfsPath`] so no request can climb out of the root.
+//! Under-storage: where a mount's data really lives. One trait; local
+//! paths are read with the file system's own calls ([`LocalUfs`]), S3,
+//! HTTP and HDFS through OpenDAL ([`OpendalUfs`]). Paths given to a store
+//! are relative to the mount's root, `/`-separated, validated by
+//! [`UfsPath`] so no request can climb out of the root.
+//!
+//! Every object has a version: its length, mtime, and what the store says
+//! identifies its content (an S3 or HTTP ETag; a local file's inode number
+//! and change time, which `touch -r` cannot restore). Reads can be pinned
+//! to a version: bytes of any other version are refused
+//! ([`UfsError::Changed`]), never returned.
 
 pub mod conformance;
+mod fingerprint;
+mod local;
 mod opendal;
 
+pub use self::local::LocalUfs;
 pub use self::opendal::OpendalUfs;
+pub use fingerprint::Fingerprint;
 
 use futures::stream::BoxStream;
 use std::collections::BTreeMap;
@@ -26,6 +37,19 @@ pub enum UfsError {
         #[source]
         source: std::io::Error,
     },
+    /// The object is not the version the read was pinned to any more.
+    #[error("{path} changed in the under-storage since Weir last saw it")]
+    Changed { path: String },
+    #[error("{path}: permission denied by the under-storage")]
+    Denied { path: String },
+}
+
+impl UfsError {
+    /// Whether retrying the same request can help: a missing, refused,
+    /// changed or invalid path stays so.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, UfsError::Io { .. })
+    }
 }
 
 pub type UfsResult<T> = Result<T, UfsError>;
@@ -78,6 +102,21 @@ pub struct UfsStatus {
     pub is_dir: bool,
     pub length: u64,
     pub mtime_ms: u64,
+    /// What the store says identifies this content beyond its length and
+    /// mtime: an ETag, or a local file's inode number and change time.
+    /// Empty where the store says nothing.
+    pub version: String,
+}
+
+impl UfsStatus {
+    /// The version of this content as one value.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint {
+            length: self.length,
+            mtime_ms: self.mtime_ms,
+            version: self.version.clone(),
+        }
+    }
 }
 
 /// What Weir needs of an under-storage.
@@ -93,11 +132,15 @@ pub trait Ufs: Send + Sync + std::fmt::Debug {
     async fn read(&self, path: &UfsPath, offset: u64, len: u64) -> UfsResult<bytes::Bytes>;
     /// Exactly the bytes `offset..offset + len` as one request streamed in
     /// the chunks the store yields; a stream that ends early is an error.
+    /// With `expect`, only bytes of that version: an object that is not it
+    /// (or stops being it during the read) fails with
+    /// [`UfsError::Changed`].
     async fn read_stream(
         &self,
         path: &UfsPath,
         offset: u64,
         len: u64,
+        expect: Option<&Fingerprint>,
     ) -> UfsResult<BoxStream<'static, UfsResult<bytes::Bytes>>>;
     /// Creates or replaces an object whole (multipart where the store has it).
     async fn write(&self, path: &UfsPath, data: bytes::Bytes) -> UfsResult<()>;
@@ -106,7 +149,15 @@ pub trait Ufs: Send + Sync + std::fmt::Debug {
     async fn writer(&self, path: &UfsPath) -> UfsResult<Box<dyn UfsWriter>>;
     /// Removes an object; removing a missing one is not an error.
     async fn delete(&self, path: &UfsPath) -> UfsResult<()>;
-    /// Renames where the store can (local paths); `Unsupported` elsewhere.
+    /// Removes a directory and everything below it; a missing one is not
+    /// an error.
+    async fn delete_all(&self, path: &UfsPath) -> UfsResult<()>;
+    /// Creates a directory (and its missing parents); an existing one is
+    /// not an error.
+    async fn create_dir(&self, path: &UfsPath) -> UfsResult<()>;
+    /// Moves a file or a directory. Local paths rename; object stores copy
+    /// every object and delete the originals (a directory costs a copy of
+    /// all it holds); stores that cannot (HTTP) answer `Unsupported`.
     async fn rename(&self, from: &UfsPath, to: &UfsPath) -> UfsResult<()>;
 }
 
@@ -124,6 +175,12 @@ pub fn open(
     options: &BTreeMap<String, String>,
     credential_files: &BTreeMap<String, String>,
 ) -> UfsResult<Arc<dyn Ufs>> {
+    if let Some(root) = uri
+        .strip_prefix("local://")
+        .or_else(|| uri.strip_prefix("file://"))
+    {
+        return Ok(Arc::new(LocalUfs::open(uri, root)?));
+    }
     Ok(Arc::new(OpendalUfs::open(uri, options, credential_files)?))
 }
 

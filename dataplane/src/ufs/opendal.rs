@@ -1,7 +1,9 @@
 //! Under-storage through OpenDAL: S3 (any S3-compatible endpoint), HTTP(S)
-//! read-only, and local paths, behind the one [`Ufs`] trait.
+//! read-only, and HDFS through WebHDFS, behind the one [`Ufs`] trait. An
+//! object's version is its ETag; a read pinned to a version sends it as
+//! `If-Match`, so the store itself refuses other content.
 
-use super::{Ufs, UfsError, UfsPath, UfsResult, UfsStatus, UfsWriter};
+use super::{Fingerprint, Ufs, UfsError, UfsPath, UfsResult, UfsStatus, UfsWriter};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -9,16 +11,12 @@ use opendal::{EntryMode, ErrorKind, Operator};
 use std::collections::BTreeMap;
 use std::sync::Once;
 
-/// Where a local under-storage keeps files being written (hidden from
-/// listings).
-const WRITING_DIR: &str = ".weir-writing";
-
 /// An OpenDAL operator rooted at a mount's location.
 #[derive(Debug, Clone)]
 pub struct OpendalUfs {
     op: Operator,
     uri: String,
-    /// S3 and HTTP have no rename; writes go through whole objects.
+    /// HTTP is read-only: no rename, no directories of its own.
     can_rename: bool,
 }
 
@@ -35,6 +33,12 @@ fn install_transport() {
 fn err(uri: &str, path: &str, e: opendal::Error) -> UfsError {
     match e.kind() {
         ErrorKind::NotFound => UfsError::NotFound(format!("{uri} {path}")),
+        ErrorKind::ConditionNotMatch => UfsError::Changed {
+            path: format!("{uri} {path}"),
+        },
+        ErrorKind::PermissionDenied => UfsError::Denied {
+            path: format!("{uri} {path}"),
+        },
         ErrorKind::Unsupported => UfsError::Unsupported {
             uri: uri.to_owned(),
             reason: e.to_string(),
@@ -62,7 +66,7 @@ fn credential(files: &BTreeMap<String, String>, key: &str) -> UfsResult<Option<S
 
 impl OpendalUfs {
     /// Builds the operator for `uri` (`s3://bucket/prefix`, `http(s)://host/path`,
-    /// `local:///path`) with `options` (endpoint, region, virtual_host_style)
+    /// `webhdfs://namenode/path`) with `options` (endpoint, region, virtual_host_style)
     /// and credentials read from `credential_files` (accessKeyId,
     /// secretAccessKey), falling back to the AWS_* environment.
     pub fn open(
@@ -112,7 +116,7 @@ impl OpendalUfs {
                     (Some(k), Some(s)) => b = b.access_key_id(&k).secret_access_key(&s),
                     _ => b = b.skip_signature(),
                 }
-                Operator::new(b).map(|op| (op, false))
+                Operator::new(b).map(|op| (op, true))
             }
             "http" | "https" => {
                 let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -120,15 +124,6 @@ impl OpendalUfs {
                     .endpoint(&format!("{scheme}://{host}"))
                     .root(&format!("/{}", path.trim_matches('/')));
                 Operator::new(b).map(|op| (op, false))
-            }
-            "local" | "file" => {
-                let root = format!("/{}", rest.trim_matches('/'));
-                // Writes land in a side directory and are renamed into
-                // place when closed, so readers never see half a file.
-                let b = opendal::services::Fs::default()
-                    .root(&root)
-                    .atomic_write_dir(&format!("{}/{WRITING_DIR}", root.trim_end_matches('/')));
-                Operator::new(b).map(|op| (op, true))
             }
             #[cfg(feature = "webhdfs")]
             "webhdfs" | "hdfs" => {
@@ -223,14 +218,31 @@ impl Ufs for OpendalUfs {
         path: &UfsPath,
         offset: u64,
         len: u64,
+        expect: Option<&Fingerprint>,
     ) -> UfsResult<BoxStream<'static, UfsResult<Bytes>>> {
         let wrap = |e| err(&self.uri, path.as_str(), e);
+        if let Some(want) = expect
+            && want.version.is_empty()
+        {
+            // No ETag to send: length and mtime are what there is.
+            let now = self
+                .stat(path)
+                .await?
+                .ok_or_else(|| UfsError::NotFound(format!("{} {}", self.uri, path.as_str())))?;
+            if !want.same_content(&now.fingerprint()) {
+                return Err(UfsError::Changed {
+                    path: format!("{} {}", self.uri, path.as_str()),
+                });
+            }
+        }
         if len == 0 {
             return Ok(futures::stream::empty().boxed());
         }
-        let stream = self
-            .op
-            .reader(path.as_str())
+        let mut reader = self.op.reader_with(path.as_str());
+        if let Some(want) = expect.filter(|w| !w.version.is_empty()) {
+            reader = reader.if_match(&want.version);
+        }
+        let stream = reader
             .await
             .map_err(wrap)?
             .into_bytes_stream(offset..offset + len)
@@ -240,9 +252,19 @@ impl Ufs for OpendalUfs {
         let mut seen = 0u64;
         let checked = stream
             .map(move |chunk| {
-                chunk.map_err(|source| UfsError::Io {
-                    path: name.clone(),
-                    source,
+                chunk.map_err(|source| {
+                    let changed = source
+                        .get_ref()
+                        .and_then(|e| e.downcast_ref::<opendal::Error>())
+                        .is_some_and(|e| e.kind() == ErrorKind::ConditionNotMatch);
+                    if changed {
+                        UfsError::Changed { path: name.clone() }
+                    } else {
+                        UfsError::Io {
+                            path: name.clone(),
+                            source,
+                        }
+                    }
                 })
             })
             .chain(futures::stream::once(async { Ok(Bytes::new()) }))
@@ -298,10 +320,36 @@ impl Ufs for OpendalUfs {
     }
 
     async fn delete(&self, path: &UfsPath) -> UfsResult<()> {
-        match self.op.delete(path.as_str()).await {
+        // A file, or an empty directory's marker object: whichever exists.
+        for candidate in [path.as_str().to_owned(), Self::dir_path(path)] {
+            match self.op.delete(&candidate).await {
+                Err(e) if e.kind() != ErrorKind::NotFound => {
+                    return Err(err(&self.uri, path.as_str(), e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_all(&self, path: &UfsPath) -> UfsResult<()> {
+        self.delete(path).await?;
+        match self
+            .op
+            .delete_with(&Self::dir_path(path))
+            .recursive(true)
+            .await
+        {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(err(&self.uri, path.as_str(), e)),
             _ => Ok(()),
         }
+    }
+
+    async fn create_dir(&self, path: &UfsPath) -> UfsResult<()> {
+        self.op
+            .create_dir(&Self::dir_path(path))
+            .await
+            .map_err(|e| err(&self.uri, path.as_str(), e))
     }
 
     async fn rename(&self, from: &UfsPath, to: &UfsPath) -> UfsResult<()> {
@@ -311,10 +359,37 @@ impl Ufs for OpendalUfs {
                 reason: "rename is not supported".into(),
             });
         }
-        self.op
-            .rename(from.as_str(), to.as_str())
-            .await
-            .map_err(|e| err(&self.uri, from.as_str(), e))
+        let e = |e| err(&self.uri, from.as_str(), e);
+        match self.op.rename(from.as_str(), to.as_str()).await {
+            Err(x) if x.kind() == ErrorKind::Unsupported => {}
+            other => return other.map_err(e),
+        }
+        // No rename on an object store: copy each object, then delete the
+        // originals (a directory is every object below its prefix).
+        let status = self
+            .stat(from)
+            .await?
+            .ok_or_else(|| UfsError::NotFound(format!("{} {}", self.uri, from.as_str())))?;
+        if !status.is_dir {
+            self.op.copy(from.as_str(), to.as_str()).await.map_err(e)?;
+            return self.delete(from).await;
+        }
+        let (src, dst) = (Self::dir_path(from), Self::dir_path(to));
+        let mut objects = self.op.lister_with(&src).recursive(true).await.map_err(e)?;
+        while let Some(entry) = objects.try_next().await.map_err(e)? {
+            let path = entry.path().to_owned();
+            let Some(rest) = path.strip_prefix(&src) else {
+                continue;
+            };
+            let target = format!("{dst}{rest}");
+            if path.ends_with('/') {
+                self.op.create_dir(&target).await.map_err(e)?;
+            } else {
+                self.op.copy(&path, &target).await.map_err(e)?;
+            }
+        }
+        self.op.create_dir(&dst).await.map_err(e)?;
+        self.op.delete_with(&src).recursive(true).await.map_err(e)
     }
 
     async fn stat(&self, path: &UfsPath) -> UfsResult<Option<UfsStatus>> {
@@ -330,6 +405,7 @@ impl Ufs for OpendalUfs {
                 is_dir: true,
                 length: 0,
                 mtime_ms: 0,
+                version: String::new(),
             }));
         }
         // Object stores have no directories of their own: a "directory" is
@@ -347,6 +423,7 @@ impl Ufs for OpendalUfs {
                         is_dir,
                         length: if is_dir { 0 } else { meta.content_length() },
                         mtime_ms,
+                        version: meta.etag().unwrap_or_default().to_owned(),
                     }));
                 }
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
@@ -374,10 +451,7 @@ impl Ufs for OpendalUfs {
                         let full = entry.path().trim_end_matches('/');
                         let name = full.rsplit('/').next().unwrap_or_default().to_owned();
                         // Listings include the directory itself.
-                        if name.is_empty()
-                            || full == dir.as_str().trim_end_matches('/')
-                            || (dir.as_str().is_empty() && name == WRITING_DIR)
-                        {
+                        if name.is_empty() || full == dir.as_str().trim_end_matches('/') {
                             return Ok(None);
                         }
                         let meta = entry.metadata();
@@ -392,6 +466,7 @@ impl Ufs for OpendalUfs {
                             is_dir,
                             length,
                             mtime_ms,
+                            version: meta.etag().unwrap_or_default().to_owned(),
                         }))
                     })
             })

@@ -10,7 +10,7 @@ pub mod store;
 
 use crate::proto::master as pb;
 use crate::ufs::{self, Ufs, UfsError};
-use crate::wire::{UfsSource, WireError};
+use crate::wire::WireError;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -195,7 +195,7 @@ pub struct Worker {
     /// Blocks being fetched from the under-storage; waiters learn whether
     /// the fetch cached the block.
     inflight: Mutex<HashMap<u64, watch::Receiver<Option<bool>>>>,
-    cache_queue: mpsc::Sender<(u64, UfsSource)>,
+    cache_queue: mpsc::Sender<(u64, data::BlockSource)>,
     queued: Mutex<HashSet<u64>>,
     persister: persist::Persister,
     hits: AtomicU64,

@@ -168,6 +168,13 @@ pub struct MountStatus {
     pub mount_point: String,
     pub path: String,
     pub read_only: bool,
+    /// How writes reach the under-storage (`CACHE_THROUGH` ...).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub write_type: String,
+    /// When known paths are checked for changes: `Never (immutable)`,
+    /// `Always`, or `Interval (60s)`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sync_policy: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]

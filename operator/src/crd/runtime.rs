@@ -196,14 +196,51 @@ pub struct Management {
     pub metadata_sync_policy: MetadataSyncPolicy,
 }
 
+/// When the masters check paths they already know against the
+/// under-storage. A changed file is noticed at the next check; its cached
+/// blocks are never served for the new version.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct MetadataSyncPolicy {
-    /// Re-list a directory from the under-storage when its listing is
-    /// older than this; 0 loads each listing once.
-    #[serde(default)]
+    /// `Interval` (the default) checks a path on lookup or open once its last
+    /// check is `syncIntervalSeconds` old; `Always` checks on every open
+    /// (one under-storage stat each); `Never` loads each path once, for
+    /// datasets that never change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<SyncMode>,
+    /// The interval of `Interval`, 60 when unset. Without a `mode`, 0 means
+    /// `Never`, as it did before modes existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
-    pub sync_interval_seconds: i64,
+    pub sync_interval_seconds: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum SyncMode {
+    Never,
+    Interval,
+    Always,
+}
+
+impl MetadataSyncPolicy {
+    /// The policy the masters apply.
+    pub fn policy(&self) -> Result<weir_api::SyncPolicy, String> {
+        use std::time::Duration;
+        use weir_api::SyncPolicy;
+        let interval =
+            || Duration::from_secs(self.sync_interval_seconds.unwrap_or(60).max(0) as u64);
+        match (self.mode, self.sync_interval_seconds) {
+            (Some(SyncMode::Never), _) => Ok(SyncPolicy::Never),
+            (Some(SyncMode::Always), _) => Ok(SyncPolicy::Always),
+            (Some(SyncMode::Interval), Some(s)) if s <= 0 => Err(
+                "syncIntervalSeconds must be above 0 with mode Interval; use mode Never to \
+                 load once"
+                    .into(),
+            ),
+            (None, Some(0)) => Ok(SyncPolicy::Never),
+            (Some(SyncMode::Interval) | None, _) => Ok(SyncPolicy::Interval(interval())),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]

@@ -51,13 +51,12 @@ fn mounts_with_volumes(
     ds: &Dataset,
     rt: &CacheRuntime,
 ) -> Result<Vec<(MountSpec, Option<UfsVolume>)>> {
-    let sync_interval_ms = (rt
+    let sync = rt
         .spec
         .management
         .metadata_sync_policy
-        .sync_interval_seconds
-        .max(0) as u64)
-        * 1000;
+        .policy()
+        .map_err(|e| Error::Invalid(format!("spec.management.metadataSyncPolicy: {e}")))?;
     let mut seen = BTreeMap::new();
     let mut out = Vec::new();
     for (i, m) in ds.spec.mounts.iter().enumerate() {
@@ -136,7 +135,7 @@ fn mounts_with_volumes(
                 ufs_uri,
                 read_only: m.read_only,
                 write_type,
-                sync_interval_ms,
+                sync,
                 options,
                 credential_files,
             },

@@ -58,9 +58,11 @@ pub enum FsCommand {
         /// MUST_CACHE, CACHE_THROUGH, THROUGH or ASYNC_THROUGH.
         #[arg(long, default_value = "CACHE_THROUGH")]
         write_type: WriteType,
-        /// Re-list directories older than this (0: load once).
-        #[arg(long, default_value_t = 0)]
-        sync_interval_ms: u64,
+        /// When known paths are checked against the under-storage again:
+        /// `never` (an immutable dataset), `always` (every open), or an
+        /// interval (`30s`).
+        #[arg(long, default_value = "60s")]
+        sync: weir_api::SyncPolicy,
         /// Under-storage options as key=value.
         #[arg(long = "option", value_parser = parse_kv)]
         options: Vec<(String, String)>,
@@ -229,7 +231,7 @@ pub async fn run(conn: &ConnArgs, data: &DataArgs, command: FsCommand) -> Result
             ufs_uri,
             read_only,
             write_type,
-            sync_interval_ms,
+            sync,
             options,
             credential_files,
         } => {
@@ -238,7 +240,7 @@ pub async fn run(conn: &ConnArgs, data: &DataArgs, command: FsCommand) -> Result
                 ufs_uri,
                 read_only,
                 write_type,
-                sync_interval_ms,
+                sync,
                 options: options.into_iter().collect(),
                 credential_files: credential_files.into_iter().collect(),
             };

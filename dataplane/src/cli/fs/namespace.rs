@@ -173,7 +173,7 @@ pub async fn mounts(client: &MasterClient, json: bool) -> Result<(), CliError> {
         if json {
             println!(
                 "{}",
-                json!({"path": m.path, "ufsUri": m.ufs_uri, "readOnly": m.read_only, "writeType": wt, "syncIntervalMs": m.sync_interval_ms, "options": m.options, "mountId": m.mount_id})
+                json!({"path": m.path, "ufsUri": m.ufs_uri, "readOnly": m.read_only, "writeType": wt, "sync": weir_api::SyncPolicy::from_pb(m.sync_mode, m.sync_interval_ms).to_string(), "options": m.options, "mountId": m.mount_id})
             );
         } else {
             println!(

@@ -34,7 +34,7 @@ fn mount(path: &str) -> MountInfo {
             ufs_uri: format!("s3://bucket{path}"),
             read_only: true,
             write_type: WriteType::CacheThrough,
-            sync_interval_ms: 60_000,
+            sync: weir_api::SyncPolicy::Interval(std::time::Duration::from_secs(60)),
             options: [("endpoint".to_owned(), "http://127.0.0.1:9000".to_owned())].into(),
             credential_files: [("secret".to_owned(), "/etc/weir/secrets/s3".to_owned())].into(),
         },

@@ -168,6 +168,6 @@ pub(super) fn ufs_inode(dir: &Inode, e: &UfsEntry) -> Inode {
     i.length = if e.is_dir { 0 } else { e.length };
     i.completed = true;
     i.persist = PersistState::Persisted;
-    i.ufs_fingerprint = (!e.is_dir).then(|| e.fingerprint());
+    i.ufs_fingerprint = (!e.is_dir).then(|| e.fingerprint().to_string());
     i
 }

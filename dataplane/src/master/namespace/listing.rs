@@ -8,6 +8,7 @@ use super::change::{Change, ufs_inode};
 use crate::master::command::{FsError, FsResult, Reply, UfsEntry};
 use crate::master::metastore::{InodeKind, PersistState};
 use crate::path::WeirPath;
+use crate::ufs::Fingerprint;
 
 impl Namespace {
     pub(super) fn plan_load_listing(
@@ -53,20 +54,35 @@ impl Namespace {
                         removed += c.remove_tree(&existing)?;
                         c.create(ufs_inode(&dir_inode, e));
                         created += 1;
-                    } else if !e.is_dir
-                        && existing.persist == PersistState::Persisted
-                        && existing.ufs_fingerprint.as_deref() != Some(e.fingerprint().as_str())
-                    {
-                        // Changed in the under-storage: a new inode id,
-                        // so blocks cached for the old content are
-                        // never served for the new.
-                        c.remove_tree(&existing)?;
-                        let mut i = existing.clone();
-                        i.length = e.length;
-                        i.mtime_ms = e.mtime_ms;
-                        i.ufs_fingerprint = Some(e.fingerprint());
-                        c.create(i);
-                        updated += 1;
+                    } else if !e.is_dir && existing.persist == PersistState::Persisted {
+                        let now = e.fingerprint();
+                        let recorded = existing
+                            .ufs_fingerprint
+                            .as_deref()
+                            .and_then(Fingerprint::parse);
+                        match recorded {
+                            Some(old) if old.same_content(&now) => {
+                                if old != now {
+                                    // Recorded by an earlier release without
+                                    // a version: add it, same inode.
+                                    let mut i = existing.clone();
+                                    i.ufs_fingerprint = Some(now.to_string());
+                                    c.put(i);
+                                }
+                            }
+                            _ => {
+                                // Changed in the under-storage: a new inode
+                                // id, so blocks cached for the old content
+                                // are never served for the new.
+                                c.remove_tree(&existing)?;
+                                let mut i = existing.clone();
+                                i.length = e.length;
+                                i.mtime_ms = e.mtime_ms;
+                                i.ufs_fingerprint = Some(now.to_string());
+                                c.create(i);
+                                updated += 1;
+                            }
+                        }
                     }
                 }
             }
@@ -88,5 +104,25 @@ impl Namespace {
             updated,
             removed,
         })
+    }
+
+    /// Records the version Weir itself left a file at (after a rename or a
+    /// write through), keeping its inode id.
+    pub(super) fn plan_set_version(
+        &self,
+        c: &mut Change<'_>,
+        path: &str,
+        fingerprint: &str,
+    ) -> FsResult<Reply> {
+        let path = Self::parse(path)?;
+        let mut inode = self.get(&path)?;
+        if inode.is_dir() {
+            return Err(FsError::FailedPrecondition(format!(
+                "{path} is a directory"
+            )));
+        }
+        inode.ufs_fingerprint = Some(fingerprint.to_owned());
+        c.put(inode.clone());
+        Ok(Reply::Inode(Box::new(inode)))
     }
 }

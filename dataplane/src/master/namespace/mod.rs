@@ -17,7 +17,7 @@ mod tree;
 pub use ids::{SEEDED_IDS_FLOOR, random_id_seed};
 pub use mounts::validate_ufs_uri;
 
-use crate::master::command::{Command, FsError, FsResult, Reply, Stamp};
+use crate::master::command::{Command, FsError, FsResult, Reply, Stamp, UfsEntry};
 use crate::master::metastore::{Inode, InodeId, InodeKind, MetaStore, Op, ROOT_ID, counter_op};
 use crate::path::WeirPath;
 use change::META_INODE_COUNT;
@@ -199,7 +199,20 @@ impl Namespace {
                 vanished,
                 complete,
                 now_ms,
+            } => {
+                let entries: Vec<UfsEntry> = entries.iter().map(UfsEntry::from).collect();
+                self.plan_load_listing(&mut c, dir, &entries, vanished, *complete, *now_ms)?
+            }
+            Command::LoadVersionedListing {
+                dir,
+                entries,
+                vanished,
+                complete,
+                now_ms,
             } => self.plan_load_listing(&mut c, dir, entries, vanished, *complete, *now_ms)?,
+            Command::SetVersion { path, fingerprint } => {
+                self.plan_set_version(&mut c, path, fingerprint)?
+            }
             Command::SubmitJob { .. } | Command::UpdateJob { .. } | Command::CancelJob { .. } => {
                 return Err(FsError::InvalidArgument(format!(
                     "{cmd} is a job command, not a namespace command"

@@ -7,7 +7,7 @@ use crate::master::metastore::{MemoryStore, RocksStore};
 use crate::master::state::ReplicatedState;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use weir_api::{MountSpec, WriteType};
+use weir_api::{MountSpec, SyncPolicy, WriteType};
 
 fn path_strategy() -> impl Strategy<Value = String> {
     // Mostly valid paths over a tiny alphabet (so commands collide),
@@ -68,7 +68,7 @@ fn command_strategy() -> impl Strategy<Value = Command> {
             ufs_uri: "s3://bucket/x".into(),
             read_only: false,
             write_type: WriteType::MustCache,
-            sync_interval_ms: 0,
+            sync: SyncPolicy::Never,
             options: BTreeMap::new(),
             credential_files: BTreeMap::new(),
         })),
@@ -77,7 +77,7 @@ fn command_strategy() -> impl Strategy<Value = Command> {
             path_strategy(),
             proptest::collection::vec(prop_oneof![Just("a"), Just("b"), Just("..")], 0..3)
         )
-            .prop_map(|(dir, names)| Command::LoadListing {
+            .prop_map(|(dir, names)| Command::LoadVersionedListing {
                 dir,
                 entries: names
                     .iter()
@@ -85,7 +85,8 @@ fn command_strategy() -> impl Strategy<Value = Command> {
                         name: (*n).into(),
                         is_dir: n == &"a",
                         length: 1,
-                        mtime_ms: 1
+                        mtime_ms: 1,
+                        version: String::new(),
                     })
                     .collect(),
                 vanished: vec!["b".into()],

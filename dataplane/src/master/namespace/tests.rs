@@ -6,7 +6,7 @@ use crate::master::command::UfsEntry;
 use crate::master::metastore::MemoryStore;
 use crate::master::state::ReplicatedState;
 use std::collections::BTreeMap;
-use weir_api::{MountSpec, WriteType};
+use weir_api::{MountSpec, SyncPolicy, WriteType};
 
 /// The replicated state, read as its namespace.
 struct Ns(ReplicatedState);
@@ -73,7 +73,7 @@ fn seeded_ids_start_far_up_and_are_seeded_once() {
                 ufs_uri: "local:///tmp".into(),
                 read_only: true,
                 write_type: WriteType::CacheThrough,
-                sync_interval_ms: 0,
+                sync: SyncPolicy::Never,
                 options: Default::default(),
                 credential_files: Default::default(),
             }),
@@ -180,7 +180,7 @@ fn mount(ns: &Ns, path: &str, read_only: bool) -> FsResult<Reply> {
             ufs_uri: "s3://bucket/prefix".into(),
             read_only,
             write_type: WriteType::CacheThrough,
-            sync_interval_ms: 0,
+            sync: SyncPolicy::Never,
             options: BTreeMap::new(),
             credential_files: BTreeMap::new(),
         }),
@@ -393,7 +393,7 @@ fn mounts_guard_their_paths() {
             ufs_uri: "s3://bucket/../other".into(),
             read_only: true,
             write_type: WriteType::MustCache,
-            sync_interval_ms: 0,
+            sync: SyncPolicy::Never,
             options: BTreeMap::new(),
             credential_files: BTreeMap::new(),
         }),
@@ -426,10 +426,11 @@ fn listings_load_update_and_remove_entries() {
         is_dir: false,
         length,
         mtime_ms,
+        version: String::new(),
     };
     let load = |entries, vanished, complete| {
         ns.apply(
-            &Command::LoadListing {
+            &Command::LoadVersionedListing {
                 dir: "/m".into(),
                 entries,
                 vanished,
@@ -475,7 +476,7 @@ fn listings_load_update_and_remove_entries() {
     assert_eq!(ns.get(&p("/m")).unwrap().synced_ms, Some(99));
     assert_eq!(ns.inode_count().unwrap(), 3);
     let bad = ns.apply(
-        &Command::LoadListing {
+        &Command::LoadVersionedListing {
             dir: "/m".into(),
             entries: vec![entry("..", 1, 1)],
             vanished: vec![],

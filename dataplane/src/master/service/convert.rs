@@ -19,6 +19,7 @@ impl From<MasterError> for Status {
                 FsError::FailedPrecondition(m) => Status::failed_precondition(m),
                 FsError::ReadOnly(m) => Status::permission_denied(format!("read-only: {m}")),
                 FsError::Store(m) => Status::internal(m),
+                FsError::Denied(m) => Status::permission_denied(m),
             },
             MasterError::NotLeader { leader } => {
                 let mut status = Status::failed_precondition(match &leader {

@@ -6,7 +6,7 @@ use super::convert::{now_ms, persist_from_pb, persist_to_pb, stamp};
 use crate::block::DEFAULT_BLOCK_SIZE;
 use crate::master::command::{AttrUpdate, Command, Reply};
 use crate::master::error::MasterError;
-use crate::master::metastore::{Inode, StoreError};
+use crate::master::metastore::{Inode, PersistState, StoreError};
 use crate::master::namespace::Namespace;
 use crate::master::node::Proposer;
 use crate::master::sync::MetadataSync;
@@ -76,7 +76,16 @@ impl FsApi {
             replication_min: inode.replication_min,
             persist: persist_to_pb(inode.persist) as i32,
             cached_percent,
-            ufs_path,
+            // Only a path the under-storage has (as far as Weir knows).
+            ufs_path: if inode.persist == PersistState::Persisted {
+                ufs_path
+            } else {
+                String::new()
+            },
+            ufs_fingerprint: match inode.persist {
+                PersistState::Persisted => inode.ufs_fingerprint.clone().unwrap_or_default(),
+                _ => String::new(),
+            },
             mount_id,
             ufs_relative,
         }
@@ -100,8 +109,15 @@ impl FsApi {
     /// under-storage when the namespace does not have it yet.
     pub(super) async fn linearized_inode(&self, path: &WeirPath) -> Result<Inode, Status> {
         self.proposer.linearize().await?;
-        self.sync
+        let found = self
+            .sync
             .resolve(path)
+            .await?
+            .ok_or_else(|| Status::not_found(path.to_string()))?;
+        // What the namespace knows, checked against the under-storage as
+        // the mount's sync policy says.
+        self.sync
+            .validate(path, found)
             .await?
             .ok_or_else(|| Status::not_found(path.to_string()))
     }

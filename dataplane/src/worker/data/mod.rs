@@ -13,10 +13,11 @@ mod read;
 mod tasks;
 mod write;
 
-pub(in crate::worker) use read::async_cacher;
+pub(in crate::worker) use read::{BlockSource, async_cacher};
 
 use super::store::{Lease, StoreError};
 use super::{Worker, WorkerError, WorkerResult};
+use crate::ufs::Fingerprint;
 use crate::wire::{self, ErrorKind, Request, Response};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub(in crate::worker) async fn serve(
 pub(super) fn kind_of(e: &WorkerError) -> ErrorKind {
     match e {
         WorkerError::Store(StoreError::NoSpace { .. }) => ErrorKind::NoSpace,
+        WorkerError::Ufs(crate::ufs::UfsError::Changed { .. }) => ErrorKind::Stale,
+        WorkerError::Ufs(crate::ufs::UfsError::Denied { .. }) => ErrorKind::Denied,
         WorkerError::Store(StoreError::NotFound(_)) => ErrorKind::NotFound,
         WorkerError::Ufs(crate::ufs::UfsError::NotFound(_)) => ErrorKind::NotFound,
         WorkerError::Ufs(crate::ufs::UfsError::InvalidPath(..)) | WorkerError::Invalid(_) => {
@@ -100,7 +103,23 @@ async fn connection(worker: Arc<Worker>, sock: tokio::net::TcpStream) {
                     offset = r.offset,
                     len = r.len
                 );
-                read::read(&worker, r, &mut out).instrument(span).await
+                read::read(&worker, r, None, &mut out)
+                    .instrument(span)
+                    .await
+            }
+            Request::ReadPinned {
+                read: r,
+                fingerprint,
+            } => {
+                let span = tracing::debug_span!(
+                    "read_block",
+                    block = r.block,
+                    offset = r.offset,
+                    len = r.len,
+                    version = %fingerprint
+                );
+                let pin = Fingerprint::parse(&fingerprint);
+                read::read(&worker, r, pin, &mut out).instrument(span).await
             }
             Request::Lease { block } => leases.take(&worker, block, &mut out).await,
             Request::LeaseFile { blocks, length } => {
@@ -113,18 +132,34 @@ async fn connection(worker: Arc<Worker>, sock: tokio::net::TcpStream) {
                     .map_err(Into::into)
             }
             Request::Prefetch { block, source } => {
-                worker.queue_cache(block, source);
+                let src = BlockSource {
+                    ufs: source,
+                    pin: None,
+                };
+                worker.queue_cache(block, src);
                 wire::send(&mut out, &Response::Queued)
                     .await
                     .map_err(Into::into)
             }
-            Request::Load(r) => {
-                let span = tracing::info_span!("load_block", block = r.block, from = ?r.from);
-                match tasks::load(&worker, r).instrument(span).await {
-                    Ok(resp) => wire::send(&mut out, &resp).await.map_err(Into::into),
-                    Err(e) => reply_err(&mut out, &e).await,
-                }
+            Request::PrefetchPinned {
+                block,
+                source,
+                fingerprint,
+            } => {
+                let src = BlockSource {
+                    ufs: source,
+                    pin: Fingerprint::parse(&fingerprint),
+                };
+                worker.queue_cache(block, src);
+                wire::send(&mut out, &Response::Queued)
+                    .await
+                    .map_err(Into::into)
             }
+            Request::Load(r) => load(&worker, r, None, &mut out).await,
+            Request::LoadPinned {
+                load: r,
+                fingerprint,
+            } => load(&worker, r, Fingerprint::parse(&fingerprint), &mut out).await,
             Request::Persist(r) => {
                 let span = tracing::info_span!("persist_file", file = %r.path);
                 match tasks::persist_for_job(&worker, r).instrument(span).await {
@@ -147,6 +182,20 @@ async fn connection(worker: Arc<Worker>, sock: tokio::net::TcpStream) {
             tracing::warn!(%peer, error = %e, "closing data connection after a failed request");
             return;
         }
+    }
+}
+
+/// A job's block task, answered on `out`.
+async fn load<W: tokio::io::AsyncWrite + Unpin>(
+    worker: &Arc<Worker>,
+    r: crate::wire::LoadRequest,
+    pin: Option<Fingerprint>,
+    out: &mut W,
+) -> WorkerResult<()> {
+    let span = tracing::info_span!("load_block", block = r.block, from = ?r.from);
+    match tasks::load(worker, r, pin).instrument(span).await {
+        Ok(resp) => wire::send(out, &resp).await.map_err(Into::into),
+        Err(e) => reply_err(out, &e).await,
     }
 }
 

@@ -4,7 +4,7 @@
 //! it; and whole-block caching in the background after a partial read.
 
 use super::{CHUNK, reply_err};
-use crate::ufs::UfsPath;
+use crate::ufs::{Fingerprint, UfsPath};
 use crate::wire::{self, ReadRequest, Response, UfsSource};
 use crate::worker::store::{BlockWriter, Lease, StoreError};
 use crate::worker::{SourceLabels, Worker, WorkerError, WorkerResult};
@@ -14,6 +14,14 @@ use std::sync::atomic::Ordering;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Semaphore, mpsc, watch};
+
+/// Where a block's bytes are in the under-storage, and the version they
+/// must be of (none: whatever is there, as clients of earlier releases ask).
+#[derive(Debug, Clone)]
+pub(crate) struct BlockSource {
+    pub ufs: UfsSource,
+    pub pin: Option<Fingerprint>,
+}
 
 /// Copies `len` bytes of `file` from `offset` into the socket in the
 /// kernel (sendfile): the block's pages go from the tier's page cache to
@@ -93,17 +101,19 @@ async fn serve_cached(
 pub(super) async fn read(
     worker: &Arc<Worker>,
     r: ReadRequest,
+    pin: Option<Fingerprint>,
     out: &mut OwnedWriteHalf,
 ) -> WorkerResult<()> {
     if let Some(lease) = worker.store.lease(r.block) {
         return serve_cached(worker, lease, r.offset, r.len, out).await;
     }
-    let Some(src) = r.source else {
+    let Some(ufs) = r.source else {
         return reply_err(out, &WorkerError::Store(StoreError::NotFound(r.block))).await;
     };
-    let len = r.len.min(src.block_len.saturating_sub(r.offset));
+    let src = BlockSource { ufs, pin };
+    let len = r.len.min(src.ufs.block_len.saturating_sub(r.offset));
     worker.misses.fetch_add(1, Ordering::Relaxed);
-    if r.cache && r.offset == 0 && len == src.block_len {
+    if r.cache && r.offset == 0 && len == src.ufs.block_len {
         return fetch_block(worker, r.block, &src, Some(out)).await;
     }
     // A fetch of this block under way will have it soon: wait and serve
@@ -129,16 +139,16 @@ pub(super) async fn read(
 /// A range straight from the under-storage, not cached.
 async fn stream_from_ufs(
     worker: &Worker,
-    src: &UfsSource,
+    src: &BlockSource,
     offset: u64,
     len: u64,
     out: &mut OwnedWriteHalf,
 ) -> WorkerResult<()> {
     let opened = async {
-        let ufs = worker.mounts.get(src.mount_id).await?;
-        let path = UfsPath::parse(&src.path)?;
+        let ufs = worker.mounts.get(src.ufs.mount_id).await?;
+        let path = UfsPath::parse(&src.ufs.path)?;
         Ok::<_, WorkerError>(
-            ufs.read_stream(&path, src.block_offset + offset, len)
+            ufs.read_stream(&path, src.ufs.block_offset + offset, len, src.pin.as_ref())
                 .await?,
         )
     };
@@ -183,7 +193,7 @@ impl Drop for Inflight<'_> {
 pub(super) async fn fetch_block(
     worker: &Arc<Worker>,
     block: u64,
-    src: &UfsSource,
+    src: &BlockSource,
     out: Option<&mut OwnedWriteHalf>,
 ) -> WorkerResult<()> {
     let waiting = {
@@ -203,9 +213,9 @@ pub(super) async fn fetch_block(
             let _ = rx.wait_for(|v| v.is_some()).await;
             let Some(out) = out else { return Ok(()) };
             return match worker.store.lease(block) {
-                Some(lease) => serve_cached(worker, lease, 0, src.block_len, out).await,
+                Some(lease) => serve_cached(worker, lease, 0, src.ufs.block_len, out).await,
                 // The first fetch could not cache it: read it directly.
-                None => stream_from_ufs(worker, src, 0, src.block_len, out).await,
+                None => stream_from_ufs(worker, src, 0, src.ufs.block_len, out).await,
             };
         }
     };
@@ -217,11 +227,16 @@ pub(super) async fn fetch_block(
     };
     let mut out = out;
     let opened = async {
-        let ufs = worker.mounts.get(src.mount_id).await?;
-        let path = UfsPath::parse(&src.path)?;
+        let ufs = worker.mounts.get(src.ufs.mount_id).await?;
+        let path = UfsPath::parse(&src.ufs.path)?;
         Ok::<_, WorkerError>(
-            ufs.read_stream(&path, src.block_offset, src.block_len)
-                .await?,
+            ufs.read_stream(
+                &path,
+                src.ufs.block_offset,
+                src.ufs.block_len,
+                src.pin.as_ref(),
+            )
+            .await?,
         )
     };
     let mut stream = match opened.await {
@@ -236,7 +251,7 @@ pub(super) async fn fetch_block(
     let mut writer: Option<BlockWriter> =
         match worker
             .store
-            .begin(block, src.block_offset, src.block_len, false)
+            .begin(block, src.ufs.block_offset, src.ufs.block_len, false)
         {
             Ok(w) => Some(w),
             Err(e) => {
@@ -245,9 +260,14 @@ pub(super) async fn fetch_block(
             }
         };
     if let Some(o) = out.as_mut()
-        && wire::send(*o, &Response::Data { len: src.block_len })
-            .await
-            .is_err()
+        && wire::send(
+            *o,
+            &Response::Data {
+                len: src.ufs.block_len,
+            },
+        )
+        .await
+        .is_err()
     {
         out = None;
     }
@@ -274,10 +294,10 @@ pub(super) async fn fetch_block(
         .metrics
         .bytes_served
         .get_or_create(&l)
-        .inc_by(src.block_len);
+        .inc_by(src.ufs.block_len);
     if let Some(w) = writer {
         let tier = w.commit()?;
-        worker.commit_block(block, src.block_len, tier).await;
+        worker.commit_block(block, src.ufs.block_len, tier).await;
         guard.cached = true;
     }
     Ok(())
@@ -286,7 +306,7 @@ pub(super) async fn fetch_block(
 impl Worker {
     /// Queues a whole-block cache after a partial read; a full queue drops
     /// the request (the next partial read asks again).
-    pub(super) fn queue_cache(&self, block: u64, src: UfsSource) {
+    pub(super) fn queue_cache(&self, block: u64, src: BlockSource) {
         if self.store.contains(block) {
             return;
         }
@@ -303,7 +323,7 @@ impl Worker {
 
 pub(in crate::worker) async fn async_cacher(
     worker: Arc<Worker>,
-    mut queue: mpsc::Receiver<(u64, UfsSource)>,
+    mut queue: mpsc::Receiver<(u64, BlockSource)>,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(worker.config.async_cache_threads.max(1)));

@@ -2,7 +2,8 @@
 //! holds it, else read from the under-storage) and a file persisted (in
 //! turn with the ASYNC_THROUGH files the persister writes).
 
-use super::read::fetch_block;
+use super::read::{BlockSource, fetch_block};
+use crate::ufs::Fingerprint;
 use crate::wire::{LoadRequest, PersistRequest, Response};
 use crate::worker::peers::copy_from_peer;
 use crate::worker::persist::PersistTask;
@@ -12,7 +13,11 @@ use std::sync::Arc;
 
 /// A job's block task. The work is not tied to the connection: a master
 /// that fails over mid-task finds the block cached when it asks again.
-pub(super) async fn load(worker: &Arc<Worker>, r: LoadRequest) -> WorkerResult<Response> {
+pub(super) async fn load(
+    worker: &Arc<Worker>,
+    r: LoadRequest,
+    pin: Option<Fingerprint>,
+) -> WorkerResult<Response> {
     if let Some(tier) = worker.store.tier_of(r.block) {
         return Ok(Response::Loaded {
             tier,
@@ -28,7 +33,13 @@ pub(super) async fn load(worker: &Arc<Worker>, r: LoadRequest) -> WorkerResult<R
     }
     if !worker.store.contains(r.block) {
         match (&r.source, peer_error) {
-            (Some(src), _) => fetch_block(worker, r.block, src, None).await?,
+            (Some(src), _) => {
+                let src = BlockSource {
+                    ufs: src.clone(),
+                    pin,
+                };
+                fetch_block(worker, r.block, &src, None).await?
+            }
             (None, Some(e)) => return Err(e),
             (None, None) => {
                 return Err(WorkerError::Invalid(format!(

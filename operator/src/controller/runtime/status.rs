@@ -30,6 +30,8 @@ pub(super) async fn update_dataset(
             mount_point: m.ufs_uri.clone(),
             path: m.path.clone(),
             read_only: m.read_only,
+            write_type: m.write_type.name().into(),
+            sync_policy: m.sync.to_string(),
         })
         .collect();
     if bound {

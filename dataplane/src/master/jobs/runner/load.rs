@@ -35,6 +35,8 @@ struct BlockTask {
     block: BlockId,
     len: u64,
     src: UfsSource,
+    /// The under-storage version the block must be read at.
+    pin: Option<String>,
     replicas: usize,
 }
 
@@ -91,12 +93,18 @@ impl JobRunner {
                     }
                     Ok(blocks) => {
                         open.insert(index, (blocks.len(), None));
+                        let pin = target
+                            .inode
+                            .ufs_fingerprint
+                            .clone()
+                            .filter(|_| target.inode.persist == PersistState::Persisted);
                         for (block, src) in blocks {
                             let task = BlockTask {
                                 kind: spec.kind,
                                 block,
                                 len: src.block_len,
                                 src,
+                                pin: pin.clone(),
                                 replicas,
                             };
                             queue.push_back((index, task));
@@ -308,14 +316,21 @@ impl JobRunner {
         from: Option<Peer>,
         throttle: Option<&Throttle>,
     ) -> Result<Vec<(WorkerId, String)>, TaskError> {
-        let request = Request::Load(LoadRequest {
+        let load = LoadRequest {
             block: task.block,
             offset: task.src.block_offset,
             len: task.len,
             from,
             source: (task.kind == JobKind::Load && task.src.mount_id != 0)
                 .then(|| task.src.clone()),
-        });
+        };
+        let request = match (&load.source, &task.pin) {
+            (Some(_), Some(fingerprint)) => Request::LoadPinned {
+                load,
+                fingerprint: fingerprint.clone(),
+            },
+            _ => Request::Load(load),
+        };
         let mut sends = Vec::new();
         for target in targets {
             if let Some(t) = throttle {

@@ -1,24 +1,30 @@
 //! Metadata sync with the under-storage, outside Raft: the leader asks the
 //! under-storage (a stat, or one directory's listing, streamed) and proposes
-//! what it found as `LoadListing` entries, which every master applies the
+//! what it found as `LoadVersionedListing` entries, which every master applies the
 //! same way. Nothing here holds a lock over a tree, and nothing blocks the
 //! use of a mount: paths load lazily on first access, and the background
 //! count of a mount's files and bytes only reports progress.
 
 use super::command::{Command, FsError, UfsEntry};
 use super::error::MasterResult;
-use super::metastore::{Inode, MountInfo, PersistState};
+use super::metastore::{Inode, InodeId, MountInfo, PersistState};
 use super::namespace::Namespace;
 use super::node::Proposer;
 use crate::path::WeirPath;
 use crate::ufs::{self, Ufs, UfsPath, UfsStatus};
 use futures::TryStreamExt;
+use lru::LruCache;
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Instant;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use weir_api::SyncPolicy;
 
 /// Entries per proposed listing page.
 const LOAD_CHUNK: usize = 1000;
+/// Paths whose last check is remembered; older ones are checked again.
+const CHECKED_ENTRIES: usize = 100_000;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -29,21 +35,12 @@ fn now_ms() -> u64 {
 
 fn entry(s: UfsStatus) -> UfsEntry {
     UfsEntry {
+        version: s.version,
         name: s.name,
         is_dir: s.is_dir,
         length: s.length,
         mtime_ms: s.mtime_ms,
     }
-}
-
-/// Progress of counting one mount's files and bytes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MountCount {
-    pub mount_id: u64,
-    pub files: u64,
-    pub bytes: u64,
-    pub complete: bool,
-    pub error: Option<String>,
 }
 
 #[derive(Debug)]
@@ -54,6 +51,10 @@ pub struct MetadataSync {
     /// One listing of a directory at a time; later callers wait for it.
     in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     counts: Mutex<HashMap<String, MountCount>>,
+    /// When each file or directory was last checked against the
+    /// under-storage. The leader's own memory: after a restart or a
+    /// leader change every path is checked again on its first access.
+    checked: Mutex<LruCache<InodeId, Instant>>,
 }
 
 /// The under-storage path of `path` below `mount`.
@@ -63,13 +64,18 @@ fn ufs_path(mount: &MountInfo, path: &WeirPath) -> MasterResult<UfsPath> {
     Ok(UfsPath::parse(rest)?)
 }
 
-fn fresh(synced_ms: Option<u64>, interval_ms: u64, now: u64) -> bool {
+/// Whether a listing loaded at `synced_ms` still stands under `policy`.
+fn fresh(synced_ms: Option<u64>, policy: SyncPolicy, now: u64) -> bool {
     match synced_ms {
         None => false,
-        Some(_) if interval_ms == 0 => true,
-        Some(t) => now.saturating_sub(t) < interval_ms,
+        Some(t) => !policy.is_due(Duration::from_millis(now.saturating_sub(t))),
     }
 }
+
+mod count;
+mod validate;
+
+pub use count::MountCount;
 
 impl MetadataSync {
     pub fn new(proposer: Proposer, namespace: Namespace) -> Self {
@@ -79,6 +85,9 @@ impl MetadataSync {
             stores: Mutex::default(),
             in_flight: Mutex::default(),
             counts: Mutex::default(),
+            checked: Mutex::new(LruCache::new(
+                NonZeroUsize::new(CHECKED_ENTRIES).expect("non-zero"),
+            )),
         }
     }
 
@@ -124,7 +133,7 @@ impl MetadataSync {
                 return Ok(None);
             }
             // A loaded, fresh listing is authoritative: the child is absent.
-            if fresh(dir.synced_ms, mount.spec.sync_interval_ms, now) {
+            if fresh(dir.synced_ms, mount.spec.sync, now) {
                 return Ok(None);
             }
             let next = at.child(&name).map_err(FsError::from)?;
@@ -136,7 +145,7 @@ impl MetadataSync {
                 ..status
             };
             self.proposer
-                .write(Command::LoadListing {
+                .write(Command::LoadVersionedListing {
                     dir: at.to_string(),
                     entries: vec![entry(status)],
                     vanished: vec![],
@@ -168,7 +177,7 @@ impl MetadataSync {
         };
         let is_fresh = || -> MasterResult<bool> {
             Ok(match ns.lookup(path)? {
-                Some(d) if d.is_dir() => fresh(d.synced_ms, mount.spec.sync_interval_ms, now_ms()),
+                Some(d) if d.is_dir() => fresh(d.synced_ms, mount.spec.sync, now_ms()),
                 _ => true,
             })
         };
@@ -201,7 +210,7 @@ impl MetadataSync {
             if chunk.len() == LOAD_CHUNK {
                 let entries = std::mem::take(&mut chunk);
                 self.proposer
-                    .write(Command::LoadListing {
+                    .write(Command::LoadVersionedListing {
                         dir: path.to_string(),
                         entries,
                         vanished: vec![],
@@ -227,7 +236,7 @@ impl MetadataSync {
             );
         }
         self.proposer
-            .write(Command::LoadListing {
+            .write(Command::LoadVersionedListing {
                 dir: path.to_string(),
                 entries: chunk,
                 vanished,
@@ -241,99 +250,22 @@ impl MetadataSync {
             .remove(path.as_str());
         Ok(())
     }
-
-    /// Counts of every mount known so far.
-    pub fn counts(&self) -> HashMap<String, MountCount> {
-        self.counts.lock().expect("counts").clone()
-    }
-
-    /// Starts counting the files and bytes of mounts that have no count yet
-    /// (or were re-mounted). The walk lists one directory at a time and
-    /// publishes progress as it goes.
-    pub fn start_counts(self: &Arc<Self>, mounts: Vec<MountInfo>) {
-        let mut counts = self.counts.lock().expect("counts");
-        let live: HashSet<String> = mounts.iter().map(|m| m.path().to_owned()).collect();
-        counts.retain(|path, _| live.contains(path));
-        for mount in mounts {
-            if counts
-                .get(mount.path())
-                .is_some_and(|c| c.mount_id == mount.mount_id)
-            {
-                continue;
-            }
-            counts.insert(
-                mount.path().to_owned(),
-                MountCount {
-                    mount_id: mount.mount_id,
-                    ..Default::default()
-                },
-            );
-            let this = self.clone();
-            tokio::spawn(async move { this.count(mount).await });
-        }
-    }
-
-    async fn count(&self, mount: MountInfo) {
-        let update = |f: &dyn Fn(&mut MountCount)| {
-            if let Some(c) = self.counts.lock().expect("counts").get_mut(mount.path())
-                && c.mount_id == mount.mount_id
-            {
-                f(c);
-            }
-        };
-        let store = match self.store(&mount) {
-            Ok(s) => s,
-            Err(e) => return update(&|c| c.error = Some(e.to_string())),
-        };
-        let mut queue = vec![UfsPath::root()];
-        while let Some(dir) = queue.pop() {
-            let mut listing = store.list(&dir);
-            let (mut files, mut bytes) = (0u64, 0u64);
-            loop {
-                match listing.try_next().await {
-                    Ok(Some(s)) if s.is_dir => match dir.join(&s.name) {
-                        Ok(sub) => queue.push(sub),
-                        Err(_) => continue,
-                    },
-                    Ok(Some(s)) => {
-                        files += 1;
-                        bytes += s.length;
-                        if files.is_multiple_of(10_000) {
-                            let (f, b) = (files, bytes);
-                            update(&|c| {
-                                c.files += f;
-                                c.bytes += b;
-                            });
-                            (files, bytes) = (0, 0);
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let msg = e.to_string();
-                        update(&|c| c.error = Some(msg.clone()));
-                        break;
-                    }
-                }
-            }
-            update(&|c| {
-                c.files += files;
-                c.bytes += bytes;
-            });
-        }
-        update(&|c| c.complete = true);
-        tracing::info!(mount = %mount.path(), "under-storage count complete");
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::fresh;
+    use super::*;
 
     #[test]
-    fn freshness_follows_the_sync_interval() {
-        assert!(!fresh(None, 0, 100));
-        assert!(fresh(Some(1), 0, 1_000_000), "interval 0 loads once");
-        assert!(fresh(Some(100), 50, 120));
-        assert!(!fresh(Some(100), 50, 151));
+    fn freshness_follows_the_sync_policy() {
+        let every = |ms| SyncPolicy::Interval(Duration::from_millis(ms));
+        assert!(!fresh(None, SyncPolicy::Never, 100));
+        assert!(
+            fresh(Some(1), SyncPolicy::Never, 1_000_000),
+            "never: loaded once"
+        );
+        assert!(fresh(Some(100), every(50), 120));
+        assert!(!fresh(Some(100), every(50), 151));
+        assert!(!fresh(Some(100), SyncPolicy::Always, 100));
     }
 }

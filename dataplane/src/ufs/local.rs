@@ -1,0 +1,512 @@
+//! A local (or NFS) directory as under-storage, through the file system's
+//! own calls rather than OpenDAL's: only they tell a file's inode number
+//! and change time, which make its version (a rewrite that keeps the size
+//! and restores the mtime still changes both), and only a descriptor held
+//! across a read can prove the bytes came from one version.
+
+use super::{Fingerprint, Ufs, UfsError, UfsPath, UfsResult, UfsStatus, UfsWriter};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use std::fs::{File, Metadata};
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Where files being written wait until they are closed (hidden from
+/// listings), so a reader never sees half a file.
+pub(super) const WRITING_DIR: &str = ".weir-writing";
+/// Bytes read per call of a streamed read.
+const CHUNK: u64 = 4 << 20;
+
+/// A directory of this machine holding a mount's files.
+#[derive(Debug, Clone)]
+pub struct LocalUfs {
+    uri: String,
+    root: PathBuf,
+}
+
+fn mtime_ms(m: &Metadata) -> u64 {
+    let secs = m.mtime().max(0) as u64;
+    secs * 1000 + (m.mtime_nsec().max(0) as u64) / 1_000_000
+}
+
+/// A file's identity beyond length and mtime: which inode, and when it
+/// last changed in any way.
+fn version(m: &Metadata) -> String {
+    if m.is_dir() {
+        return String::new();
+    }
+    format!("{}.{}.{}", m.ino(), m.ctime(), m.ctime_nsec())
+}
+
+fn status(name: String, m: &Metadata) -> UfsStatus {
+    UfsStatus {
+        name,
+        is_dir: m.is_dir(),
+        length: if m.is_dir() { 0 } else { m.len() },
+        mtime_ms: mtime_ms(m),
+        version: version(m),
+    }
+}
+
+fn fingerprint(m: &Metadata) -> Fingerprint {
+    Fingerprint {
+        length: m.len(),
+        mtime_ms: mtime_ms(m),
+        version: version(m),
+    }
+}
+
+impl LocalUfs {
+    /// The store rooted at `root` (the part of `uri` after the scheme).
+    pub fn open(uri: &str, root: &str) -> UfsResult<Self> {
+        Ok(Self {
+            uri: uri.to_owned(),
+            root: PathBuf::from(format!("/{}", root.trim_matches('/'))),
+        })
+    }
+
+    fn full(&self, path: &UfsPath) -> PathBuf {
+        if path.as_str().is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(path.as_str())
+        }
+    }
+
+    fn err(&self, path: &UfsPath, e: std::io::Error) -> UfsError {
+        let name = format!("{} {}", self.uri, path.as_str());
+        match e.kind() {
+            ErrorKind::NotFound => UfsError::NotFound(name),
+            ErrorKind::PermissionDenied => UfsError::Denied { path: name },
+            _ => UfsError::Io {
+                path: name,
+                source: e,
+            },
+        }
+    }
+
+    /// Runs blocking file system calls off the runtime's threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        path: &UfsPath,
+        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> UfsResult<T> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| self.err(path, std::io::Error::other(e.to_string())))?
+            .map_err(|e| self.err(path, e))
+    }
+
+    /// A fresh path below the writing directory.
+    fn temp_path(&self) -> PathBuf {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join(WRITING_DIR)
+            .join(format!("{}-{n}", std::process::id()))
+    }
+}
+
+#[tonic::async_trait]
+impl Ufs for LocalUfs {
+    async fn stat(&self, path: &UfsPath) -> UfsResult<Option<UfsStatus>> {
+        let full = self.full(path);
+        let name = path
+            .as_str()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let found = self
+            .blocking(path, move || match std::fs::metadata(&full) {
+                Ok(m) => Ok(Some(m)),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            })
+            .await?;
+        Ok(found.map(|m| status(name, &m)))
+    }
+
+    fn list<'a>(&'a self, dir: &'a UfsPath) -> BoxStream<'a, UfsResult<UfsStatus>> {
+        let full = self.full(dir);
+        let at_root = dir.as_str().is_empty();
+        let uri = self.uri.clone();
+        let read = async move {
+            self.blocking(dir, move || {
+                let entries = match std::fs::read_dir(&full) {
+                    Ok(e) => e,
+                    // A missing directory lists as empty, as on object stores.
+                    Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(e) => return Err(e),
+                };
+                let mut out = Vec::new();
+                for entry in entries {
+                    let entry = entry?;
+                    let Ok(name) = entry.file_name().into_string() else {
+                        tracing::warn!(dir = %full.display(), name = ?entry.file_name(), uri = %uri, "left out of the listing: the name is not UTF-8, which Weir paths cannot hold");
+                        continue;
+                    };
+                    if at_root && name == WRITING_DIR {
+                        continue;
+                    }
+                    match std::fs::metadata(entry.path()) {
+                        Ok(m) => out.push(status(name, &m)),
+                        // Gone since the directory was read.
+                        Err(e) if e.kind() == ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(out)
+            })
+            .await
+        };
+        futures::stream::once(read)
+            .map(|r| match r {
+                Ok(v) => futures::stream::iter(v.into_iter().map(Ok)).boxed(),
+                Err(e) => futures::stream::once(async { Err(e) }).boxed(),
+            })
+            .flatten()
+            .boxed()
+    }
+
+    async fn read(&self, path: &UfsPath, offset: u64, len: u64) -> UfsResult<Bytes> {
+        let full = self.full(path);
+        self.blocking(path, move || {
+            let file = File::open(&full)?;
+            let size = file.metadata()?.len();
+            let end = (offset.saturating_add(len)).min(size);
+            let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
+            file.read_exact_at(&mut buf, offset)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn read_stream(
+        &self,
+        path: &UfsPath,
+        offset: u64,
+        len: u64,
+        expect: Option<&Fingerprint>,
+    ) -> UfsResult<BoxStream<'static, UfsResult<Bytes>>> {
+        let full = self.full(path);
+        // One descriptor for the whole read: the bytes all come from the
+        // inode it names, and its change time tells whether anything was
+        // written to it meanwhile.
+        let (file, opened) = self
+            .blocking(path, move || {
+                let file = File::open(&full)?;
+                let m = file.metadata()?;
+                Ok((Arc::new(file), fingerprint(&m)))
+            })
+            .await?;
+        let name = format!("{} {}", self.uri, path.as_str());
+        if expect.is_some_and(|e| !e.same_content(&opened)) {
+            return Err(UfsError::Changed { path: name });
+        }
+        let checked = expect.is_some();
+        struct Cursor {
+            file: Arc<File>,
+            at: u64,
+            left: u64,
+            done: bool,
+        }
+        let start = Cursor {
+            file,
+            at: offset,
+            left: len,
+            done: len == 0,
+        };
+        let stream = futures::stream::unfold(start, move |mut c| {
+            let (name, opened) = (name.clone(), opened.clone());
+            async move {
+                if c.done {
+                    return None;
+                }
+                let want = c.left.min(CHUNK);
+                let last = want == c.left;
+                let (file, at) = (c.file.clone(), c.at);
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; want as usize];
+                    let mut got = 0;
+                    while got < buf.len() {
+                        match file.read_at(&mut buf[got..], at + got as u64) {
+                            Ok(0) => break,
+                            Ok(n) => got += n,
+                            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    buf.truncate(got);
+                    // After the last bytes: was the file written meanwhile?
+                    let changed = if last && checked {
+                        fingerprint(&file.metadata()?) != opened
+                    } else {
+                        false
+                    };
+                    Ok((buf, changed))
+                })
+                .await;
+                let io = |e: std::io::Error| UfsError::Io {
+                    path: name.clone(),
+                    source: e,
+                };
+                let item = match read {
+                    Err(e) => Err(io(std::io::Error::other(e.to_string()))),
+                    Ok(Err(e)) => Err(io(e)),
+                    Ok(Ok((_, true))) => Err(UfsError::Changed { path: name.clone() }),
+                    Ok(Ok((buf, false))) if (buf.len() as u64) < want => {
+                        Err(io(std::io::Error::new(
+                            ErrorKind::UnexpectedEof,
+                            format!(
+                                "under-storage file ended {} bytes short of the range",
+                                c.left - buf.len() as u64
+                            ),
+                        )))
+                    }
+                    Ok(Ok((buf, false))) => Ok(Bytes::from(buf)),
+                };
+                match &item {
+                    Ok(b) => {
+                        c.at += b.len() as u64;
+                        c.left -= b.len() as u64;
+                        c.done = c.left == 0;
+                    }
+                    Err(_) => c.done = true,
+                }
+                Some((item, c))
+            }
+        });
+        Ok(stream.boxed())
+    }
+
+    async fn write(&self, path: &UfsPath, data: Bytes) -> UfsResult<()> {
+        let mut w = self.writer(path).await?;
+        w.write(data).await?;
+        w.close().await
+    }
+
+    async fn writer(&self, path: &UfsPath) -> UfsResult<Box<dyn UfsWriter>> {
+        let temp = self.temp_path();
+        let target = self.full(path);
+        let t = temp.clone();
+        let file = self
+            .blocking(path, move || {
+                if let Some(dir) = t.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                File::create(&t)
+            })
+            .await?;
+        Ok(Box::new(LocalWriter {
+            file: Some(file),
+            temp,
+            target,
+            name: format!("{} {}", self.uri, path.as_str()),
+        }))
+    }
+
+    async fn delete(&self, path: &UfsPath) -> UfsResult<()> {
+        let full = self.full(path);
+        self.blocking(path, move || {
+            let removed = match std::fs::symlink_metadata(&full) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir(&full),
+                Ok(_) => std::fs::remove_file(&full),
+                Err(e) => Err(e),
+            };
+            match removed {
+                Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    async fn delete_all(&self, path: &UfsPath) -> UfsResult<()> {
+        let full = self.full(path);
+        self.blocking(path, move || {
+            let removed = match std::fs::symlink_metadata(&full) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&full),
+                Ok(_) => std::fs::remove_file(&full),
+                Err(e) => Err(e),
+            };
+            match removed {
+                Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    async fn create_dir(&self, path: &UfsPath) -> UfsResult<()> {
+        let full = self.full(path);
+        self.blocking(path, move || std::fs::create_dir_all(&full))
+            .await
+    }
+
+    async fn rename(&self, from: &UfsPath, to: &UfsPath) -> UfsResult<()> {
+        let (a, b) = (self.full(from), self.full(to));
+        self.blocking(from, move || {
+            std::fs::symlink_metadata(&a)?;
+            if let Some(parent) = b.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::rename(&a, &b)
+        })
+        .await
+    }
+}
+
+/// A file being written below [`WRITING_DIR`], moved into place whole when
+/// closed.
+struct LocalWriter {
+    file: Option<File>,
+    temp: PathBuf,
+    target: PathBuf,
+    name: String,
+}
+
+impl LocalWriter {
+    fn io(&self, source: std::io::Error) -> UfsError {
+        UfsError::Io {
+            path: self.name.clone(),
+            source,
+        }
+    }
+}
+
+fn place(temp: &Path, target: &Path, file: File) -> std::io::Result<()> {
+    file.sync_all()?;
+    drop(file);
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::rename(temp, target)
+}
+
+#[tonic::async_trait]
+impl UfsWriter for LocalWriter {
+    async fn write(&mut self, data: Bytes) -> UfsResult<()> {
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| self.io(std::io::Error::other("writer closed")))?;
+        let written = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            file.write_all(&data).map(|()| file)
+        })
+        .await
+        .map_err(|e| self.io(std::io::Error::other(e.to_string())))?;
+        self.file = Some(written.map_err(|e| self.io(e))?);
+        Ok(())
+    }
+
+    async fn close(&mut self) -> UfsResult<()> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| self.io(std::io::Error::other("writer closed")))?;
+        let (temp, target) = (self.temp.clone(), self.target.clone());
+        tokio::task::spawn_blocking(move || place(&temp, &target, file))
+            .await
+            .map_err(|e| self.io(std::io::Error::other(e.to_string())))?
+            .map_err(|e| self.io(e))
+    }
+
+    async fn abort(&mut self) -> UfsResult<()> {
+        self.file = None;
+        match std::fs::remove_file(&self.temp) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(self.io(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        // Neither closed nor aborted: nothing of it may stay behind.
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+    use std::os::unix::ffi::OsStrExt;
+
+    fn store(dir: &Path) -> LocalUfs {
+        let root = dir.display().to_string();
+        LocalUfs::open(&format!("local://{root}"), &root).unwrap()
+    }
+
+    /// The incident's trick: same size, mtime put back. The inode's change
+    /// time still moves, so the version does.
+    #[tokio::test]
+    async fn a_rewrite_with_the_mtime_restored_is_a_new_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let ufs = store(dir.path());
+        let file = dir.path().join("part-0.parquet");
+        std::fs::write(&file, b"PAR1 old PAR1").unwrap();
+        let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+        let path = UfsPath::parse("part-0.parquet").unwrap();
+        let before = ufs.stat(&path).await.unwrap().unwrap().fingerprint();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&file, b"PAR1 new PAR1").unwrap();
+        File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let after = ufs.stat(&path).await.unwrap().unwrap().fingerprint();
+        assert_eq!(
+            (before.length, before.mtime_ms),
+            (after.length, after.mtime_ms)
+        );
+        assert!(!before.same_content(&after), "{before} vs {after}");
+    }
+
+    #[tokio::test]
+    async fn names_that_are_not_utf8_are_left_out_of_listings() {
+        let dir = tempfile::tempdir().unwrap();
+        let ufs = store(dir.path());
+        let bad = std::ffi::OsStr::from_bytes(b"bad-\xff-name");
+        std::fs::write(dir.path().join(bad), b"x").unwrap();
+        std::fs::write(dir.path().join("good"), b"x").unwrap();
+        let listed: Vec<String> = ufs
+            .list(&UfsPath::root())
+            .map_ok(|s| s.name)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(listed, vec!["good".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn a_file_written_in_place_under_a_pinned_read_fails_the_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let ufs = store(dir.path());
+        let file = dir.path().join("f");
+        std::fs::write(&file, vec![1u8; (CHUNK * 2) as usize]).unwrap();
+        let path = UfsPath::parse("f").unwrap();
+        let fp = ufs.stat(&path).await.unwrap().unwrap().fingerprint();
+        let mut stream = ufs
+            .read_stream(&path, 0, CHUNK * 2, Some(&fp))
+            .await
+            .unwrap();
+        let first = stream.try_next().await.unwrap().unwrap();
+        assert_eq!(first.len() as u64, CHUNK);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let f = File::options().write(true).open(&file).unwrap();
+        f.write_all_at(&[2u8; 16], CHUNK + 5).unwrap();
+        let rest = stream.try_next().await;
+        assert!(matches!(rest, Err(UfsError::Changed { .. })), "{rest:?}");
+    }
+}
