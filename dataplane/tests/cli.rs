@@ -42,14 +42,9 @@ fn local_up_serves_a_directory_through_fuse_and_down_leaves_nothing() {
     std::fs::write(data.join("sub/hello.txt"), b"hello from weir local").unwrap();
     let state = dir.path().join("state");
     let mnt = dir.path().join("mnt");
-    let port = |()| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-            .to_string()
-    };
+    // Below the ephemeral range, so no outgoing connection takes one
+    // before the processes bind it (the worker's metrics take port + 1).
+    let port = |()| weir_testkit::free_local_port().to_string();
     let (mport, wport) = (port(()), port(()));
     let up = weir(&[
         "local",

@@ -35,6 +35,8 @@ pub(super) fn errno(e: &ClientError) -> Errno {
         ClientError::Api(weir_api::ApiError::Status(s)) => match s.code() {
             Code::NotFound => Errno::ENOENT,
             Code::AlreadyExists => Errno::EEXIST,
+            // mv across mounts: callers such as mv(1) then copy and delete.
+            Code::InvalidArgument if s.message().contains("different mounts") => Errno::EXDEV,
             Code::InvalidArgument => Errno::EINVAL,
             Code::PermissionDenied if s.message().contains("read-only") => Errno::EROFS,
             Code::PermissionDenied => Errno::EACCES,

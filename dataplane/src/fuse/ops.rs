@@ -36,6 +36,9 @@ impl Filesystem for WeirFuse {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let path = match self.child(parent, name) {
             Ok(p) => p,
+            // A name Weir cannot hold is in no Weir directory; creating
+            // one is refused (EINVAL).
+            Err(Errno::EINVAL) => return reply.error(Errno::ENOENT),
             Err(e) => return reply.error(e),
         };
         match self.rt.block_on(self.fs.status(&path)) {
@@ -90,11 +93,14 @@ impl Filesystem for WeirFuse {
             return reply.error(Errno::ENOENT);
         };
         match self.rt.block_on(self.fs.status(&path)) {
-            Ok(info) if size.is_some_and(|s| s != info.length) => reply.error(if self.read_only {
-                Errno::EROFS
-            } else {
-                Errno::EPERM
-            }),
+            Ok(info) if size.is_some_and(|s| s != info.length) => {
+                tracing::info!(%path, "truncate refused: files are written once; write a new file and rename it over this one");
+                reply.error(if self.read_only {
+                    Errno::EROFS
+                } else {
+                    Errno::EPERM
+                })
+            }
             Ok(info) => reply.attr(&self.ttl, &self.attr(&info)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -165,6 +171,7 @@ impl Filesystem for WeirFuse {
         };
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             // Files are written once, through create.
+            tracing::info!(%path, "open for writing refused: files are written once; write a new file and rename it over this one");
             return reply.error(if self.read_only {
                 Errno::EROFS
             } else {

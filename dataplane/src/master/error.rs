@@ -32,6 +32,14 @@ impl MasterError {
         MasterError::Raft(Box::new(e))
     }
 
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, MasterError::Fs(FsError::NotFound(_)))
+    }
+
+    pub fn is_already_exists(&self) -> bool {
+        matches!(self, MasterError::Fs(FsError::AlreadyExists(_)))
+    }
+
     pub fn start(what: impl Into<String>, e: impl Into<Source>) -> Self {
         MasterError::Start {
             what: what.into(),

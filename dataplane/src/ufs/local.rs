@@ -228,7 +228,6 @@ impl Ufs for LocalUfs {
                     return None;
                 }
                 let want = c.left.min(CHUNK);
-                let last = want == c.left;
                 let (file, at) = (c.file.clone(), c.at);
                 let read = tokio::task::spawn_blocking(move || {
                     let mut buf = vec![0u8; want as usize];
@@ -242,8 +241,9 @@ impl Ufs for LocalUfs {
                         }
                     }
                     buf.truncate(got);
-                    // After the last bytes: was the file written meanwhile?
-                    let changed = if last && checked {
+                    // Was the file written while these bytes were read?
+                    // Asked after every chunk: none may leave if so.
+                    let changed = if checked {
                         fingerprint(&file.metadata()?) != opened
                     } else {
                         false

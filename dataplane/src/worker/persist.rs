@@ -213,31 +213,33 @@ fn is_not_found(e: &ApiError) -> bool {
     e.code() == Some(tonic::Code::NotFound)
 }
 
-async fn persist_one(worker: &Worker, task: &PersistTask) -> WorkerResult<Outcome> {
-    let req = pb::PathRequest {
-        path: task.path.clone(),
-    };
-    let status = worker
+/// The file `task` persists, wherever it is now (a file renamed before it
+/// was persisted is written under its new name).
+async fn current(worker: &Worker, task: &PersistTask) -> WorkerResult<Option<pb::FileInfo>> {
+    let req = pb::InodeRequest { id: task.file_id };
+    match worker
         .master
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.get_status(req).await }
-        })
-        .await;
-    let info = match status {
-        Ok(i) => i,
-        Err(e) if is_not_found(&e) => return Ok(Outcome::Cancelled),
-        Err(e) => return Err(e.into()),
-    };
-    if info.id != task.file_id {
-        // Deleted, and something else created at the same path.
-        return Ok(Outcome::Cancelled);
+        .call(|mut c| async move { c.get_status_by_id(req).await })
+        .await
+    {
+        Ok(i) if i.mount_id == task.mount_id => Ok(Some(i)),
+        // Moved out of its mount (it cannot be: mounts do not share
+        // renames) or gone.
+        Ok(_) => Ok(None),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e.into()),
     }
+}
+
+async fn persist_one(worker: &Worker, task: &PersistTask) -> WorkerResult<Outcome> {
+    let Some(info) = current(worker, task).await? else {
+        return Ok(Outcome::Cancelled);
+    };
     if !info.completed {
         return Ok(Outcome::NotReady);
     }
     let ufs = worker.mounts.get(task.mount_id).await?;
-    let path = UfsPath::parse(&task.ufs_path)?;
+    let mut path = UfsPath::parse(&info.ufs_relative)?;
     let mut writer = ufs.writer(&path).await?;
     let copied = async {
         let mut buf = vec![0u8; 4 << 20];
@@ -282,29 +284,43 @@ async fn persist_one(worker: &Worker, task: &PersistTask) -> WorkerResult<Outcom
         let _ = writer.abort().await;
         return Err(e);
     }
-    let req = pb::SetAttributeRequest {
-        path: task.path.clone(),
-        persist: Some(pb::PersistState::Persisted as i32),
-        ..Default::default()
-    };
-    match worker
-        .master
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.set_attribute(req).await }
-        })
-        .await
-    {
-        Ok(i) if i.id == task.file_id => {}
-        // Replaced by a new file at the same path in the meantime: that
-        // file's own write decides what the under-storage holds.
-        Ok(_) => return Ok(Outcome::Cancelled),
-        Err(e) if is_not_found(&e) => {
-            // Deleted while it was being written out: take it back.
-            let _ = ufs.delete(&path).await;
+    // Marked persisted at the path it has; renamed meanwhile, the object
+    // follows it first (a few times at most: each round is a rename).
+    let mut at = info.path;
+    for _ in 0..5 {
+        let req = pb::SetAttributeRequest {
+            path: at.clone(),
+            persist: Some(pb::PersistState::Persisted as i32),
+            ..Default::default()
+        };
+        let replaced = match worker
+            .master
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.set_attribute(req).await }
+            })
+            .await
+        {
+            Ok(i) if i.id == task.file_id => break,
+            Ok(_) => true,
+            Err(e) if is_not_found(&e) => false,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(now) = current(worker, task).await? else {
+            // Deleted while it was being written out: take it back, unless
+            // a new file has the name (its own write decides the bytes).
+            if !replaced {
+                let _ = ufs.delete(&path).await;
+            }
             return Ok(Outcome::Cancelled);
+        };
+        let to = UfsPath::parse(&now.ufs_relative)?;
+        if to != path {
+            tracing::info!(from = %at, to = %now.path, "renamed before it was persisted: the under-storage object follows");
+            ufs.rename(&path, &to).await?;
+            path = to;
         }
-        Err(e) => return Err(e.into()),
+        at = now.path;
     }
     for b in &task.blocks {
         let _ = worker.store.set_persisted(*b);

@@ -6,7 +6,10 @@
 mod common;
 
 mod cluster;
+mod consistency;
 mod failures;
 mod reads;
 mod restart;
+mod source;
+mod ufs_writes;
 mod writes;

@@ -170,14 +170,15 @@ pub async fn mounts(client: &MasterClient, json: bool) -> Result<(), CliError> {
         let wt = pb::WriteType::try_from(m.write_type)
             .map(|w| w.as_str_name())
             .unwrap_or("?");
+        let sync = weir_api::SyncPolicy::from_pb(m.sync_mode, m.sync_interval_ms).to_string();
         if json {
             println!(
                 "{}",
-                json!({"path": m.path, "ufsUri": m.ufs_uri, "readOnly": m.read_only, "writeType": wt, "sync": weir_api::SyncPolicy::from_pb(m.sync_mode, m.sync_interval_ms).to_string(), "options": m.options, "mountId": m.mount_id})
+                json!({"path": m.path, "ufsUri": m.ufs_uri, "readOnly": m.read_only, "writeType": wt, "sync": sync, "options": m.options, "mountId": m.mount_id})
             );
         } else {
             println!(
-                "{} -> {} ({}{})",
+                "{} -> {} ({}{}, sync {sync})",
                 m.path,
                 m.ufs_uri,
                 wt,

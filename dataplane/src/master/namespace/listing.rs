@@ -107,7 +107,7 @@ impl Namespace {
     }
 
     /// Records the version Weir itself left a file at (after a rename or a
-    /// write through), keeping its inode id.
+    /// write through), keeping its inode id: the under-storage has it.
     pub(super) fn plan_set_version(
         &self,
         c: &mut Change<'_>,
@@ -122,6 +122,7 @@ impl Namespace {
             )));
         }
         inode.ufs_fingerprint = Some(fingerprint.to_owned());
+        inode.persist = PersistState::Persisted;
         c.put(inode.clone());
         Ok(Reply::Inode(Box::new(inode)))
     }

@@ -150,15 +150,13 @@ impl FsApi {
         let r = request;
         let path = parse(&r.path)?;
         let stamp = stamp(r.mode, r.owner, r.group, 0o755);
-        self.write_inode(
-            &path,
-            Command::CreateDirectory {
-                path: path.to_string(),
-                recursive: r.recursive,
-                stamp,
-            },
-        )
-        .await
+        let cmd = Command::CreateDirectory {
+            path: path.to_string(),
+            recursive: r.recursive,
+            stamp,
+        };
+        let inode = self.sync.create_directory(&path, cmd).await?;
+        Ok(self.info(&path, &inode))
     }
 
     pub async fn create_file(&self, request: pb::CreateRequest) -> Result<pb::FileInfo, Status> {
@@ -202,14 +200,7 @@ impl FsApi {
     pub async fn delete(&self, request: pb::DeleteRequest) -> Result<pb::DeleteResponse, Status> {
         let r = request;
         let path = parse(&r.path)?;
-        match self
-            .proposer
-            .write(Command::Delete {
-                path: path.to_string(),
-                recursive: r.recursive,
-            })
-            .await?
-        {
+        match self.sync.delete(&path, r.recursive).await? {
             Reply::Deleted { inodes } => Ok(pb::DeleteResponse { inodes }),
             other => Err(Status::internal(format!("unexpected reply {other:?}"))),
         }
@@ -218,15 +209,8 @@ impl FsApi {
     pub async fn rename(&self, request: pb::RenameRequest) -> Result<pb::FileInfo, Status> {
         let r = request;
         let (src, dst) = (parse(&r.src)?, parse(&r.dst)?);
-        self.write_inode(
-            &dst,
-            Command::Rename {
-                src: src.to_string(),
-                dst: dst.to_string(),
-                now_ms: now_ms(),
-            },
-        )
-        .await
+        let inode = self.sync.rename(&src, &dst, now_ms()).await?;
+        Ok(self.info(&dst, &inode))
     }
 
     pub async fn set_attribute(
@@ -248,6 +232,26 @@ impl FsApi {
             group: r.group,
             persist: r.persist.map(persist_from_pb).transpose()?,
         };
+        if update.persist == Some(PersistState::Persisted) {
+            // Persisted is the under-storage's word: its version is
+            // recorded with it, or the call fails.
+            let rest = AttrUpdate {
+                persist: None,
+                ..update
+            };
+            if rest != AttrUpdate::default() {
+                self.write_inode(
+                    &path,
+                    Command::SetAttribute {
+                        path: path.to_string(),
+                        update: rest,
+                    },
+                )
+                .await?;
+            }
+            let inode = self.sync.mark_persisted(&path).await?;
+            return Ok(self.info(&path, &inode));
+        }
         self.write_inode(
             &path,
             Command::SetAttribute {

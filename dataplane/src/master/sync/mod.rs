@@ -55,6 +55,8 @@ pub struct MetadataSync {
     /// under-storage. The leader's own memory: after a restart or a
     /// leader change every path is checked again on its first access.
     checked: Mutex<LruCache<InodeId, Instant>>,
+    /// When this master started, in ms since the epoch.
+    started_ms: u64,
 }
 
 /// The under-storage path of `path` below `mount`.
@@ -65,14 +67,18 @@ fn ufs_path(mount: &MountInfo, path: &WeirPath) -> MasterResult<UfsPath> {
 }
 
 /// Whether a listing loaded at `synced_ms` still stands under `policy`.
-fn fresh(synced_ms: Option<u64>, policy: SyncPolicy, now: u64) -> bool {
+/// One loaded before `since` (this master's start) does not: what changed
+/// while Weir was down shows up on first access, as for files.
+fn fresh(synced_ms: Option<u64>, policy: SyncPolicy, now: u64, since: u64) -> bool {
     match synced_ms {
         None => false,
-        Some(t) => !policy.is_due(Duration::from_millis(now.saturating_sub(t))),
+        Some(_) if policy == SyncPolicy::Never => true,
+        Some(t) => t >= since && !policy.is_due(Duration::from_millis(now.saturating_sub(t))),
     }
 }
 
 mod count;
+mod through;
 mod validate;
 
 pub use count::MountCount;
@@ -88,6 +94,7 @@ impl MetadataSync {
             checked: Mutex::new(LruCache::new(
                 NonZeroUsize::new(CHECKED_ENTRIES).expect("non-zero"),
             )),
+            started_ms: now_ms(),
         }
     }
 
@@ -133,7 +140,7 @@ impl MetadataSync {
                 return Ok(None);
             }
             // A loaded, fresh listing is authoritative: the child is absent.
-            if fresh(dir.synced_ms, mount.spec.sync, now) {
+            if fresh(dir.synced_ms, mount.spec.sync, now, self.started_ms) {
                 return Ok(None);
             }
             let next = at.child(&name).map_err(FsError::from)?;
@@ -177,7 +184,9 @@ impl MetadataSync {
         };
         let is_fresh = || -> MasterResult<bool> {
             Ok(match ns.lookup(path)? {
-                Some(d) if d.is_dir() => fresh(d.synced_ms, mount.spec.sync, now_ms()),
+                Some(d) if d.is_dir() => {
+                    fresh(d.synced_ms, mount.spec.sync, now_ms(), self.started_ms)
+                }
                 _ => true,
             })
         };
@@ -259,13 +268,17 @@ mod tests {
     #[test]
     fn freshness_follows_the_sync_policy() {
         let every = |ms| SyncPolicy::Interval(Duration::from_millis(ms));
-        assert!(!fresh(None, SyncPolicy::Never, 100));
+        assert!(!fresh(None, SyncPolicy::Never, 100, 0));
         assert!(
-            fresh(Some(1), SyncPolicy::Never, 1_000_000),
-            "never: loaded once"
+            fresh(Some(1), SyncPolicy::Never, 1_000_000, 500),
+            "never: loaded once, restarts or not"
         );
-        assert!(fresh(Some(100), every(50), 120));
-        assert!(!fresh(Some(100), every(50), 151));
-        assert!(!fresh(Some(100), SyncPolicy::Always, 100));
+        assert!(fresh(Some(100), every(50), 120, 0));
+        assert!(!fresh(Some(100), every(50), 151, 0));
+        assert!(!fresh(Some(100), SyncPolicy::Always, 100, 0));
+        assert!(
+            !fresh(Some(100), every(1_000_000), 120, 110),
+            "loaded before this master started"
+        );
     }
 }

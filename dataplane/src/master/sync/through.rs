@@ -1,0 +1,249 @@
+//! Namespace changes the under-storage must see: `mkdir`, `rm`, `rmdir`,
+//! `mv` and "this file is persisted". Each is checked against the
+//! namespace first (nothing is done that the namespace would refuse), done
+//! in the under-storage, and only then proposed, so Weir never shows a
+//! tree the under-storage does not have and the next listing brings back
+//! nothing that was removed.
+//!
+//! What reaches the under-storage does not depend on the write type for
+//! what it already holds: deleting or renaming a file it has always
+//! happens there. New directories reach it unless the mount is
+//! `MUST_CACHE`, whose new files and directories live in Weir only.
+
+use super::{MetadataSync, ufs_path};
+use crate::master::command::{AttrUpdate, Command, FsError, Reply};
+use crate::master::error::MasterResult;
+use crate::master::metastore::{Inode, MountInfo, PersistState};
+use crate::path::WeirPath;
+use futures::TryStreamExt;
+use weir_api::WriteType;
+
+impl MetadataSync {
+    /// The mount below which `path` lies, when the under-storage is to see
+    /// changes of `path` (the mount point itself is the mount's, not a
+    /// user's).
+    fn ufs_mount_of(&self, path: &WeirPath) -> MasterResult<Option<MountInfo>> {
+        Ok(self
+            .namespace
+            .mount_of(path)?
+            .filter(|m| m.path() != path.as_str() && !m.spec.read_only))
+    }
+
+    /// Whether the under-storage may hold `inode` (or, for a directory,
+    /// something below it).
+    fn in_ufs(inode: &Inode) -> bool {
+        inode.is_dir() || inode.persist == PersistState::Persisted
+    }
+
+    /// `rm`/`rmdir`: the under-storage first, then the namespace. A
+    /// directory that the under-storage holds entries of is not empty,
+    /// whether or not Weir has listed them.
+    pub async fn delete(&self, path: &WeirPath, recursive: bool) -> MasterResult<Reply> {
+        let cmd = Command::Delete {
+            path: path.to_string(),
+            recursive,
+        };
+        self.namespace.plan(&cmd)?;
+        let inode = self.namespace.get(path)?;
+        if let Some(mount) = self.ufs_mount_of(path)?
+            && Self::in_ufs(&inode)
+        {
+            let store = self.store(&mount)?;
+            let at = ufs_path(&mount, path)?;
+            if !inode.is_dir() {
+                store.delete(&at).await?;
+            } else if recursive {
+                store.delete_all(&at).await?;
+            } else {
+                if let Some(child) = store.list(&at).try_next().await? {
+                    return Err(FsError::FailedPrecondition(format!(
+                        "directory {path} is not empty: the under-storage has {} in it",
+                        child.name
+                    ))
+                    .into());
+                }
+                store.delete(&at).await?;
+            }
+            tracing::info!(%path, recursive, ufs = %at.as_str(), "deleted in the under-storage");
+        }
+        match self.proposer.write(cmd).await {
+            Ok(reply) => Ok(reply),
+            // A listing noticed the deletion first.
+            Err(e) if e.is_not_found() => Ok(Reply::Deleted { inodes: 0 }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `mv`: the under-storage first (S3: a copy of every object, then
+    /// the deletion of the originals), then the namespace, then the
+    /// version the under-storage now reports for a moved file, so its
+    /// cached blocks stay valid. A file replaces a file at `dst`, as
+    /// rename(2) says.
+    pub async fn rename(&self, src: &WeirPath, dst: &WeirPath, now_ms: u64) -> MasterResult<Inode> {
+        let (moving, replaced) = (self.namespace.get(src)?, self.namespace.lookup(dst)?);
+        if let Some(old) = replaced
+            && !old.is_dir()
+            && !moving.is_dir()
+            && old.id != moving.id
+        {
+            // Everything but the name taken is checked (the same
+            // directory, so the same mount) before anything is deleted.
+            let parent = dst
+                .parent()
+                .ok_or_else(|| FsError::InvalidArgument("the root".into()))?;
+            let beside = parent
+                .child(&format!(".weir-rename-{}", moving.id))
+                .map_err(FsError::from)?;
+            self.namespace.plan(&Command::Rename {
+                src: src.to_string(),
+                dst: beside.to_string(),
+                now_ms,
+            })?;
+            self.delete(dst, false).await?;
+        }
+        let cmd = Command::Rename {
+            src: src.to_string(),
+            dst: dst.to_string(),
+            now_ms,
+        };
+        self.namespace.plan(&cmd)?;
+        let mount = self.ufs_mount_of(src)?;
+        let moved_in_ufs = match &mount {
+            Some(mount) if Self::in_ufs(&moving) => {
+                let store = self.store(mount)?;
+                let (from, to) = (ufs_path(mount, src)?, ufs_path(mount, dst)?);
+                match store.rename(&from, &to).await {
+                    Ok(()) => {
+                        tracing::info!(%src, %dst, "renamed in the under-storage");
+                        true
+                    }
+                    // A directory made in Weir only (MUST_CACHE).
+                    Err(crate::ufs::UfsError::NotFound(_))
+                        if moving.persist != PersistState::Persisted =>
+                    {
+                        false
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            _ => false,
+        };
+        let moved = match self.proposer.write(cmd).await {
+            Ok(Reply::Inode(inode)) => *inode,
+            Ok(other) => {
+                return Err(FsError::Store(format!("unexpected reply {other:?}")).into());
+            }
+            // A listing saw the move first: the new path is in the
+            // under-storage, so it resolves from there.
+            Err(e) if moved_in_ufs && (e.is_not_found() || e.is_already_exists()) => {
+                return self
+                    .resolve(dst)
+                    .await?
+                    .ok_or_else(|| FsError::NotFound(dst.to_string()).into());
+            }
+            Err(e) => return Err(e),
+        };
+        if moved_in_ufs
+            && !moved.is_dir()
+            && let Some(mount) = &mount
+            && let Some(now) = self.store(mount)?.stat(&ufs_path(mount, dst)?).await?
+            && now.length == moved.length
+        {
+            return self.set_version(dst, now.fingerprint().to_string()).await;
+        }
+        Ok(moved)
+    }
+
+    /// `mkdir`: in the under-storage too unless the mount keeps new
+    /// things in Weir only.
+    pub async fn create_directory(&self, path: &WeirPath, cmd: Command) -> MasterResult<Inode> {
+        self.namespace.plan(&cmd)?;
+        let mount = self
+            .ufs_mount_of(path)?
+            .filter(|m| m.spec.write_type != WriteType::MustCache);
+        if let Some(mount) = &mount {
+            self.store(mount)?
+                .create_dir(&ufs_path(mount, path)?)
+                .await?;
+        }
+        let created = match self.proposer.write(cmd).await? {
+            Reply::Inode(inode) => *inode,
+            other => return Err(FsError::Store(format!("unexpected reply {other:?}")).into()),
+        };
+        if mount.is_none() {
+            return Ok(created);
+        }
+        let update = AttrUpdate {
+            persist: Some(PersistState::Persisted),
+            ..AttrUpdate::default()
+        };
+        match self
+            .proposer
+            .write(Command::SetAttribute {
+                path: path.to_string(),
+                update,
+            })
+            .await?
+        {
+            Reply::Inode(inode) => Ok(*inode),
+            other => Err(FsError::Store(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+
+    /// Marks the file at `path` persisted, with the version the
+    /// under-storage reports for it now; refused when the under-storage
+    /// does not have it.
+    pub async fn mark_persisted(&self, path: &WeirPath) -> MasterResult<Inode> {
+        let inode = self.namespace.get(path)?;
+        let mount = self.namespace.mount_of(path)?;
+        let Some(mount) = mount.filter(|_| !inode.is_dir()) else {
+            return self
+                .set_attribute(
+                    path,
+                    AttrUpdate {
+                        persist: Some(PersistState::Persisted),
+                        ..AttrUpdate::default()
+                    },
+                )
+                .await;
+        };
+        let at = ufs_path(&mount, path)?;
+        let Some(now) = self.store(&mount)?.stat(&at).await? else {
+            return Err(FsError::FailedPrecondition(format!(
+                "{path}: the under-storage has no {} {}; it stays unpersisted",
+                mount.spec.ufs_uri,
+                at.as_str()
+            ))
+            .into());
+        };
+        self.set_version(path, now.fingerprint().to_string()).await
+    }
+
+    async fn set_version(&self, path: &WeirPath, fingerprint: String) -> MasterResult<Inode> {
+        match self
+            .proposer
+            .write(Command::SetVersion {
+                path: path.to_string(),
+                fingerprint,
+            })
+            .await?
+        {
+            Reply::Inode(inode) => Ok(*inode),
+            other => Err(FsError::Store(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+
+    async fn set_attribute(&self, path: &WeirPath, update: AttrUpdate) -> MasterResult<Inode> {
+        match self
+            .proposer
+            .write(Command::SetAttribute {
+                path: path.to_string(),
+                update,
+            })
+            .await?
+        {
+            Reply::Inode(inode) => Ok(*inode),
+            other => Err(FsError::Store(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+}
