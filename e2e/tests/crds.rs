@@ -115,6 +115,20 @@ async fn bad_objects_are_refused_naming_the_field() -> anyhow::Result<()> {
                 "spec.master.replicas",
             ),
             (
+                &runtimes,
+                bad_runtime("interval-of-zero", &|s| {
+                    s["management"] = json!({"metadataSyncPolicy": {"mode": "Interval", "syncIntervalSeconds": 0}});
+                }),
+                "spec.management.metadataSyncPolicy.syncIntervalSeconds",
+            ),
+            (
+                &runtimes,
+                bad_runtime("unknown-sync-mode", &|s| {
+                    s["management"] = json!({"metadataSyncPolicy": {"mode": "Sometimes"}});
+                }),
+                "spec.management.metadataSyncPolicy.mode",
+            ),
+            (
                 &loads,
                 object("DataLoad", "bad-cron", json!({"dataset": {"name": "demo"}, "policy": "Cron", "schedule": "every night"})),
                 "spec.schedule",

@@ -4,8 +4,9 @@
 //! read-only volume refuses writes; a FUSE pod killed under a reading app
 //! pod is replaced without one failed read (the plugin holds the mount's
 //! `/dev/fuse` descriptor for the next FUSE pod); a restarted plugin, before
-//! or after a FUSE restart, keeps the mounts and mounts new pods; when the
-//! last pod goes, the node label and the FUSE pod go too.
+//! or after a FUSE restart, keeps the mounts and mounts new pods; a file
+//! rewritten in S3 reaches the pods within the sync interval, whole; when
+//! the last pod goes, the node label and the FUSE pod go too.
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -157,7 +158,8 @@ async fn pods_read_datasets_through_csi_and_survive_fuse_restarts() -> anyhow::R
         }))?;
         let rt: CacheRuntime = serde_json::from_value(json!({
             "apiVersion": "data.weir.io/v1alpha1", "kind": "CacheRuntime", "metadata": {"name": name},
-            "spec": {"replicas": 1, "tieredstore": {"levels": [{"mediumtype": "MEM", "quota": "128Mi"}]}}
+            "spec": {"replicas": 1, "tieredstore": {"levels": [{"mediumtype": "MEM", "quota": "128Mi"}]},
+                "management": {"metadataSyncPolicy": {"mode": "Interval", "syncIntervalSeconds": 2}}}
         }))?;
         let pp = PostParams::default();
         ns.api::<Dataset>().create(&pp, &ds).await?;
@@ -271,6 +273,34 @@ async fn pods_read_datasets_through_csi_and_survive_fuse_restarts() -> anyhow::R
         pods.create(&pp, &app_pod("app-4", name)).await?;
         wait_running(ns, "app-4").await?;
         assert_eq!(sha_in(ns, "app-4", "/data/data/a.bin").as_deref(), Some(want.as_str()), "a pod mounted after both restarts reads");
+
+        // Rewritten in S3 under the same name: the pods read the new bytes
+        // within the sync interval (and the FUSE and client caches), and
+        // never anything but the old or the new file whole.
+        let synced = datasets.get(name).await?.status.map(|s| s.mounts).unwrap_or_default();
+        assert_eq!(synced.first().map(|m| m.sync_policy.as_str()), Some("Interval (2s)"), "{synced:?}");
+        let rewritten = bytes(12 << 20, 8);
+        let fresh = sha256_hex(&rewritten);
+        s3.put("data/a.bin", &rewritten)?;
+        let put_at = Instant::now();
+        let seen = std::sync::Mutex::new(Vec::new());
+        wait_for("app-4 reads the rewritten file", Duration::from_secs(30), || async {
+            let sha = sha_in(ns, "app-4", "/data/data/a.bin");
+            seen.lock().unwrap().push(sha.clone());
+            Ok((sha.as_deref() == Some(fresh.as_str())).then_some(()))
+        })
+        .await?;
+        let arrived = put_at.elapsed();
+        let seen = seen.into_inner().unwrap();
+        eprintln!("the rewrite reached app-4 after {arrived:.1?} ({} reads)", seen.len());
+        assert!(
+            seen.iter().all(|s| s.as_deref() == Some(want.as_str()) || s.as_deref() == Some(fresh.as_str())),
+            "a read that was neither version whole: {seen:?}"
+        );
+        assert!(arrived < Duration::from_secs(12), "the rewrite took {arrived:?} to reach the pod");
+        for pod in ["app-1", "app-4"] {
+            assert_eq!(sha_in(ns, pod, "/data/data/a.bin").as_deref(), Some(fresh.as_str()), "{pod} after the rewrite");
+        }
 
         // The last pod gone: the node label and the FUSE pod go (OnDemand).
         for pod in ["app-1", "app-2", "app-3", "app-4"] {

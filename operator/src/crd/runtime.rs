@@ -201,6 +201,7 @@ pub struct Management {
 /// blocks are never served for the new version.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule { field_path: Some(".syncIntervalSeconds".into()), ..Rule::new("!has(self.mode) || self.mode != 'Interval' || !has(self.syncIntervalSeconds) || self.syncIntervalSeconds > 0").message("syncIntervalSeconds must be above 0 with mode Interval; use mode Never to load once") })]
 pub struct MetadataSyncPolicy {
     /// `Interval` (the default) checks a path on lookup or open once its last
     /// check is `syncIntervalSeconds` old; `Always` checks on every open

@@ -105,6 +105,48 @@ fn bad_mounts_are_named() {
 }
 
 #[test]
+fn the_sync_policy_reaches_every_mount_and_old_runtimes_keep_their_meaning() {
+    use crate::crd::runtime::{MetadataSyncPolicy, SyncMode};
+    use std::time::Duration;
+    use weir_api::SyncPolicy;
+    let with = |mode, secs| {
+        let (ds, mut rt, _) = pair();
+        rt.spec.management.metadata_sync_policy = MetadataSyncPolicy {
+            mode,
+            sync_interval_seconds: secs,
+        };
+        desired_mounts(&ds, &rt).map(|m| m.iter().map(|m| m.sync).collect::<Vec<_>>())
+    };
+    let minute = SyncPolicy::Interval(Duration::from_secs(60));
+    assert_eq!(
+        with(None, None).unwrap(),
+        [minute, minute],
+        "a minute unless said"
+    );
+    assert_eq!(
+        with(None, Some(0)).unwrap()[0],
+        SyncPolicy::Never,
+        "0 without a mode loads once, as before modes"
+    );
+    assert_eq!(
+        with(None, Some(5)).unwrap()[0],
+        SyncPolicy::Interval(Duration::from_secs(5))
+    );
+    assert_eq!(
+        with(Some(SyncMode::Always), Some(5)).unwrap()[0],
+        SyncPolicy::Always
+    );
+    assert_eq!(
+        with(Some(SyncMode::Never), None).unwrap()[0],
+        SyncPolicy::Never
+    );
+    let e = with(Some(SyncMode::Interval), Some(0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("spec.management.metadataSyncPolicy"), "{e}");
+}
+
+#[test]
 fn config_map_names_peers_and_tiers_and_holds_no_secret() {
     let (ds, rt, cfg) = pair();
     let cm = config_map(&ds, &rt, &cfg).unwrap();
