@@ -16,13 +16,22 @@
 #     ranged GET of the same object. The server is s3s-fs (installed with
 #     cargo into ~/.cache/weir/s3s on first use): moto reads a whole object
 #     for every ranged GET, which would bill its cost to Weir's per-block
-#     GETs (S3_SERVER=moto to see that anyway).
+#     GETs (S3_SERVER=moto to see that anyway);
+#  5. cached small-file reads through FUSE from a mount checked `Always`
+#     (one under-storage stat per check) vs the same files in a mount
+#     checked every 60 s: SMALL_FILES files of 64 KiB in two identical
+#     local directories, loaded, each read once per round with the page
+#     cache dropped and the client's metadata expired; the rounds take
+#     turns, the median of ROUNDS; the master's check counter gives the
+#     stats per file read.
 # Needs root (FUSE, drop_caches).
 #
-#   bench/data.sh [SIZE=2GiB] [S3_SIZE=1GiB] [TRIALS=3]
+#   bench/data.sh [SIZE=2GiB] [S3_SIZE=1GiB] [TRIALS=3] [SMALL_FILES=500] [ROUNDS=5]
 SIZE=${SIZE:-2GiB}
 S3_SIZE=${S3_SIZE:-1GiB}
 TRIALS=${TRIALS:-3}
+SMALL_FILES=${SMALL_FILES:-500}
+ROUNDS=${ROUNDS:-5}
 source "$(dirname "$0")/lib.sh"
 S3_SERVER=${S3_SERVER:-s3s}
 MOTO=${WEIR_MOTO_SERVER:-$HOME/.cache/weir/venv/bin/moto_server}
@@ -99,6 +108,58 @@ for _ in $(seq "$TRIALS"); do
   done
 done
 
+# Small files, Always vs Interval.
+python3 - "$work" "$SMALL_FILES" <<'PY'
+import os, sys
+work, n = sys.argv[1], int(sys.argv[2])
+for d in ("small-interval", "small-always"):
+    os.makedirs(f"{work}/{d}")
+for i in range(n):
+    data = os.urandom(65536)
+    for d in ("small-interval", "small-always"):
+        with open(f"{work}/{d}/f{i}", "wb") as f:
+            f.write(data)
+PY
+for mode in interval always; do
+  sync=$([ "$mode" = always ] && echo always || echo 60s)
+  "$WEIR" fs --masters "$masters" mount --read-only --sync "$sync" "/small-$mode" "local://$work/small-$mode" 2> /dev/null
+done
+"$WEIR" fs --masters "$masters" load --watch /small-interval /small-always > /dev/null 2>&1
+checks() { curl -s "http://$masters/metrics" | awk '/^weir_master_ufs_checks_total/ { n += $2 } END { print n + 0 }'; }
+read_small() { # DIR -> files read per second, each file opened and read whole
+  python3 - "$1" <<'PY'
+import os, sys, time
+d = sys.argv[1]
+names = sorted(os.listdir(d))
+start = time.perf_counter()
+for n in names:
+    with open(os.path.join(d, n), "rb") as f:
+        while f.read(1 << 20):
+            pass
+print(f"{len(names) / (time.perf_counter() - start):.1f}")
+PY
+}
+small_round() { # MODE -> files/s and checks per file of one round
+  drop_caches
+  sleep 1.2
+  local before after rate
+  before=$(checks)
+  rate=$(read_small "$work/mnt/small-$1")
+  after=$(checks)
+  echo "$rate $(awk -v a="$after" -v b="$before" -v n="$SMALL_FILES" 'BEGIN { printf "%.2f", (a - b) / n }')"
+}
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+: > "$work/small-interval.txt"; : > "$work/small-always.txt"
+read_small "$work/mnt/small-interval" > /dev/null; read_small "$work/mnt/small-always" > /dev/null
+for r in $(seq "$ROUNDS"); do
+  if [ $((r % 2)) = 1 ]; then order="interval always"; else order="always interval"; fi
+  for mode in $order; do small_round "$mode" >> "$work/small-$mode.txt"; done
+done
+small_interval=$(cut -d' ' -f1 "$work/small-interval.txt" | median)
+small_always=$(cut -d' ' -f1 "$work/small-always.txt" | median)
+checks_interval=$(cut -d' ' -f2 "$work/small-interval.txt" | median)
+checks_always=$(cut -d' ' -f2 "$work/small-always.txt" | median)
+
 echo
 echo "### data path, $(nproc) cores, kernel $(uname -r), $(date -u +%Y-%m-%d), best of $TRIALS"
 echo
@@ -112,3 +173,10 @@ row data "client read from the worker's data port (remote)" "$remote" "short-cir
 row data "client read from the worker's data port (remote)" "$remote" "one loopback TCP connection, sendfile -> recv" "$tcp"
 row data "one loopback TCP connection, sendfile -> recv (no Weir code)" "$tcp" "short-circuit read" "$sc"
 row data "first (cold) read of $S3_SIZE from S3 ($S3_SERVER) through Weir" "$cold" "one direct ranged GET" "$direct"
+echo
+echo "| measurement | Weir files/s | baseline | baseline files/s | ratio |"
+echo "|---|---|---|---|---|"
+row data "FUSE cached 64 KiB file reads, mount checked Always ($checks_always stats per file)" "$small_always" \
+  "the same, mount checked every 60 s ($checks_interval stats per file)" "$small_interval" files/s
+echo
+echo "Small files: median of $ROUNDS rounds of $SMALL_FILES files, page cache dropped and client metadata expired before each."

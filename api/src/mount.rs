@@ -103,7 +103,9 @@ pub enum SyncPolicy {
     Never,
     /// Checked on access once the last check is older than this.
     Interval(Duration),
-    /// Checked on every open and lookup: one under-storage stat each.
+    /// Checked on every open and lookup; those of one path within
+    /// [`SyncPolicy::ALWAYS_SHARED`] share one under-storage stat (a
+    /// lookup and the open right after it).
     Always,
 }
 
@@ -130,7 +132,7 @@ impl SyncPolicy {
     pub fn is_due(self, age: Duration) -> bool {
         match self {
             SyncPolicy::Never => false,
-            SyncPolicy::Always => true,
+            SyncPolicy::Always => age >= Self::ALWAYS_SHARED,
             SyncPolicy::Interval(d) => age >= d,
         }
     }
@@ -168,6 +170,12 @@ impl SyncPolicy {
     /// within a minute, at one under-storage stat per file per minute of
     /// use.
     pub const DEFAULT: SyncPolicy = SyncPolicy::Interval(Duration::from_secs(60));
+
+    /// How close together two checks of one path under `Always` must be to
+    /// share a stat: the kernel looks a file up and opens it back to back,
+    /// and both ask the master. Far below the client's own metadata cache
+    /// (a second), so `Always` stays as fresh as a client can see.
+    pub const ALWAYS_SHARED: Duration = Duration::from_millis(100);
 }
 
 impl std::str::FromStr for SyncPolicy {
@@ -344,6 +352,14 @@ mod tests {
             let (mode, ms) = sync.to_pb();
             assert_eq!(SyncPolicy::from_pb(mode, ms), sync);
         }
+        let always = SyncPolicy::Always;
+        assert!(
+            !always.is_due(Duration::from_millis(20)),
+            "a lookup and its open share a stat"
+        );
+        assert!(always.is_due(SyncPolicy::ALWAYS_SHARED));
+        assert!(!SyncPolicy::Never.is_due(Duration::MAX));
+        assert!(SyncPolicy::Interval(Duration::from_secs(1)).is_due(Duration::from_secs(1)));
         assert_eq!("never".parse(), Ok(SyncPolicy::Never));
         assert_eq!("Always".parse(), Ok(SyncPolicy::Always));
         assert_eq!(

@@ -74,6 +74,7 @@ pub async fn serve(
         node.apply_latency.clone(),
     );
     parts.runner.register_metrics(&mut registry);
+    parts.sync.register_metrics(&mut registry);
 
     let api = MasterApi::new(parts.api_handles(), rpc_metrics);
     let raft_server = RaftServer {

@@ -12,6 +12,7 @@ pub(super) fn info_json(f: &pb::FileInfo) -> serde_json::Value {
         "completed": f.completed, "mode": format!("{:o}", f.mode), "owner": f.owner, "group": f.group,
         "mtimeMs": f.mtime_ms, "pinned": f.pinned, "ttlMs": f.ttl_ms, "cachedPercent": f.cached_percent,
         "persisted": f.persist == pb::PersistState::Persisted as i32, "ufsPath": f.ufs_path,
+        "ufsFingerprint": f.ufs_fingerprint,
     })
 }
 

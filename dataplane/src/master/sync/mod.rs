@@ -14,6 +14,10 @@ use crate::path::WeirPath;
 use crate::ufs::{self, Ufs, UfsPath, UfsStatus};
 use futures::TryStreamExt;
 use lru::LruCache;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -57,6 +61,14 @@ pub struct MetadataSync {
     checked: Mutex<LruCache<InodeId, Instant>>,
     /// When this master started, in ms since the epoch.
     started_ms: u64,
+    /// Checks of known paths against the under-storage, by outcome.
+    checks: Family<CheckLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    /// `unchanged`, `changed` or `gone`.
+    outcome: &'static str,
 }
 
 /// The under-storage path of `path` below `mount`.
@@ -95,7 +107,20 @@ impl MetadataSync {
                 NonZeroUsize::new(CHECKED_ENTRIES).expect("non-zero"),
             )),
             started_ms: now_ms(),
+            checks: Family::default(),
         }
+    }
+
+    pub fn register_metrics(&self, r: &mut Registry) {
+        r.register(
+            "weir_master_ufs_checks",
+            "Known paths checked against the under-storage on access (one stat each), by outcome",
+            self.checks.clone(),
+        );
+    }
+
+    fn count_check(&self, outcome: &'static str) {
+        self.checks.get_or_create(&CheckLabels { outcome }).inc();
     }
 
     fn store(&self, mount: &MountInfo) -> MasterResult<Arc<dyn Ufs>> {
@@ -275,7 +300,7 @@ mod tests {
         );
         assert!(fresh(Some(100), every(50), 120, 0));
         assert!(!fresh(Some(100), every(50), 151, 0));
-        assert!(!fresh(Some(100), SyncPolicy::Always, 100, 0));
+        assert!(!fresh(Some(100), SyncPolicy::Always, 300, 0));
         assert!(
             !fresh(Some(100), every(1_000_000), 120, 110),
             "loaded before this master started"

@@ -56,9 +56,11 @@ impl MetadataSync {
                 .is_some_and(|recorded| recorded.same_content(&s.fingerprint())),
         };
         if unchanged {
+            self.count_check("unchanged");
             self.checked.lock().expect("checked").put(inode.id, started);
             return Ok(Some(inode));
         }
+        self.count_check(if now.is_none() { "gone" } else { "changed" });
         tracing::info!(%path, gone = now.is_none(), "changed in the under-storage; the namespace follows");
         let (entries, vanished) = match now {
             Some(s) => (
