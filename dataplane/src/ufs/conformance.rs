@@ -24,7 +24,16 @@ async fn names(ufs: &dyn Ufs, dir: &str) -> Vec<(String, bool, u64)> {
 
 /// Runs every case.
 pub async fn run_all(ufs: &dyn Ufs) {
-    // Missing things.
+    missing(ufs).await;
+    write_stat_read(ufs).await;
+    large_and_streamed(ufs).await;
+    overwrite_rename_delete(ufs).await;
+    versions(ufs).await;
+    directories(ufs).await;
+}
+
+/// Missing things read as absent.
+async fn missing(ufs: &dyn Ufs) {
     assert!(ufs.stat(&p("nothing/here")).await.unwrap().is_none());
     assert!(
         names(ufs, "no-such-dir").await.is_empty(),
@@ -34,8 +43,10 @@ pub async fn run_all(ufs: &dyn Ufs) {
         ufs.read(&p("nothing"), 0, 1).await,
         Err(UfsError::NotFound(_))
     ));
+}
 
-    // Write, stat, read ranges.
+/// Written objects stat and read back in ranges; a listing shows one level, directories marked.
+async fn write_stat_read(ufs: &dyn Ufs) {
     let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
     ufs.write(&p("d/a.bin"), Bytes::from(data.clone()))
         .await
@@ -88,8 +99,10 @@ pub async fn run_all(ufs: &dyn Ufs) {
         names(ufs, "").await.iter().any(|(n, d, _)| n == "d" && *d),
         "the root lists too"
     );
+}
 
-    // Large objects go through multipart where the store has it.
+/// Large objects (multipart where the store has it), streamed ranged reads and streaming writers.
+async fn large_and_streamed(ufs: &dyn Ufs) {
     let big: Vec<u8> = (0..(20u32 << 20)).map(|i| (i % 253) as u8).collect();
     ufs.write(&p("big.bin"), Bytes::from(big.clone()))
         .await
@@ -131,7 +144,10 @@ pub async fn run_all(ufs: &dyn Ufs) {
     w.write(Bytes::from_static(b"never")).await.unwrap();
     w.abort().await.unwrap();
     assert!(ufs.stat(&p("w/aborted.bin")).await.unwrap().is_none());
+}
 
+/// Overwrites replace; renames move the bytes (S3: copy + delete); deletes are idempotent.
+async fn overwrite_rename_delete(ufs: &dyn Ufs) {
     // Overwrite replaces.
     ufs.write(&p("d/empty"), Bytes::from_static(b"now full"))
         .await
@@ -180,9 +196,6 @@ pub async fn run_all(ufs: &dyn Ufs) {
     ufs.delete(&p("d/a.bin")).await.unwrap();
     assert!(ufs.stat(&p("d/a.bin")).await.unwrap().is_none());
     assert!(!names(ufs, "d").await.iter().any(|(n, _, _)| n == "a.bin"));
-
-    versions(ufs).await;
-    directories(ufs).await;
 }
 
 /// A rewrite is a new version even at the same length; a read pinned to
