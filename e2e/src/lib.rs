@@ -246,19 +246,35 @@ pub async fn in_namespace(
     test: &str,
     body: impl AsyncFnOnce(&TestNamespace) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    in_namespace_of_length(test, None, body).await
+}
+
+/// [`in_namespace`] in a namespace whose name is padded to `length`
+/// characters (63 is the longest Kubernetes allows).
+pub async fn in_namespace_of_length(
+    test: &str,
+    length: Option<usize>,
+    body: impl AsyncFnOnce(&TestNamespace) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     init_tls();
     let bed = ensure_cluster()?;
-    let mut ns = TestNamespace::new(&bed, test).await?;
+    let mut ns = TestNamespace::new(&bed, test, length).await?;
     let result = body(&ns).await;
     ns.passed = result.is_ok();
     result
 }
 
 impl TestNamespace {
-    pub async fn new(bed: &Bed, test: &str) -> Result<Self> {
+    pub async fn new(bed: &Bed, test: &str, length: Option<usize>) -> Result<Self> {
         let client = bed.client().await?;
         let suffix = std::process::id() % 100_000;
-        let name = format!("e2e-{}-{suffix}", test.replace('_', "-"));
+        let mut name = format!("e2e-{}-", test.replace('_', "-"));
+        if let Some(length) = length {
+            let pad = length.saturating_sub(name.len() + suffix.to_string().len() + 1);
+            name.push_str(&"x".repeat(pad));
+            name.push('-');
+        }
+        name.push_str(&suffix.to_string());
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "labels": {"weir.io/e2e": "true"}}
         }))

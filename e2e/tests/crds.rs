@@ -1,5 +1,5 @@
 //! Weir's CRDs on the real apiserver: good objects are accepted, bad ones are
-//! refused at apply time with the offending field named, and a
+//! refused at apply time with the offending field and value named, and a
 //! CacheRuntime scales through the scale subresource.
 
 use kube::api::{DynamicObject, PostParams};
@@ -90,16 +90,38 @@ async fn bad_objects_are_refused_naming_the_field() -> anyhow::Result<()> {
             edit(&mut spec);
             object("CacheRuntime", name, spec)
         };
-        let cases: Vec<(&Api<DynamicObject>, DynamicObject, &str)> = vec![
+        let s3 = || json!({"mounts": [{"mountPoint": "s3://bucket"}]});
+        let too_long = "d".repeat(64);
+        let cases: Vec<(&Api<DynamicObject>, DynamicObject, &str, &str)> = vec![
             (
                 &datasets,
                 object("Dataset", "no-scheme", json!({"mounts": [{"mountPoint": "bucket/prefix"}]})),
                 "spec.mounts[0].mountPoint",
+                "mountPoint \"bucket/prefix\" must start with s3://",
+            ),
+            (
+                &datasets,
+                object("Dataset", &too_long, s3()),
+                "metadata.name",
+                "at most 63 characters (it has 64)",
+            ),
+            (
+                &datasets,
+                object("Dataset", "9lives", s3()),
+                "metadata.name \"9lives\"",
+                "starting with a letter",
+            ),
+            (
+                &runtimes,
+                object("CacheRuntime", "dotted.name", runtime_spec()),
+                "metadata.name \"dotted.name\"",
+                "must be a DNS label",
             ),
             (
                 &runtimes,
                 bad_runtime("negative-quota", &|s| s["tieredstore"]["levels"][0]["quota"] = json!("-1Gi")),
                 "spec.tieredstore.levels[0].quota",
+                "quota \"-1Gi\" must be a positive quantity",
             ),
             (
                 &runtimes,
@@ -108,11 +130,13 @@ async fn bad_objects_are_refused_naming_the_field() -> anyhow::Result<()> {
                     s["tieredstore"]["levels"][0]["low"] = json!(0.7);
                 }),
                 "spec.tieredstore.levels[0].high",
+                "high (0.5) must be greater than low (0.7)",
             ),
             (
                 &runtimes,
                 bad_runtime("even-masters", &|s| s["master"]["replicas"] = json!(2)),
                 "spec.master.replicas",
+                "must be 1, 3 or 5, not 2",
             ),
             (
                 &runtimes,
@@ -120,6 +144,7 @@ async fn bad_objects_are_refused_naming_the_field() -> anyhow::Result<()> {
                     s["management"] = json!({"metadataSyncPolicy": {"mode": "Interval", "syncIntervalSeconds": 0}});
                 }),
                 "spec.management.metadataSyncPolicy.syncIntervalSeconds",
+                "above 0 with mode Interval, not 0",
             ),
             (
                 &runtimes,
@@ -127,19 +152,22 @@ async fn bad_objects_are_refused_naming_the_field() -> anyhow::Result<()> {
                     s["management"] = json!({"metadataSyncPolicy": {"mode": "Sometimes"}});
                 }),
                 "spec.management.metadataSyncPolicy.mode",
+                "\"Sometimes\"",
             ),
             (
                 &loads,
                 object("DataLoad", "bad-cron", json!({"dataset": {"name": "demo"}, "policy": "Cron", "schedule": "every night"})),
                 "spec.schedule",
+                "schedule \"every night\" must be a cron expression",
             ),
             (
                 &loads,
                 object("DataLoad", "cron-without-schedule", json!({"dataset": {"name": "demo"}, "policy": "Cron"})),
                 "spec.schedule",
+                "schedule is required",
             ),
         ];
-        for (api, obj, field) in cases {
+        for (api, obj, field, shows) in cases {
             let name = obj.metadata.name.clone().unwrap_or_default();
             let err = api
                 .create(&pp, &obj)
@@ -147,6 +175,7 @@ async fn bad_objects_are_refused_naming_the_field() -> anyhow::Result<()> {
                 .expect_err(&format!("{name} is refused"));
             let message = err.to_string();
             assert!(message.contains(field), "{name}: the error names {field}: {message}");
+            assert!(message.contains(shows), "{name}: the error says {shows:?}: {message}");
         }
 
         // `kubectl scale` goes through the scale subresource.

@@ -39,6 +39,10 @@ pub struct OperatorConfig {
     pub lease_duration: Duration,
     /// Reconcile only this namespace's objects (a namespaced install).
     pub watch_namespace: Option<String>,
+    /// How long a deletion waits for what it cannot finish (pods still
+    /// using the PVC, an object the apiserver refuses to remove) before
+    /// it lets go, with an Event naming what may remain.
+    pub cleanup_timeout: Duration,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -242,6 +246,14 @@ pub fn set_condition(
         last_transition_time: Time(Timestamp::now()),
     });
     true
+}
+
+/// How long ago the object's deletion began; zero while it is not deleted.
+pub fn deleting_for(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Duration {
+    meta.deletion_timestamp
+        .as_ref()
+        .and_then(|t| Duration::try_from(Timestamp::now().duration_since(t.0)).ok())
+        .unwrap_or_default()
 }
 
 pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {

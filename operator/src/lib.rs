@@ -22,6 +22,10 @@ pub enum Error {
     /// The user's spec cannot be realised; the message names the field.
     #[error("{0}")]
     Invalid(String),
+    /// The spec asks for a host path the cluster admin did not grant; the
+    /// message names the field.
+    #[error("{0}")]
+    HostPathNotAllowed(String),
     /// The runtime's masters refused or could not be reached.
     #[error("master: {0}")]
     Master(#[from] weir_api::ApiError),

@@ -162,8 +162,12 @@ fn fuser_config(config: &FuseConfig) -> fuser::Config {
         fc.mount_options.push(MountOption::RO);
     }
     if config.allow_other {
-        fc.mount_options
-            .push(MountOption::CUSTOM("allow_other".into()));
+        // The session's ACL, not a bare mount option: fuser checks each
+        // request's uid itself and answers EACCES to every user but the
+        // mounting one unless the session allows all (it then also passes
+        // `allow_other` to the kernel). `DefaultPermissions` keeps the
+        // kernel checking each file's mode for those users.
+        fc.acl = fuser::SessionACL::All;
     }
     fc.n_threads = Some(config.threads.max(1));
     // A cloned descriptor's unanswered requests fail when the process dies

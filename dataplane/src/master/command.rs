@@ -63,6 +63,8 @@ pub struct UfsEntry {
     pub mtime_ms: u64,
     /// The store's identity of the content (ETag; inode and change time).
     pub version: String,
+    /// Permission bits where the store keeps them.
+    pub mode: Option<u32>,
 }
 
 impl UfsEntry {
@@ -94,6 +96,7 @@ impl From<&LegacyUfsEntry> for UfsEntry {
             length: e.length,
             mtime_ms: e.mtime_ms,
             version: String::new(),
+            mode: None,
         }
     }
 }

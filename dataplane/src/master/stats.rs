@@ -105,6 +105,7 @@ mod tests {
             length,
             mtime_ms: 1,
             version: String::new(),
+            mode: None,
         };
         let cmd = Command::LoadVersionedListing {
             dir: "/m".into(),

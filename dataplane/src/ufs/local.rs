@@ -49,8 +49,14 @@ fn status(name: String, m: &Metadata) -> UfsStatus {
         length: if m.is_dir() { 0 } else { m.len() },
         mtime_ms: mtime_ms(m),
         version: version(m),
+        mode: Some(m.mode() & PERMISSION_BITS),
     }
 }
+
+/// The bits of a mode Weir shows: read, write and execute for owner,
+/// group and others, and the sticky bit. Never set-user or set-group id:
+/// a file served through FUSE must not run with the rights of its owner.
+const PERMISSION_BITS: u32 = 0o1777;
 
 fn fingerprint(m: &Metadata) -> Fingerprint {
     Fingerprint {

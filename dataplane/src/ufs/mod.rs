@@ -106,6 +106,9 @@ pub struct UfsStatus {
     /// mtime: an ETag, or a local file's inode number and change time.
     /// Empty where the store says nothing.
     pub version: String,
+    /// Permission bits where the store keeps them (local directories);
+    /// `None` on object stores.
+    pub mode: Option<u32>,
 }
 
 impl UfsStatus {

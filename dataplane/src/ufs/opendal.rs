@@ -406,6 +406,7 @@ impl Ufs for OpendalUfs {
                 length: 0,
                 mtime_ms: 0,
                 version: String::new(),
+                mode: None,
             }));
         }
         // Object stores have no directories of their own: a "directory" is
@@ -424,6 +425,7 @@ impl Ufs for OpendalUfs {
                         length: if is_dir { 0 } else { meta.content_length() },
                         mtime_ms,
                         version: meta.etag().unwrap_or_default().to_owned(),
+                        mode: None,
                     }));
                 }
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
@@ -467,6 +469,7 @@ impl Ufs for OpendalUfs {
                             length,
                             mtime_ms,
                             version: meta.etag().unwrap_or_default().to_owned(),
+                            mode: None,
                         }))
                     })
             })

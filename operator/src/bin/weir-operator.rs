@@ -41,6 +41,14 @@ struct Args {
     /// Reconcile only this namespace [default: all namespaces].
     #[arg(long, env = "WEIR_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// Host path prefixes runtimes may mount (`local://` mounts, hostPath
+    /// tiers), comma separated [default: none].
+    #[arg(long, env = "WEIR_ALLOWED_HOST_PATHS", value_delimiter = ',')]
+    allowed_host_paths: Vec<String>,
+    /// How long a deletion waits for pods using the dataset's PVC, or for
+    /// a clean-up step that keeps failing, before it lets go.
+    #[arg(long, default_value_t = 600)]
+    cleanup_timeout_seconds: u64,
     /// Kubeconfig to use instead of the in-cluster service account.
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<std::path::PathBuf>,
@@ -73,6 +81,11 @@ async fn main() -> anyhow::Result<()> {
             image: args.image,
             image_pull_policy: args.image_pull_policy,
             cluster_domain: args.cluster_domain,
+            allowed_host_paths: args
+                .allowed_host_paths
+                .into_iter()
+                .filter(|p| !p.trim().is_empty())
+                .collect(),
         },
         master_port: 19200,
         metrics_listen: args.metrics_listen,
@@ -82,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         pod_uid: args.pod_uid,
         lease_duration: Duration::from_secs(args.lease_seconds),
         watch_namespace: args.watch_namespace,
+        cleanup_timeout: Duration::from_secs(args.cleanup_timeout_seconds),
     };
     let client = client(args.kubeconfig.as_deref()).await?;
     weir_operator::run(config, client).await?;

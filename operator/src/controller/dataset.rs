@@ -3,7 +3,7 @@
 //! running pod uses the dataset's PVC, else the runtime goes first.
 
 use super::{patch_status, pods_using_claim};
-use crate::context::{Context, set_condition};
+use crate::context::{Context, deleting_for, set_condition};
 use crate::crd::dataset::DatasetPhase;
 use crate::crd::{CacheRuntime, Dataset};
 use crate::names::FINALIZER_DATASET;
@@ -61,27 +61,22 @@ async fn unbound_without_runtime(ds: Arc<Dataset>, ctx: &Context) -> Result<Acti
 async fn delete(ds: Arc<Dataset>, ctx: &Context) -> Result<Action> {
     let ns = ds.namespace().unwrap_or_default();
     let name = ds.name_any();
-    let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut status = ds.status.clone().unwrap_or_default();
+    let timed_out = deleting_for(&ds.metadata) >= ctx.config.cleanup_timeout;
     let users = pods_using_claim(&ctx.client, &ns, &name).await?;
-    if !users.is_empty() {
+    if !users.is_empty() && !timed_out {
         let message = format!("PVC {name} is in use by running pods: {}", users.join(", "));
-        if set_condition(
-            &mut status.conditions,
-            "Terminating",
-            false,
-            "ClaimInUse",
-            &message,
-            ds.metadata.generation,
-        ) {
-            ctx.event(ds.as_ref(), true, "DeletionBlocked", message.clone())
-                .await;
-        }
-        patch_status(&api, &name, &status).await?;
-        return Err(Error::Waiting(format!("dataset {ns}/{name}: {message}")));
+        return wait(&ds, ctx, "ClaimInUse", message).await;
     }
     let runtimes: Api<CacheRuntime> = Api::namespaced(ctx.client.clone(), &ns);
-    if let Some(rt) = runtimes.get_opt(&name).await? {
+    let runtime = match runtimes.get_opt(&name).await {
+        Ok(runtime) => runtime,
+        Err(e) if !timed_out => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the runtime; the deletion lets go");
+            None
+        }
+    };
+    if let Some(rt) = runtime {
         if rt.metadata.deletion_timestamp.is_none() {
             runtimes.delete(&name, &DeleteParams::background()).await?;
             ctx.event(
@@ -92,18 +87,59 @@ async fn delete(ds: Arc<Dataset>, ctx: &Context) -> Result<Action> {
             )
             .await;
         }
-        let message =
-            format!("waiting for CacheRuntime {name} to clean up (PV, node labels, pods)");
-        set_condition(
-            &mut status.conditions,
-            "Terminating",
-            false,
-            "DeletingRuntime",
-            &message,
-            ds.metadata.generation,
+        if !timed_out {
+            let message =
+                format!("waiting for CacheRuntime {name} to clean up (PV, node labels, pods)");
+            return wait(&ds, ctx, "DeletingRuntime", message).await;
+        }
+        // The runtime's own finalizer lets go after the same time-out.
+        let message = format!(
+            "gave up waiting for CacheRuntime {name} after {}s (the clean-up time-out); \
+             it may remain until its own clean-up ends",
+            ctx.config.cleanup_timeout.as_secs()
         );
-        patch_status(&api, &name, &status).await?;
-        return Err(Error::Waiting(format!("dataset {ns}/{name}: {message}")));
+        ctx.event(ds.as_ref(), true, "DeletionTimedOut", message)
+            .await;
+    }
+    if !users.is_empty() {
+        let message = format!(
+            "gave up waiting for pods using PVC {name} after {}s: {}",
+            ctx.config.cleanup_timeout.as_secs(),
+            users.join(", ")
+        );
+        ctx.event(ds.as_ref(), true, "DeletionTimedOut", message)
+            .await;
     }
     Ok(Action::await_change())
+}
+
+/// Says why the deletion waits (condition `Terminating` and, when new, an
+/// Event), then retries.
+async fn wait(ds: &Dataset, ctx: &Context, reason: &str, message: String) -> Result<Action> {
+    let ns = ds.namespace().unwrap_or_default();
+    let name = ds.name_any();
+    let message = format!(
+        "{message} (lets go {}s after the deletion began)",
+        ctx.config.cleanup_timeout.as_secs()
+    );
+    let mut status = ds.status.clone().unwrap_or_default();
+    if set_condition(
+        &mut status.conditions,
+        "Terminating",
+        true,
+        reason,
+        &message,
+        ds.metadata.generation,
+    ) && reason == "ClaimInUse"
+    {
+        ctx.event(ds, true, "DeletionBlocked", message.clone())
+            .await;
+    }
+    patch_status(
+        &Api::<Dataset>::namespaced(ctx.client.clone(), &ns),
+        &name,
+        &status,
+    )
+    .await?;
+    Err(Error::Waiting(format!("dataset {ns}/{name}: {message}")))
 }

@@ -24,6 +24,7 @@ fn context() -> (Arc<Context>, ApiHandle) {
             image: "weir.io/weir:dev".into(),
             image_pull_policy: "Never".into(),
             cluster_domain: "cluster.local".into(),
+            allowed_host_paths: vec!["/srv".into()],
         },
         master_port: 19200,
         metrics_listen: ([127, 0, 0, 1], 0).into(),
@@ -33,6 +34,7 @@ fn context() -> (Arc<Context>, ApiHandle) {
         pod_uid: None,
         lease_duration: Duration::from_secs(15),
         watch_namespace: None,
+        cleanup_timeout: Duration::from_secs(600),
     };
     let metrics = Metrics::new(&mut prometheus_client::registry::Registry::default());
     (Arc::new(Context::new(client, config, metrics)), handle)
@@ -164,9 +166,47 @@ async fn an_unrealisable_spec_fails_both_objects_naming_the_field() {
     );
     let patch = expect(&mut api, "PATCH", "/datasets/demo/status", 200, ds).await;
     assert_eq!(written_status(&patch)["phase"], "Failed");
-    let event = expect(&mut api, "POST", "/events", 201, json!({})).await;
-    assert_eq!(event["reason"], "InvalidSpec");
-    assert_eq!(event["type"], "Warning");
+    for kind in ["CacheRuntime", "Dataset"] {
+        let event = expect(&mut api, "POST", "/events", 201, json!({})).await;
+        assert_eq!(event["reason"], "InvalidSpec");
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["regarding"]["kind"], kind, "{event}");
+    }
+    let action = task.await.unwrap().unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+}
+
+#[tokio::test]
+async fn an_ungranted_host_path_is_refused_before_anything_is_made() {
+    let (ctx, mut api) = context();
+    let rt: CacheRuntime = serde_json::from_value(runtime_obj()).unwrap();
+    let task = tokio::spawn(runtime::reconcile(Arc::new(rt), ctx));
+    let mut ds = dataset_obj(crate::names::FINALIZER_DATASET);
+    ds["spec"]["mounts"][0]["mountPoint"] = json!("local:///etc");
+    expect(&mut api, "GET", "/datasets/demo", 200, ds.clone()).await;
+    // The first request after the Dataset is the refusal: no object applied.
+    let patch = expect(
+        &mut api,
+        "PATCH",
+        "/cacheruntimes/demo/status",
+        200,
+        runtime_obj(),
+    )
+    .await;
+    let c = condition(written_status(&patch), "Ready");
+    assert_eq!(c["reason"], "HostPathNotAllowed");
+    let message = c["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("spec.mounts[0].mountPoint: host path /etc is not under"),
+        "{message}"
+    );
+    assert!(message.contains("granted: /srv"), "{message}");
+    let patch = expect(&mut api, "PATCH", "/datasets/demo/status", 200, ds).await;
+    assert_eq!(written_status(&patch)["phase"], "Failed");
+    for _ in 0..2 {
+        let event = expect(&mut api, "POST", "/events", 201, json!({})).await;
+        assert_eq!(event["reason"], "HostPathNotAllowed");
+    }
     let action = task.await.unwrap().unwrap();
     assert_eq!(action, kube::runtime::controller::Action::await_change());
 }
@@ -213,14 +253,8 @@ async fn a_new_dataset_gets_the_finalizer_first() {
     task.await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn deleting_a_dataset_in_use_waits_and_names_the_pods() {
-    let (ctx, mut api) = context();
-    let mut obj = dataset_obj(crate::names::FINALIZER_DATASET);
-    obj["metadata"]["deletionTimestamp"] = json!("2026-11-22T00:00:00Z");
-    let ds: Dataset = serde_json::from_value(obj.clone()).unwrap();
-    let task = tokio::spawn(dataset::reconcile(Arc::new(ds), ctx));
-    let pods = json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
+fn pods_using_demo() -> Value {
+    json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
         {"metadata": {"name": "trainer"}, "spec": {"containers": [{"name": "c"}],
             "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "demo"}}]},
          "status": {"phase": "Running"}},
@@ -228,14 +262,57 @@ async fn deleting_a_dataset_in_use_waits_and_names_the_pods() {
             "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "demo"}}]},
          "status": {"phase": "Succeeded"}},
         {"metadata": {"name": "unrelated"}, "spec": {"containers": [{"name": "c"}]}},
-    ]});
-    expect(&mut api, "GET", "/pods", 200, pods).await;
+    ]})
+}
+
+#[tokio::test]
+async fn a_held_deletion_lets_go_after_the_cleanup_timeout() {
+    let (ctx, mut api) = context();
+    let mut obj = dataset_obj(crate::names::FINALIZER_DATASET);
+    // Begun longer ago than the context's 600 s time-out.
+    obj["metadata"]["deletionTimestamp"] = json!("2026-11-22T00:00:00Z");
+    let ds: Dataset = serde_json::from_value(obj.clone()).unwrap();
+    let task = tokio::spawn(dataset::reconcile(Arc::new(ds), ctx));
+    expect(&mut api, "GET", "/pods", 200, pods_using_demo()).await;
+    expect(
+        &mut api,
+        "GET",
+        "/cacheruntimes/demo",
+        404,
+        not_found("cacheruntimes", "demo"),
+    )
+    .await;
+    let event = expect(&mut api, "POST", "/events", 201, json!({})).await;
+    assert_eq!(event["reason"], "DeletionTimedOut");
+    let note = event["note"].as_str().unwrap();
+    assert!(
+        note.contains("after 600s") && note.contains("trainer"),
+        "{note}"
+    );
+    // The finalizer goes.
+    let patch = expect(&mut api, "PATCH", "/datasets/demo", 200, obj).await;
+    assert!(patch.to_string().contains("finalizers"), "{patch}");
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn deleting_a_dataset_in_use_waits_and_names_the_pods() {
+    let (ctx, mut api) = context();
+    let mut obj = dataset_obj(crate::names::FINALIZER_DATASET);
+    obj["metadata"]["deletionTimestamp"] = json!(k8s_openapi::jiff::Timestamp::now().to_string());
+    let ds: Dataset = serde_json::from_value(obj.clone()).unwrap();
+    let task = tokio::spawn(dataset::reconcile(Arc::new(ds), ctx));
+    expect(&mut api, "GET", "/pods", 200, pods_using_demo()).await;
     let event = expect(&mut api, "POST", "/events", 201, json!({})).await;
     assert_eq!(event["reason"], "DeletionBlocked");
     let patch = expect(&mut api, "PATCH", "/datasets/demo/status", 200, obj).await;
     let c = condition(written_status(&patch), "Terminating");
     assert_eq!(c["reason"], "ClaimInUse");
-    assert!(c["message"].as_str().unwrap().ends_with("trainer"), "{c}");
+    assert_eq!(c["status"], "True", "a held deletion is Terminating=True");
+    assert!(
+        c["message"].as_str().unwrap().contains("pods: trainer"),
+        "{c}"
+    );
     let err = task.await.unwrap().unwrap_err();
     assert!(
         matches!(

@@ -38,7 +38,7 @@ pub struct DataLoadSpec {
     pub policy: LoadPolicy,
     /// Cron schedule for `policy: Cron`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(CRON_RULE).message("schedule must be a cron expression of five fields (or @hourly, @daily ...)"))]
+    #[x_kube(validation = Rule::new(CRON_RULE).message(Message::Expression(r#"'schedule "' + self + '" must be a cron expression of five fields (or @hourly, @daily ...)'"#.into())))]
     #[schemars(length(max = 128))]
     pub schedule: Option<String>,
     /// Delete the DataLoad this long after it finished.
@@ -65,7 +65,7 @@ pub struct DatasetRef {
 #[serde(rename_all = "camelCase")]
 pub struct LoadTarget {
     /// A path inside the dataset (`/` is all of it); globs allowed.
-    #[x_kube(validation = Rule::new("self.startsWith('/')").message("path must start with /"))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message(Message::Expression(r#"'path "' + self + '" must start with /'"#.into())))]
     #[schemars(length(min = 1, max = 4096))]
     pub path: String,
     /// Copies of each block.

@@ -4,6 +4,13 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// A Dataset's name is its PVC's and its runtime's, and a label value of
+/// every object the runtime makes: a DNS label (RFC 1035), as Fluid has it.
+pub const NAME_RULE: &str =
+    "size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
+/// What a refused name is told, with the name.
+pub const NAME_MESSAGE: &str = r#"'metadata.name "' + self.metadata.name + '" must be a DNS label: at most 63 characters (it has ' + string(size(self.metadata.name)) + '), lowercase letters, digits and -, starting with a letter and ending with a letter or digit'"#;
+
 /// Where a dataset's data lives. A `CacheRuntime` of the same name and
 /// namespace caches it and binds it to a PVC of that name.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -14,6 +21,7 @@ use std::collections::BTreeMap;
     namespaced,
     status = "DatasetStatus",
     shortname = "ds",
+    validation = Rule::new(NAME_RULE).message(Message::Expression(NAME_MESSAGE.into())),
     printcolumn = r#"{"name":"UFS Total","type":"string","jsonPath":".status.ufsTotal"}"#,
     printcolumn = r#"{"name":"Cached","type":"string","jsonPath":".status.cacheStates.cached"}"#,
     printcolumn = r#"{"name":"Capacity","type":"string","jsonPath":".status.cacheStates.cacheCapacity"}"#,
@@ -111,7 +119,7 @@ pub struct SecretKeyRef {
 pub struct Mount {
     /// `s3://bucket/prefix`, `hdfs://host:port/path`, `http(s)://...`,
     /// `local:///host/path` or `pvc://claim/path`.
-    #[x_kube(validation = Rule::new("self.matches('^(s3|hdfs|http|https|local|pvc)://.+')").message("mountPoint must start with s3://, hdfs://, http://, https://, local:// or pvc://"))]
+    #[x_kube(validation = Rule::new("self.matches('^(s3|hdfs|http|https|local|pvc)://.+')").message(Message::Expression(r#"'mountPoint "' + self + '" must start with s3://, hdfs://, http://, https://, local:// or pvc://'"#.into())))]
     #[schemars(length(max = 2048))]
     pub mount_point: String,
     /// Directory name of this mount inside the dataset; defaults to a name
@@ -121,7 +129,7 @@ pub struct Mount {
     pub name: Option<String>,
     /// Where the mount appears inside the dataset; defaults to `/<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.startsWith('/')").message("path must start with /"))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message(Message::Expression(r#"'path "' + self + '" must start with /'"#.into())))]
     #[schemars(length(max = 4096))]
     pub path: Option<String>,
     #[serde(default)]

@@ -2,6 +2,7 @@
 //! controller applies and the mounts it asks the master for. Pure functions
 //! of the two specs, so every branch is unit-tested without an apiserver.
 //!
+//! - [`host_paths`]: the host paths a pair needs, granted by the admin or not
 //! - [`mounts`]: the dataset's mounts, their credential files and volumes
 //! - [`config`]: the settings ConfigMap and its digest on pod templates
 //! - [`tiers`]: a worker's tiered store and the volumes behind it
@@ -10,6 +11,7 @@
 
 mod config;
 mod fuse;
+mod host_paths;
 mod master;
 mod mounts;
 #[cfg(test)]
@@ -20,6 +22,7 @@ mod worker;
 
 pub use config::{config_hash, config_map};
 pub use fuse::fuse_daemonset;
+pub use host_paths::{HostPathUse, check_host_paths, host_paths};
 pub use master::{client_service, master_service, master_statefulset};
 pub use mounts::{desired_mounts, mount_name};
 pub use volume::{persistent_volume, persistent_volume_claim};
@@ -39,6 +42,8 @@ pub struct RenderConfig {
     pub image: String,
     pub image_pull_policy: String,
     pub cluster_domain: String,
+    /// Host path prefixes the cluster admin lets runtimes mount.
+    pub allowed_host_paths: Vec<String>,
 }
 
 pub(super) fn owner(rt: &CacheRuntime) -> OwnerReference {

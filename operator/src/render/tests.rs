@@ -58,6 +58,7 @@ pub fn pair() -> (Dataset, CacheRuntime, RenderConfig) {
         image: "weir.io/weir:dev".into(),
         image_pull_policy: "Never".into(),
         cluster_domain: "cluster.local".into(),
+        allowed_host_paths: vec!["/srv".into()],
     };
     (ds, rt, cfg)
 }

@@ -150,6 +150,17 @@ pub(super) fn new_inode(parent: InodeId, name: &str, kind: InodeKind, stamp: &St
     }
 }
 
+/// The mode an entry found in the under-storage shows: the store's own
+/// where it keeps one, else one every user may read (never writable by
+/// others, so the kernel's permission checks never widen a store's).
+pub(super) fn ufs_mode(e: &UfsEntry) -> u32 {
+    match e.mode {
+        Some(m) => m & 0o1777,
+        None if e.is_dir => 0o755,
+        None => 0o644,
+    }
+}
+
 /// An inode for an entry found in the under-storage, owned like its
 /// directory (the under-storage's own owners mean nothing here).
 pub(super) fn ufs_inode(dir: &Inode, e: &UfsEntry) -> Inode {
@@ -159,7 +170,7 @@ pub(super) fn ufs_inode(dir: &Inode, e: &UfsEntry) -> Inode {
         InodeKind::File
     };
     let stamp = Stamp {
-        mode: if e.is_dir { 0o755 } else { 0o644 },
+        mode: ufs_mode(e),
         owner: dir.owner.clone(),
         group: dir.group.clone(),
         now_ms: e.mtime_ms,

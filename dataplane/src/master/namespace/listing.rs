@@ -4,7 +4,7 @@
 //! the under-storage no longer has removed.
 
 use super::Namespace;
-use super::change::{Change, ufs_inode};
+use super::change::{Change, ufs_inode, ufs_mode};
 use crate::master::command::{FsError, FsResult, Reply, UfsEntry};
 use crate::master::metastore::{InodeKind, PersistState};
 use crate::path::WeirPath;
@@ -54,7 +54,15 @@ impl Namespace {
                         removed += c.remove_tree(&existing)?;
                         c.create(ufs_inode(&dir_inode, e));
                         created += 1;
-                    } else if !e.is_dir && existing.persist == PersistState::Persisted {
+                    } else if existing.persist != PersistState::Persisted {
+                        // Weir's own, not yet in the under-storage.
+                    } else if e.is_dir {
+                        if existing.mode != ufs_mode(e) {
+                            let mut i = existing.clone();
+                            i.mode = ufs_mode(e);
+                            c.put(i);
+                        }
+                    } else {
                         let now = e.fingerprint();
                         let recorded = existing
                             .ufs_fingerprint
@@ -62,11 +70,13 @@ impl Namespace {
                             .and_then(Fingerprint::parse);
                         match recorded {
                             Some(old) if old.same_content(&now) => {
-                                if old != now {
-                                    // Recorded by an earlier release without
-                                    // a version: add it, same inode.
+                                // An earlier release recorded no version, or
+                                // only the mode changed (chmod): same inode,
+                                // same cached blocks.
+                                if old != now || existing.mode != ufs_mode(e) {
                                     let mut i = existing.clone();
                                     i.ufs_fingerprint = Some(now.to_string());
+                                    i.mode = ufs_mode(e);
                                     c.put(i);
                                 }
                             }
@@ -78,6 +88,7 @@ impl Namespace {
                                 let mut i = existing.clone();
                                 i.length = e.length;
                                 i.mtime_ms = e.mtime_ms;
+                                i.mode = ufs_mode(e);
                                 i.ufs_fingerprint = Some(now.to_string());
                                 c.create(i);
                                 updated += 1;

@@ -87,6 +87,7 @@ fn command_strategy() -> impl Strategy<Value = Command> {
                         length: 1,
                         mtime_ms: 1,
                         version: String::new(),
+                        mode: None,
                     })
                     .collect(),
                 vanished: vec!["b".into()],

@@ -427,6 +427,7 @@ fn listings_load_update_and_remove_entries() {
         length,
         mtime_ms,
         version: String::new(),
+        mode: None,
     };
     let load = |entries, vanished, complete| {
         ns.apply(
@@ -486,6 +487,56 @@ fn listings_load_update_and_remove_entries() {
         vec![],
     );
     assert!(matches!(bad, Err(FsError::InvalidArgument(_))));
+}
+
+#[test]
+fn listed_entries_keep_the_stores_modes_and_follow_a_chmod() {
+    let ns = ns();
+    mount(&ns, "/m", false).unwrap();
+    let entry = |name: &str, is_dir, mode| UfsEntry {
+        name: name.into(),
+        is_dir,
+        length: if is_dir { 0 } else { 5 },
+        mtime_ms: 1,
+        version: "v1".into(),
+        mode,
+    };
+    let load = |entries| {
+        ns.apply(
+            &Command::LoadVersionedListing {
+                dir: "/m".into(),
+                entries,
+                vanished: vec![],
+                complete: true,
+                now_ms: 9,
+            },
+            vec![],
+        )
+        .unwrap()
+    };
+    load(vec![
+        entry("secret", false, Some(0o4640)),
+        entry("d", true, Some(0o750)),
+        entry("object", false, None),
+        entry("prefix", true, None),
+    ]);
+    let mode = |path: &str| ns.get(&p(path)).unwrap().mode;
+    assert_eq!(mode("/m/secret"), 0o640, "set-user-id is never shown");
+    assert_eq!(mode("/m/d"), 0o750);
+    assert_eq!(mode("/m/object"), 0o644, "stores without modes: readable");
+    assert_eq!(mode("/m/prefix"), 0o755);
+    let id = ns.get(&p("/m/secret")).unwrap().id;
+    load(vec![
+        entry("secret", false, Some(0o600)),
+        entry("d", true, Some(0o700)),
+    ]);
+    assert_eq!(mode("/m/secret"), 0o600);
+    assert_eq!(mode("/m/d"), 0o700);
+    assert_eq!(
+        ns.get(&p("/m/secret")).unwrap().id,
+        id,
+        "a chmod keeps the content's inode and its cached blocks"
+    );
 }
 
 #[test]

@@ -44,6 +44,7 @@ fn entry(s: UfsStatus) -> UfsEntry {
         is_dir: s.is_dir,
         length: s.length,
         mtime_ms: s.mtime_ms,
+        mode: s.mode,
     }
 }
 

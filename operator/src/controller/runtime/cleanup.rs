@@ -1,10 +1,12 @@
 //! A deleted runtime: what owner references cannot remove (the
 //! cluster-scoped PV, the node labels), and the wait while a running pod
-//! still uses the dataset's PVC.
+//! still uses the dataset's PVC. Every step is bounded: past the
+//! operator's clean-up time-out the finalizer lets go, with an Event
+//! naming what may remain.
 
 use super::super::{patch_status, pods_using_claim};
 use super::api_of;
-use crate::context::{Context, set_condition};
+use crate::context::{Context, deleting_for, set_condition, short};
 use crate::crd::CacheRuntime;
 use crate::names::RuntimeNames;
 use crate::{Error, Result};
@@ -18,11 +20,14 @@ use std::sync::Arc;
 
 /// Removes what owner references cannot: the cluster-scoped PV and the
 /// node labels. Waits (with a condition and an Event, retried every few
-/// seconds) while a running pod still uses the dataset's PVC.
+/// seconds) while a running pod still uses the dataset's PVC, or while a
+/// step fails, until the clean-up time-out.
 pub(super) async fn cleanup(rt: Arc<CacheRuntime>, ctx: &Context) -> Result<Action> {
     let ns = rt.namespace().unwrap_or_default();
     let name = rt.name_any();
     let names = RuntimeNames::new(&ns, &name);
+    let timed_out = deleting_for(&rt.metadata) >= ctx.config.cleanup_timeout;
+    let mut left = Vec::new();
     let users = pods_using_claim(&ctx.client, &ns, &names.pvc()).await?;
     if !users.is_empty() {
         let message = format!(
@@ -30,54 +35,117 @@ pub(super) async fn cleanup(rt: Arc<CacheRuntime>, ctx: &Context) -> Result<Acti
             names.pvc(),
             users.join(", ")
         );
-        let mut status = rt.status.clone().unwrap_or_default();
-        if set_condition(
-            &mut status.conditions,
-            "Terminating",
-            false,
-            "ClaimInUse",
-            &message,
-            rt.metadata.generation,
-        ) {
-            ctx.event(rt.as_ref(), true, "DeletionBlocked", message.clone())
-                .await;
+        if !timed_out {
+            return wait(&rt, ctx, "ClaimInUse", message).await;
         }
-        patch_status(&api_of(ctx, &ns), &name, &status).await?;
-        return Err(Error::Waiting(format!("runtime {ns}/{name}: {message}")));
+        left.push(format!(
+            "PVC {} and PV {} until pods {} stop using them",
+            names.pvc(),
+            names.pv(),
+            users.join(", ")
+        ));
     }
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let _ = claims.delete(&names.pvc(), &DeleteParams::default()).await;
+    if let Err(e) = remove(ctx, &names).await {
+        let message = format!("cleaning up: {}", short(&e));
+        if !timed_out {
+            return wait(&rt, ctx, "CleanupFailed", message).await;
+        }
+        left.push(format!(
+            "possibly PV {} and node label {} ({message})",
+            names.pv(),
+            names.fuse_label()
+        ));
+    }
+    ctx.forget_masters(&ns, &name);
+    if left.is_empty() {
+        ctx.event(
+            rt.as_ref(),
+            false,
+            "Deleted",
+            format!("removed PV {} and the FUSE node label", names.pv()),
+        )
+        .await;
+    } else {
+        let message = format!(
+            "gave up waiting after {}s (the clean-up time-out); left behind: {}",
+            ctx.config.cleanup_timeout.as_secs(),
+            left.join("; ")
+        );
+        tracing::warn!(runtime = %name, namespace = %ns, %message, "deletion let go");
+        ctx.event(rt.as_ref(), true, "DeletionTimedOut", message)
+            .await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Says why the deletion waits (condition `Terminating` and, when new, an
+/// Event), then retries.
+async fn wait(rt: &CacheRuntime, ctx: &Context, reason: &str, message: String) -> Result<Action> {
+    let ns = rt.namespace().unwrap_or_default();
+    let name = rt.name_any();
+    let mut status = rt.status.clone().unwrap_or_default();
+    let message = format!(
+        "{message} (lets go {}s after the deletion began)",
+        ctx.config.cleanup_timeout.as_secs()
+    );
+    if set_condition(
+        &mut status.conditions,
+        "Terminating",
+        true,
+        reason,
+        &message,
+        rt.metadata.generation,
+    ) {
+        ctx.event(rt, true, "DeletionBlocked", message.clone())
+            .await;
+    }
+    patch_status(&api_of(ctx, &ns), &name, &status).await?;
+    Err(Error::Waiting(format!("runtime {ns}/{name}: {message}")))
+}
+
+/// The PVC, the PV, the node labels and the FUSE DaemonSet; each tolerant
+/// of an object that was never made.
+async fn remove(ctx: &Context, names: &RuntimeNames) -> Result<()> {
+    let gone = |r: Result<(), kube::Error>| match r {
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        other => other,
+    };
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    gone(
+        claims
+            .delete(&names.pvc(), &DeleteParams::default())
+            .await
+            .map(drop),
+    )?;
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    match pvs.delete(&names.pv(), &DeleteParams::default()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => return Err(e.into()),
-    }
+    gone(
+        pvs.delete(&names.pv(), &DeleteParams::default())
+            .await
+            .map(drop),
+    )?;
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let label = names.fuse_label();
     for node in nodes.list(&ListParams::default().labels(&label)).await? {
         let patch = json!({"metadata": {"labels": {label.clone(): null}}});
-        nodes
-            .patch(
-                &node.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
+        gone(
+            nodes
+                .patch(
+                    &node.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+                .map(drop),
+        )?;
     }
     // Owned objects go with the runtime; the FUSE pods first, so no node
     // keeps a mount of a cache that is going away.
-    let daemonsets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let _ = daemonsets
-        .delete(&names.fuse(), &DeleteParams::background())
-        .await;
-    ctx.forget_masters(&ns, &name);
-    ctx.event(
-        rt.as_ref(),
-        false,
-        "Deleted",
-        format!("removed PV {} and the FUSE node label", names.pv()),
-    )
-    .await;
-    Ok(Action::await_change())
+    let daemonsets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    gone(
+        daemonsets
+            .delete(&names.fuse(), &DeleteParams::background())
+            .await
+            .map(drop),
+    )?;
+    Ok(())
 }

@@ -18,13 +18,13 @@ use crate::context::{Context, condition, set_condition, short};
 use crate::crd::dataset::DatasetPhase;
 use crate::crd::runtime::{CacheRuntimeStatus, RuntimePhase};
 use crate::crd::{CacheRuntime, Dataset};
-use crate::names::{FINALIZER_RUNTIME, RuntimeNames};
+use crate::names::{FINALIZER_RUNTIME, MANAGER, RuntimeNames};
 use crate::render::{self, RenderConfig};
 use crate::{Error, Result};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::Patch;
+use kube::api::{ListParams, Patch};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
@@ -117,14 +117,37 @@ async fn apply_runtime(rt: Arc<CacheRuntime>, ctx: &Context) -> Result<Action> {
     let Some(rendered) = step.render(&ds, cfg).await? else {
         return Ok(Action::await_change());
     };
-    let mounted = step.masters_and_mounts(&rendered).await?;
-    step.workers_and_fuse(&ds, cfg, rendered.workers, mounted)
-        .await?;
-    let claim_bound = step.volume(&ds).await?;
+    let applied = async {
+        let mounted = step.masters_and_mounts(&rendered).await?;
+        step.workers_and_fuse(&ds, cfg, rendered.workers.clone(), mounted)
+            .await?;
+        let claim_bound = step.volume(&ds).await?;
+        Ok::<_, Error>((mounted, claim_bound))
+    }
+    .await;
+    let (mounted, claim_bound) = match applied {
+        Ok(done) => done,
+        Err(e) => {
+            // An apiserver refusal (a rejected object, a quota) or a master
+            // error: on the objects, not only in the operator's log.
+            let phase = ds.status.clone().unwrap_or_default().phase;
+            step.fail(&ds, phase, "ApplyFailed", short(&e)).await?;
+            return Err(e);
+        }
+    };
     // A worker must be there to serve a read: a pod that mounts the PVC
     // the moment the Dataset is Bound reads at once.
     let serving = rt.spec.replicas == 0 || step.status.worker_number_ready > 0;
-    let ready = step.readiness(mounted, claim_bound, serving);
+    let unschedulable = step.unschedulable().await?;
+    let ready = step.readiness(mounted, claim_bound, serving, unschedulable.clone());
+    if let Some(why) = unschedulable
+        && condition(&rt.status.clone().unwrap_or_default().conditions, "Ready")
+            .is_none_or(|c| c.message != why)
+    {
+        ctx.event(rt.as_ref(), true, "Unschedulable", why.clone())
+            .await;
+        ctx.event(&ds, true, "Unschedulable", why).await;
+    }
     step.save().await?;
     let bound = mounted && claim_bound && serving;
     status::update_dataset(ctx, &ds, &rt, &rendered.mounts, bound).await?;
@@ -167,6 +190,7 @@ impl Step<'_> {
     async fn render(&mut self, ds: &Dataset, cfg: &RenderConfig) -> Result<Option<Rendered>> {
         let rt = self.rt;
         let rendered = (|| {
+            render::check_host_paths(ds, rt, &cfg.allowed_host_paths)?;
             Ok::<_, Error>(Rendered {
                 config: render::config_map(ds, rt, cfg)?,
                 masters: render::master_statefulset(ds, rt, cfg)?,
@@ -174,20 +198,35 @@ impl Step<'_> {
                 mounts: render::desired_mounts(ds, rt)?,
             })
         })();
-        let message = match rendered {
+        let (reason, message) = match rendered {
             Ok(r) => return Ok(Some(r)),
-            Err(Error::Invalid(message)) => message,
+            Err(Error::Invalid(message)) => ("InvalidSpec", message),
+            Err(Error::HostPathNotAllowed(message)) => ("HostPathNotAllowed", message),
             Err(e) => return Err(e),
         };
-        let changed = self.condition("Ready", false, "InvalidSpec", &message);
+        self.fail(ds, DatasetPhase::Failed, reason, message).await?;
+        Ok(None)
+    }
+
+    /// Marks the runtime and its Dataset not ready for `reason`, with an
+    /// Event on each when the reason or message is new: what the operator
+    /// would otherwise only log is where the user looks.
+    async fn fail(
+        &mut self,
+        ds: &Dataset,
+        phase: DatasetPhase,
+        reason: &str,
+        message: String,
+    ) -> Result<()> {
+        let changed = self.condition("Ready", false, reason, &message);
         self.save().await?;
         let mut ds_status = ds.status.clone().unwrap_or_default();
-        ds_status.phase = DatasetPhase::Failed;
+        ds_status.phase = phase;
         set_condition(
             &mut ds_status.conditions,
             "Ready",
             false,
-            "InvalidSpec",
+            reason,
             &message,
             ds.metadata.generation,
         );
@@ -195,9 +234,10 @@ impl Step<'_> {
             Api::namespaced(self.ctx.client.clone(), &self.names.namespace);
         patch_status(&datasets, &self.names.name, &ds_status).await?;
         if changed {
-            self.ctx.event(rt, true, "InvalidSpec", message).await;
+            self.ctx.event(self.rt, true, reason, message.clone()).await;
+            self.ctx.event(ds, true, reason, message).await;
         }
-        Ok(None)
+        Ok(())
     }
 
     /// The config, Services and masters; then, once a quorum of masters is
@@ -251,6 +291,14 @@ impl Step<'_> {
         mounted: bool,
     ) -> Result<()> {
         let (ctx, rt, ns) = (self.ctx, self.rt, self.names.namespace.clone());
+        let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+        if !mounted && sets.get_opt(&self.names.worker()).await?.is_none() {
+            // Workers register with a leader and serve the mounts: none
+            // starts before the masters have both.
+            self.status.worker_number_ready = 0;
+            self.status.worker_phase = RuntimePhase::NotReady;
+            return Ok(());
+        }
         let replicas = scale::scale_in(ctx, rt, &self.names, mounted, &mut self.status).await?;
         if let Some(spec) = workers.spec.as_mut() {
             spec.replicas = Some(replicas);
@@ -280,8 +328,42 @@ impl Step<'_> {
         Ok(claim.status.and_then(|s| s.phase).as_deref() == Some("Bound"))
     }
 
+    /// Why the runtime's pods that the scheduler cannot place wait, in the
+    /// scheduler's words; `None` when every pod is placed.
+    async fn unschedulable(&self) -> Result<Option<String>> {
+        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.names.namespace);
+        let selector = format!(
+            "app.kubernetes.io/instance={},app.kubernetes.io/managed-by={MANAGER}",
+            self.names.name
+        );
+        let mut stuck = Vec::new();
+        for pod in pods.list(&ListParams::default().labels(&selector)).await? {
+            let conditions = pod
+                .status
+                .iter()
+                .flat_map(|s| s.conditions.iter().flatten());
+            for c in conditions {
+                if c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+                {
+                    let why = c.message.clone().unwrap_or_default();
+                    stuck.push(format!("{}: {why}", pod.name_any()));
+                }
+            }
+        }
+        stuck.sort();
+        Ok((!stuck.is_empty()).then(|| format!("pods cannot be scheduled: {}", stuck.join("; "))))
+    }
+
     /// Sets the `Ready` condition from what the steps found; returns it.
-    fn readiness(&mut self, mounted: bool, claim_bound: bool, serving: bool) -> bool {
+    fn readiness(
+        &mut self,
+        mounted: bool,
+        claim_bound: bool,
+        serving: bool,
+        unschedulable: Option<String>,
+    ) -> bool {
         let want = self.rt.spec.master.replicas.max(1);
         let ready =
             mounted && claim_bound && serving && self.status.master_phase == RuntimePhase::Ready;
@@ -290,6 +372,8 @@ impl Step<'_> {
                 "Ready",
                 "masters ready, mounts applied, workers serving, PVC bound".to_owned(),
             )
+        } else if let Some(why) = unschedulable {
+            ("Unschedulable", why)
         } else if !mounted {
             (
                 "NotMounted",
