@@ -138,7 +138,7 @@ fn sha_in(ns: &TestNamespace, pod: &str, path: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_read_datasets_through_csi_and_survive_fuse_restarts() -> anyhow::Result<()> {
     in_namespace("csi", async |ns| {
-        for crd in [Dataset::crd(), CacheRuntime::crd(), DataLoad::crd()] {
+        for crd in weir_operator::crd::all() {
             install_crd(&ns.client, &crd).await?;
         }
         let _release = HelmRelease::install(&ns.bed, &ns.name, &[])?;

@@ -18,7 +18,7 @@ use weir_operator::crd::dataset::DatasetPhase;
 use weir_operator::crd::{CacheRuntime, DataLoad, Dataset};
 
 async fn install_crds(ns: &TestNamespace) -> anyhow::Result<()> {
-    for crd in [Dataset::crd(), CacheRuntime::crd(), DataLoad::crd()] {
+    for crd in weir_operator::crd::all() {
         install_crd(&ns.client, &crd).await?;
     }
     Ok(())

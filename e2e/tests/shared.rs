@@ -10,8 +10,8 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, Pod};
+use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::{Api, CustomResourceExt};
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use std::time::Duration;
 use weir_e2e::weir::{BridgeS3, HelmRelease, bytes};
 use weir_e2e::{TestNamespace, in_namespace_of_length, install_crd, wait_for};
 use weir_operator::crd::dataset::DatasetPhase;
-use weir_operator::crd::{CacheRuntime, DataLoad, Dataset};
+use weir_operator::crd::{CacheRuntime, Dataset};
 use weir_operator::names::RuntimeNames;
 
 /// The prefix the chart grants in this test; datasets live below it.
@@ -227,7 +227,7 @@ async fn admitted_as_restricted(ns: &TestNamespace, pod: &Value) -> anyhow::Resu
 async fn tenants_share_a_cluster_safely() -> anyhow::Result<()> {
     in_namespace_of_length("shared", Some(63), async |ns| {
         assert_eq!(ns.name.len(), 63, "{}", ns.name);
-        for crd in [Dataset::crd(), CacheRuntime::crd(), DataLoad::crd()] {
+        for crd in weir_operator::crd::all() {
             install_crd(&ns.client, &crd).await?;
         }
         let grant = format!("allowedHostPaths={{{GRANTED}}}");
@@ -284,7 +284,7 @@ async fn tenants_share_a_cluster_safely() -> anyhow::Result<()> {
         })
         .await?;
         assert_eq!(sh(ns, "reader", "id -u").map(|s| s.trim().to_owned()), Ok("65534".to_owned()));
-        let listing = sh(ns, "reader", "ls -lR /data").unwrap_or_else(|e| e);
+        let listing = sh(ns, "reader", "ls -lR /data 2>&1; true").unwrap_or_else(|e| e);
         eprintln!("what uid 65534 sees:\n{listing}");
         let sha = |path: &str| sh(ns, "reader", &format!("sha256sum {path}")).map(|s| s.split_whitespace().next().unwrap_or_default().to_owned());
         assert_eq!(sha("/data/s3/part-0.bin"), Ok(sha256_hex(&object)), "{listing}");

@@ -28,7 +28,7 @@ async fn pod_phase(pods: &Api<Pod>, name: &str) -> weir_e2e::Result<Option<Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crd_with_status_subresource_and_validation() -> anyhow::Result<()> {
     in_namespace("crd", async |ns| {
-        install_crd(&ns.client, &Dataset::crd()).await?;
+        install_crd(&ns.client, &weir_operator::crd::all()[0]).await?;
 
         let datasets: Api<Dataset> = ns.api();
         let ds: Dataset = from_json(json!({

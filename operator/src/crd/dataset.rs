@@ -4,13 +4,6 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// A Dataset's name is its PVC's and its runtime's, and a label value of
-/// every object the runtime makes: a DNS label (RFC 1035), as Fluid has it.
-pub const NAME_RULE: &str =
-    "size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
-/// What a refused name is told, with the name.
-pub const NAME_MESSAGE: &str = r#"'metadata.name "' + self.metadata.name + '" must be a DNS label: at most 63 characters (it has ' + string(size(self.metadata.name)) + '), lowercase letters, digits and -, starting with a letter and ending with a letter or digit'"#;
-
 /// Where a dataset's data lives. A `CacheRuntime` of the same name and
 /// namespace caches it and binds it to a PVC of that name.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -21,7 +14,6 @@ pub const NAME_MESSAGE: &str = r#"'metadata.name "' + self.metadata.name + '" mu
     namespaced,
     status = "DatasetStatus",
     shortname = "ds",
-    validation = Rule::new(NAME_RULE).message(Message::Expression(NAME_MESSAGE.into())),
     printcolumn = r#"{"name":"UFS Total","type":"string","jsonPath":".status.ufsTotal"}"#,
     printcolumn = r#"{"name":"Cached","type":"string","jsonPath":".status.cacheStates.cached"}"#,
     printcolumn = r#"{"name":"Capacity","type":"string","jsonPath":".status.cacheStates.cacheCapacity"}"#,
