@@ -11,13 +11,13 @@
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::{Api, CustomResourceExt, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::time::{Duration, Instant};
 use weir_e2e::weir::{BridgeS3, HelmRelease, PodReader, TimedRead, bytes, http_get};
 use weir_e2e::{TestNamespace, in_namespace, install_crd, wait_for};
 use weir_operator::crd::dataset::DatasetPhase;
-use weir_operator::crd::{CacheRuntime, DataLoad, Dataset};
+use weir_operator::crd::{CacheRuntime, Dataset};
 
 fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;

@@ -4,8 +4,8 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, CustomResourceExt};
 use serde_json::json;
 use std::time::Duration;
 use weir_e2e::{in_namespace, install_crd, wait_for};
