@@ -2,12 +2,17 @@
 //! own calls rather than OpenDAL's: only they tell a file's inode number
 //! and change time, which make its version (a rewrite that keeps the size
 //! and restores the mtime still changes both), and only a descriptor held
-//! across a read can prove the bytes came from one version.
+//! across a read can prove the bytes came from one version. Every path is
+//! resolved beneath the mount's root ([`super::beneath`]): a symbolic link
+//! is followed only while it stays inside, and one that leads out is left
+//! out of listings (with a log line) and refused on open.
 
+use super::beneath::{self, Refusal, Root};
 use super::{Fingerprint, Ufs, UfsError, UfsPath, UfsResult, UfsStatus, UfsWriter};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use nix::fcntl::OFlag;
 use std::fs::{File, Metadata};
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -75,12 +80,10 @@ impl LocalUfs {
         })
     }
 
-    fn full(&self, path: &UfsPath) -> PathBuf {
-        if path.as_str().is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(path.as_str())
-        }
+    /// A path the root resolves to something outside it, or to links
+    /// that loop: not part of the dataset, said once per look.
+    fn left_out(&self, rel: &str, why: &Refusal) {
+        tracing::warn!(uri = %self.uri, path = %rel, reason = ?why, "left out: a symbolic link that leads outside the mount's root or loops");
     }
 
     fn err(&self, path: &UfsPath, e: std::io::Error) -> UfsError {
@@ -107,20 +110,21 @@ impl LocalUfs {
             .map_err(|e| self.err(path, e))
     }
 
-    /// A fresh path below the writing directory.
-    fn temp_path(&self) -> PathBuf {
+    /// A fresh name below the writing directory (made, beneath the root,
+    /// if missing).
+    fn temp_path(root: &Path) -> std::io::Result<PathBuf> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        self.root
-            .join(WRITING_DIR)
-            .join(format!("{}-{n}", std::process::id()))
+        let dir =
+            beneath::directory(root, WRITING_DIR, true).map_err(|r| r.into_io(WRITING_DIR))?;
+        Ok(dir.join(format!("{}-{n}", std::process::id())))
     }
 }
 
 #[tonic::async_trait]
 impl Ufs for LocalUfs {
     async fn stat(&self, path: &UfsPath) -> UfsResult<Option<UfsStatus>> {
-        let full = self.full(path);
+        let (root, rel, this) = (self.root.clone(), path.as_str().to_owned(), self.clone());
         let name = path
             .as_str()
             .rsplit('/')
@@ -128,42 +132,60 @@ impl Ufs for LocalUfs {
             .unwrap_or_default()
             .to_owned();
         let found = self
-            .blocking(path, move || match std::fs::metadata(&full) {
-                Ok(m) => Ok(Some(m)),
-                Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(e),
+            .blocking(path, move || {
+                match Root::open(&root).and_then(|r| r.metadata(&rel)) {
+                    Ok(m) => Ok(Some(m)),
+                    Err(Refusal::Missing) => Ok(None),
+                    Err(why @ (Refusal::Outside | Refusal::Loop)) => {
+                        this.left_out(&rel, &why);
+                        Ok(None)
+                    }
+                    Err(Refusal::Io(e)) => Err(e),
+                }
             })
             .await?;
         Ok(found.map(|m| status(name, &m)))
     }
 
     fn list<'a>(&'a self, dir: &'a UfsPath) -> BoxStream<'a, UfsResult<UfsStatus>> {
-        let full = self.full(dir);
-        let at_root = dir.as_str().is_empty();
-        let uri = self.uri.clone();
+        let rel = dir.as_str().to_owned();
+        let at_root = rel.is_empty();
+        let (root, this) = (self.root.clone(), self.clone());
         let read = async move {
             self.blocking(dir, move || {
-                let entries = match std::fs::read_dir(&full) {
-                    Ok(e) => e,
+                let root = Root::open(&root).map_err(|r| r.into_io(""))?;
+                let opened = match root.file(&rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY) {
+                    Ok(d) => d,
                     // A missing directory lists as empty, as on object stores.
-                    Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-                    Err(e) => return Err(e),
+                    Err(Refusal::Missing) => return Ok(Vec::new()),
+                    Err(why @ (Refusal::Outside | Refusal::Loop)) => {
+                        this.left_out(&rel, &why);
+                        return Ok(Vec::new());
+                    }
+                    Err(Refusal::Io(e)) => return Err(e),
                 };
+                let mut entries = nix::dir::Dir::from_fd(opened.into()).map_err(std::io::Error::from)?;
                 let mut out = Vec::new();
-                for entry in entries {
-                    let entry = entry?;
-                    let Ok(name) = entry.file_name().into_string() else {
-                        tracing::warn!(dir = %full.display(), name = ?entry.file_name(), uri = %uri, "left out of the listing: the name is not UTF-8, which Weir paths cannot hold");
+                for entry in entries.iter() {
+                    let entry = entry.map_err(std::io::Error::from)?;
+                    let bytes = entry.file_name().to_bytes();
+                    if bytes == b"." || bytes == b".." {
+                        continue;
+                    }
+                    let Ok(name) = std::str::from_utf8(bytes).map(str::to_owned) else {
+                        tracing::warn!(dir = %rel, name = %String::from_utf8_lossy(bytes), uri = %this.uri, "left out of the listing: the name is not UTF-8, which Weir paths cannot hold");
                         continue;
                     };
                     if at_root && name == WRITING_DIR {
                         continue;
                     }
-                    match std::fs::metadata(entry.path()) {
+                    let path = if at_root { name.clone() } else { format!("{rel}/{name}") };
+                    match root.metadata(&path) {
                         Ok(m) => out.push(status(name, &m)),
                         // Gone since the directory was read.
-                        Err(e) if e.kind() == ErrorKind::NotFound => {}
-                        Err(e) => return Err(e),
+                        Err(Refusal::Missing) => {}
+                        Err(why @ (Refusal::Outside | Refusal::Loop)) => this.left_out(&path, &why),
+                        Err(Refusal::Io(e)) => return Err(e),
                     }
                 }
                 Ok(out)
@@ -180,9 +202,9 @@ impl Ufs for LocalUfs {
     }
 
     async fn read(&self, path: &UfsPath, offset: u64, len: u64) -> UfsResult<Bytes> {
-        let full = self.full(path);
+        let (root, rel) = (self.root.clone(), path.as_str().to_owned());
         self.blocking(path, move || {
-            let file = File::open(&full)?;
+            let file = beneath::open(&root, &rel, OFlag::O_RDONLY).map_err(|r| r.into_io(&rel))?;
             let size = file.metadata()?.len();
             let end = (offset.saturating_add(len)).min(size);
             let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
@@ -199,13 +221,14 @@ impl Ufs for LocalUfs {
         len: u64,
         expect: Option<&Fingerprint>,
     ) -> UfsResult<BoxStream<'static, UfsResult<Bytes>>> {
-        let full = self.full(path);
-        // One descriptor for the whole read: the bytes all come from the
-        // inode it names, and its change time tells whether anything was
-        // written to it meanwhile.
+        let (root, rel) = (self.root.clone(), path.as_str().to_owned());
+        // One descriptor for the whole read, opened beneath the root: the
+        // bytes all come from the inode it names, and its change time tells
+        // whether anything was written to it meanwhile.
         let (file, opened) = self
             .blocking(path, move || {
-                let file = File::open(&full)?;
+                let file =
+                    beneath::open(&root, &rel, OFlag::O_RDONLY).map_err(|r| r.into_io(&rel))?;
                 let m = file.metadata()?;
                 Ok((Arc::new(file), fingerprint(&m)))
             })
@@ -297,28 +320,30 @@ impl Ufs for LocalUfs {
     }
 
     async fn writer(&self, path: &UfsPath) -> UfsResult<Box<dyn UfsWriter>> {
-        let temp = self.temp_path();
-        let target = self.full(path);
-        let t = temp.clone();
-        let file = self
+        let root = self.root.clone();
+        let (file, temp) = self
             .blocking(path, move || {
-                if let Some(dir) = t.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                File::create(&t)
+                let temp = Self::temp_path(&root)?;
+                Ok((File::create(&temp)?, temp))
             })
             .await?;
         Ok(Box::new(LocalWriter {
             file: Some(file),
             temp,
-            target,
+            root: self.root.clone(),
+            rel: path.as_str().to_owned(),
             name: format!("{} {}", self.uri, path.as_str()),
         }))
     }
 
     async fn delete(&self, path: &UfsPath) -> UfsResult<()> {
-        let full = self.full(path);
+        let (root, rel) = (self.root.clone(), path.as_str().to_owned());
         self.blocking(path, move || {
+            let full = match beneath::entry(&root, &rel, false) {
+                Ok(full) => full,
+                Err(Refusal::Missing) => return Ok(()),
+                Err(r) => return Err(r.into_io(&rel)),
+            };
             let removed = match std::fs::symlink_metadata(&full) {
                 Ok(m) if m.is_dir() => std::fs::remove_dir(&full),
                 Ok(_) => std::fs::remove_file(&full),
@@ -333,8 +358,14 @@ impl Ufs for LocalUfs {
     }
 
     async fn delete_all(&self, path: &UfsPath) -> UfsResult<()> {
-        let full = self.full(path);
+        let (root, rel) = (self.root.clone(), path.as_str().to_owned());
         self.blocking(path, move || {
+            let full = match beneath::entry(&root, &rel, false) {
+                Ok(full) => full,
+                Err(Refusal::Missing) => return Ok(()),
+                Err(r) => return Err(r.into_io(&rel)),
+            };
+            // Not followed: a link is removed, never what it points to.
             let removed = match std::fs::symlink_metadata(&full) {
                 Ok(m) if m.is_dir() => std::fs::remove_dir_all(&full),
                 Ok(_) => std::fs::remove_file(&full),
@@ -349,18 +380,22 @@ impl Ufs for LocalUfs {
     }
 
     async fn create_dir(&self, path: &UfsPath) -> UfsResult<()> {
-        let full = self.full(path);
-        self.blocking(path, move || std::fs::create_dir_all(&full))
-            .await
+        let (root, rel) = (self.root.clone(), path.as_str().to_owned());
+        self.blocking(path, move || {
+            beneath::directory(&root, &rel, true)
+                .map(drop)
+                .map_err(|r| r.into_io(&rel))
+        })
+        .await
     }
 
     async fn rename(&self, from: &UfsPath, to: &UfsPath) -> UfsResult<()> {
-        let (a, b) = (self.full(from), self.full(to));
+        let root = self.root.clone();
+        let (from_rel, to_rel) = (from.as_str().to_owned(), to.as_str().to_owned());
         self.blocking(from, move || {
+            let a = beneath::entry(&root, &from_rel, false).map_err(|r| r.into_io(&from_rel))?;
             std::fs::symlink_metadata(&a)?;
-            if let Some(parent) = b.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
+            let b = beneath::entry(&root, &to_rel, true).map_err(|r| r.into_io(&to_rel))?;
             std::fs::rename(&a, &b)
         })
         .await
@@ -372,7 +407,8 @@ impl Ufs for LocalUfs {
 struct LocalWriter {
     file: Option<File>,
     temp: PathBuf,
-    target: PathBuf,
+    root: PathBuf,
+    rel: String,
     name: String,
 }
 
@@ -385,12 +421,10 @@ impl LocalWriter {
     }
 }
 
-fn place(temp: &Path, target: &Path, file: File) -> std::io::Result<()> {
+fn place(temp: &Path, root: &Path, rel: &str, file: File) -> std::io::Result<()> {
     file.sync_all()?;
     drop(file);
-    if let Some(dir) = target.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    let target = beneath::entry(root, rel, true).map_err(|r| r.into_io(rel))?;
     std::fs::rename(temp, target)
 }
 
@@ -416,8 +450,8 @@ impl UfsWriter for LocalWriter {
             .file
             .take()
             .ok_or_else(|| self.io(std::io::Error::other("writer closed")))?;
-        let (temp, target) = (self.temp.clone(), self.target.clone());
-        tokio::task::spawn_blocking(move || place(&temp, &target, file))
+        let (temp, root, rel) = (self.temp.clone(), self.root.clone(), self.rel.clone());
+        tokio::task::spawn_blocking(move || place(&temp, &root, &rel, file))
             .await
             .map_err(|e| self.io(std::io::Error::other(e.to_string())))?
             .map_err(|e| self.io(e))

@@ -10,6 +10,7 @@
 //! to a version: bytes of any other version are refused
 //! ([`UfsError::Changed`]), never returned.
 
+mod beneath;
 pub mod conformance;
 mod fingerprint;
 mod local;

@@ -9,6 +9,7 @@ mod access;
 mod cluster;
 mod consistency;
 mod failures;
+mod links;
 mod reads;
 mod restart;
 mod source;

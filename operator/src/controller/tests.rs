@@ -177,6 +177,44 @@ async fn an_unrealisable_spec_fails_both_objects_naming_the_field() {
 }
 
 #[tokio::test]
+async fn an_apiserver_refusal_is_shown_on_both_objects() {
+    let (ctx, mut api) = context();
+    let rt: CacheRuntime = serde_json::from_value(runtime_obj()).unwrap();
+    let task = tokio::spawn(runtime::reconcile(Arc::new(rt), ctx));
+    let ds = dataset_obj(crate::names::FINALIZER_DATASET);
+    expect(&mut api, "GET", "/datasets/demo", 200, ds.clone()).await;
+    let refusal = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422,
+        "reason": "Invalid", "message": "ConfigMap \"demo-config\" is invalid: exceeded quota"});
+    expect(&mut api, "PATCH", "/configmaps/demo-config", 422, refusal).await;
+    let patch = expect(
+        &mut api,
+        "PATCH",
+        "/cacheruntimes/demo/status",
+        200,
+        runtime_obj(),
+    )
+    .await;
+    let c = condition(written_status(&patch), "Ready");
+    assert_eq!(c["reason"], "ApplyFailed");
+    assert!(
+        c["message"].as_str().unwrap().contains("exceeded quota"),
+        "{c}"
+    );
+    let patch = expect(&mut api, "PATCH", "/datasets/demo/status", 200, ds).await;
+    assert_eq!(
+        condition(written_status(&patch), "Ready")["reason"],
+        "ApplyFailed"
+    );
+    for _ in 0..2 {
+        let event = expect(&mut api, "POST", "/events", 201, json!({})).await;
+        assert_eq!(event["reason"], "ApplyFailed");
+        assert_eq!(event["type"], "Warning");
+    }
+    // Still an error, so the reconcile is retried.
+    assert!(task.await.unwrap().is_err());
+}
+
+#[tokio::test]
 async fn an_ungranted_host_path_is_refused_before_anything_is_made() {
     let (ctx, mut api) = context();
     let rt: CacheRuntime = serde_json::from_value(runtime_obj()).unwrap();
