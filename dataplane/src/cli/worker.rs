@@ -235,11 +235,13 @@ pub struct FuseArgs {
     /// Never hand cached block files to the kernel (FUSE passthrough).
     #[arg(long, env = "WEIR_FUSE_NO_PASSTHROUGH")]
     pub no_passthrough: bool,
-    /// Show every file as owned by this user id.
-    #[arg(long, env = "WEIR_FUSE_UID", default_value_t = 0)]
-    pub uid: u32,
-    #[arg(long, env = "WEIR_FUSE_GID", default_value_t = 0)]
-    pub gid: u32,
+    /// Show every file as owned by this user id [default: the owner the
+    /// under-storage keeps (local directories), else root].
+    #[arg(long, env = "WEIR_FUSE_UID")]
+    pub uid: Option<u32>,
+    /// Show every file as owned by this group id [default: as the owner].
+    #[arg(long, env = "WEIR_FUSE_GID")]
+    pub gid: Option<u32>,
     /// The unix socket of a process that keeps a copy of the mount's
     /// `/dev/fuse` descriptor (the CSI node plugin): a restarted `weir fuse`
     /// takes the live mount back from it instead of remounting, so readers

@@ -225,6 +225,31 @@ impl FileSystem {
         Ok(())
     }
 
+    /// `chmod`, `chown`, `touch`: done in the under-storage and Weir, or
+    /// refused with the reason.
+    pub async fn change_attributes(
+        &self,
+        path: &str,
+        change: crate::ufs::AttrChange,
+    ) -> FsResult<pb::FileInfo> {
+        self.invalidate(path);
+        let req = pb::SetAttributeRequest {
+            path: path.into(),
+            mode: change.mode,
+            uid: change.uid,
+            gid: change.gid,
+            mtime_ms: change.mtime_ms,
+            ..Default::default()
+        };
+        self.master
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.set_attribute(req).await }
+            })
+            .await
+            .map_err(ClientError::from)
+    }
+
     pub async fn mkdir(&self, path: &str, mode: u32) -> FsResult<pb::FileInfo> {
         let req = pb::CreateRequest {
             path: path.into(),

@@ -20,8 +20,9 @@ pub(super) struct WeirFuse {
     pub(super) root: String,
     pub(super) read_only: bool,
     pub(super) ttl: Duration,
-    /// Owner shown for every entry.
-    pub(super) owner: (u32, u32),
+    /// Owner and group shown for every entry when set (a dataset's
+    /// `owner`); else each entry's own, by id.
+    pub(super) owner: (Option<u32>, Option<u32>),
     /// Inode number -> namespace path, learnt from lookups.
     pub(super) paths: Mutex<HashMap<u64, String>>,
     pub(super) root_id: AtomicU64,
@@ -106,11 +107,69 @@ impl WeirFuse {
             kind,
             perm: (info.mode & 0o7777) as u16,
             nlink: if info.is_dir { 2 } else { 1 },
-            uid: self.owner.0,
-            gid: self.owner.1,
+            uid: self
+                .owner
+                .0
+                .or_else(|| info.owner.parse().ok())
+                .unwrap_or(0),
+            gid: self
+                .owner
+                .1
+                .or_else(|| info.group.parse().ok())
+                .unwrap_or(0),
             rdev: 0,
             blksize: MAX_READ,
             flags: 0,
+        }
+    }
+
+    /// What a `setattr` asks to change beyond what `info` already shows:
+    /// empty when it changes nothing (`chmod` to the same mode, a `chown`
+    /// to the shown owner), so such calls succeed without a round trip.
+    pub(super) fn attribute_change(
+        &self,
+        info: &pb::FileInfo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mtime: Option<fuser::TimeOrNow>,
+    ) -> crate::ufs::AttrChange {
+        let shown = self.attr(info);
+        let mtime_ms = mtime.map(|t| {
+            let at = match t {
+                fuser::TimeOrNow::SpecificTime(at) => at,
+                fuser::TimeOrNow::Now => std::time::SystemTime::now(),
+            };
+            at.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+        });
+        crate::ufs::AttrChange {
+            mode: mode
+                .map(|m| m & 0o7777)
+                .filter(|m| *m != u32::from(shown.perm)),
+            uid: uid.filter(|u| *u != shown.uid),
+            gid: gid.filter(|g| *g != shown.gid),
+            mtime_ms: mtime_ms.filter(|ms| *ms != info.mtime_ms),
+        }
+    }
+
+    /// The errno of a write Weir cannot do at `path`: EROFS where the
+    /// mount (or the whole FUSE mount) is read-only, else EPERM.
+    pub(super) fn refused(&self, path: &str) -> Errno {
+        let read_only_mount = || {
+            let table = self.rt.block_on(self.fs.mount_table()).ok()?;
+            let mount = table
+                .mounts
+                .iter()
+                .filter(|m| path == m.path || path.starts_with(&format!("{}/", m.path)))
+                .max_by_key(|m| m.path.len())?;
+            Some(mount.read_only)
+        };
+        if self.read_only || read_only_mount().unwrap_or(false) {
+            Errno::EROFS
+        } else {
+            Errno::EPERM
         }
     }
 

@@ -54,9 +54,10 @@ pub struct FuseConfig {
     /// Let the kernel read locally cached single-block files directly.
     pub passthrough: bool,
     /// The owner every file and directory is shown with (a dataset's
-    /// `owner`): pods that run as that user can read and write.
-    pub uid: u32,
-    pub gid: u32,
+    /// `owner`): pods that run as that user can read and write. Unset, each
+    /// shows the owner the under-storage keeps (by id), else root.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
     /// The fd holder's socket (see `weir_handover`).
     pub fd_holder: Option<PathBuf>,
 }

@@ -67,12 +67,12 @@ impl Filesystem for WeirFuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -92,17 +92,27 @@ impl Filesystem for WeirFuse {
         let Some(path) = self.path_of(ino) else {
             return reply.error(Errno::ENOENT);
         };
-        match self.rt.block_on(self.fs.status(&path)) {
-            Ok(info) if size.is_some_and(|s| s != info.length) => {
-                tracing::info!(%path, "truncate refused: files are written once; write a new file and rename it over this one");
-                reply.error(if self.read_only {
-                    Errno::EROFS
-                } else {
-                    Errno::EPERM
-                })
-            }
+        let info = match self.rt.block_on(self.fs.status(&path)) {
+            Ok(info) => info,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        if size.is_some_and(|s| s != info.length) {
+            tracing::info!(%path, "truncate refused: files are written once; write a new file and rename it over this one");
+            return reply.error(self.refused(&path));
+        }
+        let change = self.attribute_change(&info, mode, uid, gid, mtime);
+        if change.is_empty() {
+            return reply.attr(&self.ttl, &self.attr(&info));
+        }
+        if self.read_only {
+            return reply.error(Errno::EROFS);
+        }
+        match self.rt.block_on(self.fs.change_attributes(&path, change)) {
             Ok(info) => reply.attr(&self.ttl, &self.attr(&info)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => {
+                tracing::info!(%path, error = %e, "chmod, chown or touch refused");
+                reply.error(errno(&e))
+            }
         }
     }
 
@@ -172,11 +182,7 @@ impl Filesystem for WeirFuse {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             // Files are written once, through create.
             tracing::info!(%path, "open for writing refused: files are written once; write a new file and rename it over this one");
-            return reply.error(if self.read_only {
-                Errno::EROFS
-            } else {
-                Errno::EPERM
-            });
+            return reply.error(self.refused(&path));
         }
         let reader = match self.rt.block_on(self.fs.open(&path)) {
             Ok(r) => r,

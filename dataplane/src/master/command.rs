@@ -65,6 +65,9 @@ pub struct UfsEntry {
     pub version: String,
     /// Permission bits where the store keeps them.
     pub mode: Option<u32>,
+    /// Owner and group ids where the store keeps them.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 impl UfsEntry {
@@ -97,6 +100,8 @@ impl From<&LegacyUfsEntry> for UfsEntry {
             mtime_ms: e.mtime_ms,
             version: String::new(),
             mode: None,
+            uid: None,
+            gid: None,
         }
     }
 }

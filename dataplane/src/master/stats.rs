@@ -106,6 +106,8 @@ mod tests {
             mtime_ms: 1,
             version: String::new(),
             mode: None,
+            uid: None,
+            gid: None,
         };
         let cmd = Command::LoadVersionedListing {
             dir: "/m".into(),

@@ -8,14 +8,15 @@
 //! out of listings (with a log line) and refused on open.
 
 use super::beneath::{self, Refusal, Root};
-use super::{Fingerprint, Ufs, UfsError, UfsPath, UfsResult, UfsStatus, UfsWriter};
+use super::{AttrChange, Fingerprint, Ufs, UfsError, UfsPath, UfsResult, UfsStatus, UfsWriter};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use nix::fcntl::OFlag;
 use std::fs::{File, Metadata};
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +56,8 @@ fn status(name: String, m: &Metadata) -> UfsStatus {
         mtime_ms: mtime_ms(m),
         version: version(m),
         mode: Some(m.mode() & PERMISSION_BITS),
+        uid: Some(m.uid()),
+        gid: Some(m.gid()),
     }
 }
 
@@ -385,6 +388,38 @@ impl Ufs for LocalUfs {
             beneath::directory(&root, &rel, true)
                 .map(drop)
                 .map_err(|r| r.into_io(&rel))
+        })
+        .await
+    }
+
+    async fn set_attributes(&self, path: &UfsPath, change: &AttrChange) -> UfsResult<()> {
+        let (root, rel, change) = (self.root.clone(), path.as_str().to_owned(), change.clone());
+        self.blocking(path, move || {
+            // Changed through the descriptor that was resolved beneath the
+            // root: a link swapped meanwhile cannot redirect the change.
+            let file = beneath::open(&root, &rel, OFlag::O_PATH).map_err(|r| r.into_io(&rel))?;
+            let by_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+            if let Some(mode) = change.mode {
+                std::fs::set_permissions(&by_fd, std::fs::Permissions::from_mode(mode & 0o7777))?;
+            }
+            if change.uid.is_some() || change.gid.is_some() {
+                std::os::unix::fs::chown(&by_fd, change.uid, change.gid)?;
+            }
+            if let Some(ms) = change.mtime_ms {
+                let mtime = nix::sys::time::TimeSpec::new(
+                    (ms / 1000) as i64,
+                    ((ms % 1000) * 1_000_000) as i64,
+                );
+                nix::sys::stat::utimensat(
+                    nix::fcntl::AT_FDCWD,
+                    &by_fd,
+                    &nix::sys::time::TimeSpec::UTIME_OMIT,
+                    &mtime,
+                    nix::sys::stat::UtimensatFlags::FollowSymlink,
+                )
+                .map_err(std::io::Error::from)?;
+            }
+            Ok(())
         })
         .await
     }

@@ -110,6 +110,25 @@ pub struct UfsStatus {
     /// Permission bits where the store keeps them (local directories);
     /// `None` on object stores.
     pub mode: Option<u32>,
+    /// Owner and group ids where the store keeps them.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// Mode, owner and modification time as a call (`chmod`, `chown`,
+/// `touch`) changes them; `None` leaves one as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttrChange {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mtime_ms: Option<u64>,
+}
+
+impl AttrChange {
+    pub fn is_empty(&self) -> bool {
+        *self == AttrChange::default()
+    }
 }
 
 impl UfsStatus {
@@ -163,6 +182,9 @@ pub trait Ufs: Send + Sync + std::fmt::Debug {
     /// every object and delete the originals (a directory costs a copy of
     /// all it holds); stores that cannot (HTTP) answer `Unsupported`.
     async fn rename(&self, from: &UfsPath, to: &UfsPath) -> UfsResult<()>;
+    /// Applies `change` to `path` (following a link inside the root);
+    /// stores that keep no mode, owner or times answer `Unsupported`.
+    async fn set_attributes(&self, path: &UfsPath, change: &AttrChange) -> UfsResult<()>;
 }
 
 /// An object being written; see [`Ufs::writer`].

@@ -3,7 +3,7 @@
 //! object's version is its ETag; a read pinned to a version sends it as
 //! `If-Match`, so the store itself refuses other content.
 
-use super::{Fingerprint, Ufs, UfsError, UfsPath, UfsResult, UfsStatus, UfsWriter};
+use super::{AttrChange, Fingerprint, Ufs, UfsError, UfsPath, UfsResult, UfsStatus, UfsWriter};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -352,6 +352,15 @@ impl Ufs for OpendalUfs {
             .map_err(|e| err(&self.uri, path.as_str(), e))
     }
 
+    async fn set_attributes(&self, _path: &UfsPath, _change: &AttrChange) -> UfsResult<()> {
+        Err(UfsError::Unsupported {
+            uri: self.uri.clone(),
+            reason: "the store keeps no mode, owner or modification time of its own; \
+                     chmod, chown and touch are refused"
+                .into(),
+        })
+    }
+
     async fn rename(&self, from: &UfsPath, to: &UfsPath) -> UfsResult<()> {
         if !self.can_rename {
             return Err(UfsError::Unsupported {
@@ -407,6 +416,8 @@ impl Ufs for OpendalUfs {
                 mtime_ms: 0,
                 version: String::new(),
                 mode: None,
+                uid: None,
+                gid: None,
             }));
         }
         // Object stores have no directories of their own: a "directory" is
@@ -426,6 +437,8 @@ impl Ufs for OpendalUfs {
                         mtime_ms,
                         version: meta.etag().unwrap_or_default().to_owned(),
                         mode: None,
+                        uid: None,
+                        gid: None,
                     }));
                 }
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
@@ -470,6 +483,8 @@ impl Ufs for OpendalUfs {
                             mtime_ms,
                             version: meta.etag().unwrap_or_default().to_owned(),
                             mode: None,
+                            uid: None,
+                            gid: None,
                         }))
                     })
             })

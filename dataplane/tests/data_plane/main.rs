@@ -6,6 +6,7 @@
 mod common;
 
 mod access;
+mod attributes;
 mod cluster;
 mod consistency;
 mod failures;

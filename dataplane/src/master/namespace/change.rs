@@ -161,8 +161,36 @@ pub(super) fn ufs_mode(e: &UfsEntry) -> u32 {
     }
 }
 
-/// An inode for an entry found in the under-storage, owned like its
-/// directory (the under-storage's own owners mean nothing here).
+/// Whether `inode` shows what the store says of `e` (mode, owner, group,
+/// and for files the mtime); sets it when not, and says so.
+pub(super) fn follow_attributes(inode: &mut Inode, e: &UfsEntry) -> bool {
+    let before = (
+        inode.mode,
+        inode.owner.clone(),
+        inode.group.clone(),
+        inode.mtime_ms,
+    );
+    inode.mode = ufs_mode(e);
+    if let Some(uid) = e.uid {
+        inode.owner = uid.to_string();
+    }
+    if let Some(gid) = e.gid {
+        inode.group = gid.to_string();
+    }
+    if !e.is_dir {
+        inode.mtime_ms = e.mtime_ms;
+    }
+    before
+        != (
+            inode.mode,
+            inode.owner.clone(),
+            inode.group.clone(),
+            inode.mtime_ms,
+        )
+}
+
+/// An inode for an entry found in the under-storage, owned as the store
+/// says where it keeps owners (by id), else like its directory.
 pub(super) fn ufs_inode(dir: &Inode, e: &UfsEntry) -> Inode {
     let kind = if e.is_dir {
         InodeKind::Directory
@@ -176,6 +204,7 @@ pub(super) fn ufs_inode(dir: &Inode, e: &UfsEntry) -> Inode {
         now_ms: e.mtime_ms,
     };
     let mut i = new_inode(dir.id, &e.name, kind, &stamp);
+    follow_attributes(&mut i, e);
     i.length = if e.is_dir { 0 } else { e.length };
     i.completed = true;
     i.persist = PersistState::Persisted;

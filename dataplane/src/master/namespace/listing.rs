@@ -4,7 +4,7 @@
 //! the under-storage no longer has removed.
 
 use super::Namespace;
-use super::change::{Change, ufs_inode, ufs_mode};
+use super::change::{Change, follow_attributes, ufs_inode};
 use crate::master::command::{FsError, FsResult, Reply, UfsEntry};
 use crate::master::metastore::{InodeKind, PersistState};
 use crate::path::WeirPath;
@@ -57,9 +57,8 @@ impl Namespace {
                     } else if existing.persist != PersistState::Persisted {
                         // Weir's own, not yet in the under-storage.
                     } else if e.is_dir {
-                        if existing.mode != ufs_mode(e) {
-                            let mut i = existing.clone();
-                            i.mode = ufs_mode(e);
+                        let mut i = existing.clone();
+                        if follow_attributes(&mut i, e) {
                             c.put(i);
                         }
                     } else {
@@ -71,12 +70,13 @@ impl Namespace {
                         match recorded {
                             Some(old) if old.same_content(&now) => {
                                 // An earlier release recorded no version, or
-                                // only the mode changed (chmod): same inode,
-                                // same cached blocks.
-                                if old != now || existing.mode != ufs_mode(e) {
-                                    let mut i = existing.clone();
+                                // only attributes changed (chmod, chown,
+                                // touch through Weir): same inode, same
+                                // cached blocks.
+                                let mut i = existing.clone();
+                                let changed = follow_attributes(&mut i, e);
+                                if old != now || changed {
                                     i.ufs_fingerprint = Some(now.to_string());
-                                    i.mode = ufs_mode(e);
                                     c.put(i);
                                 }
                             }
@@ -87,8 +87,7 @@ impl Namespace {
                                 c.remove_tree(&existing)?;
                                 let mut i = existing.clone();
                                 i.length = e.length;
-                                i.mtime_ms = e.mtime_ms;
-                                i.mode = ufs_mode(e);
+                                follow_attributes(&mut i, e);
                                 i.ufs_fingerprint = Some(now.to_string());
                                 c.create(i);
                                 updated += 1;

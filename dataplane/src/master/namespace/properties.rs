@@ -88,6 +88,8 @@ fn command_strategy() -> impl Strategy<Value = Command> {
                         mtime_ms: 1,
                         version: String::new(),
                         mode: None,
+                        uid: None,
+                        gid: None,
                     })
                     .collect(),
                 vanished: vec!["b".into()],

@@ -428,6 +428,8 @@ fn listings_load_update_and_remove_entries() {
         mtime_ms,
         version: String::new(),
         mode: None,
+        uid: None,
+        gid: None,
     };
     let load = |entries, vanished, complete| {
         ns.apply(
@@ -500,6 +502,8 @@ fn listed_entries_keep_the_stores_modes_and_follow_a_chmod() {
         mtime_ms: 1,
         version: "v1".into(),
         mode,
+        uid: None,
+        gid: None,
     };
     let load = |entries| {
         ns.apply(

@@ -13,6 +13,7 @@ use crate::master::sync::MetadataSync;
 use crate::master::workers::WorkerRegistry;
 use crate::path::WeirPath;
 use crate::proto::master as pb;
+use crate::ufs::AttrChange;
 use std::sync::Arc;
 use tonic::Status;
 
@@ -232,6 +233,25 @@ impl FsApi {
             group: r.group,
             persist: r.persist.map(persist_from_pb).transpose()?,
         };
+        let change = AttrChange {
+            mode: update.mode,
+            uid: r.uid,
+            gid: r.gid,
+            mtime_ms: r.mtime_ms,
+        };
+        if !change.is_empty() {
+            let rest = AttrUpdate {
+                mode: None,
+                ..update.clone()
+            };
+            if rest != AttrUpdate::default() {
+                return Err(Status::invalid_argument(
+                    "mode, owner and times are set on their own, not with other attributes",
+                ));
+            }
+            let inode = self.sync.change_attributes(&path, change, now_ms()).await?;
+            return Ok(self.info(&path, &inode));
+        }
         if update.persist == Some(PersistState::Persisted) {
             // Persisted is the under-storage's word: its version is
             // recorded with it, or the call fails.

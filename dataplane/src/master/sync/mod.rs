@@ -37,7 +37,7 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn entry(s: UfsStatus) -> UfsEntry {
+pub(super) fn entry(s: UfsStatus) -> UfsEntry {
     UfsEntry {
         version: s.version,
         name: s.name,
@@ -45,6 +45,8 @@ fn entry(s: UfsStatus) -> UfsEntry {
         length: s.length,
         mtime_ms: s.mtime_ms,
         mode: s.mode,
+        uid: s.uid,
+        gid: s.gid,
     }
 }
 

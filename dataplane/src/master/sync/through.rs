@@ -1,5 +1,5 @@
 //! Namespace changes the under-storage must see: `mkdir`, `rm`, `rmdir`,
-//! `mv` and "this file is persisted". Each is checked against the
+//! `mv`, `chmod`, `chown`, `touch` and "this file is persisted". Each is checked against the
 //! namespace first (nothing is done that the namespace would refuse), done
 //! in the under-storage, and only then proposed, so Weir never shows a
 //! tree the under-storage does not have and the next listing brings back
@@ -10,11 +10,13 @@
 //! happens there. New directories reach it unless the mount is
 //! `MUST_CACHE`, whose new files and directories live in Weir only.
 
+use super::entry;
 use super::{MetadataSync, ufs_path};
 use crate::master::command::{AttrUpdate, Command, FsError, Reply};
 use crate::master::error::MasterResult;
 use crate::master::metastore::{Inode, MountInfo, PersistState};
 use crate::path::WeirPath;
+use crate::ufs::{AttrChange, UfsStatus};
 use futures::TryStreamExt;
 use weir_api::WriteType;
 
@@ -188,6 +190,77 @@ impl MetadataSync {
             Reply::Inode(inode) => Ok(*inode),
             other => Err(FsError::Store(format!("unexpected reply {other:?}")).into()),
         }
+    }
+
+    /// `chmod`, `chown`, `touch`: in the under-storage first where it has
+    /// the path (refused, with the reason, where the store keeps no such
+    /// attributes), then in the namespace as the store now reports them;
+    /// what only Weir holds changes in the namespace alone. The content is
+    /// the same, so the file keeps its inode and cached blocks.
+    pub async fn change_attributes(
+        &self,
+        path: &WeirPath,
+        change: AttrChange,
+        now_ms: u64,
+    ) -> MasterResult<Inode> {
+        let inode = self.namespace.get(path)?;
+        if let Some(mount) = self.namespace.mount_of(path)?
+            && mount.spec.read_only
+        {
+            return Err(FsError::ReadOnly(format!("{path} is on a read-only mount")).into());
+        }
+        if let Some(mount) = self.ufs_mount_of(path)?
+            && Self::in_ufs(&inode)
+        {
+            let store = self.store(&mount)?;
+            let at = ufs_path(&mount, path)?;
+            store.set_attributes(&at, &change).await?;
+            let Some(now) = store.stat(&at).await? else {
+                return Err(FsError::NotFound(format!(
+                    "{path}: gone from the under-storage while its attributes changed"
+                ))
+                .into());
+            };
+            if !inode.is_dir() {
+                // The change moved the file's ctime, part of its version;
+                // the content is the one Weir holds.
+                self.set_version(path, now.fingerprint().to_string())
+                    .await?;
+            }
+            let (Some(dir), Some(name)) = (path.parent(), path.name()) else {
+                return Ok(inode);
+            };
+            self.proposer
+                .write(Command::LoadVersionedListing {
+                    dir: dir.to_string(),
+                    entries: vec![entry(UfsStatus {
+                        name: name.to_owned(),
+                        ..now
+                    })],
+                    vanished: vec![],
+                    complete: false,
+                    now_ms,
+                })
+                .await?;
+            return Ok(self.namespace.get(path)?);
+        }
+        if change.mtime_ms.is_some() {
+            return Err(FsError::FailedPrecondition(format!(
+                "{path}: the modification time of a file only Weir holds is the time it \
+                 was written; it is not set"
+            ))
+            .into());
+        }
+        self.set_attribute(
+            path,
+            AttrUpdate {
+                mode: change.mode,
+                owner: change.uid.map(|u| u.to_string()),
+                group: change.gid.map(|g| g.to_string()),
+                ..AttrUpdate::default()
+            },
+        )
+        .await
     }
 
     /// Marks the file at `path` persisted, with the version the

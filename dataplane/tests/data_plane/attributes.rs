@@ -1,0 +1,131 @@
+//! `chmod`, `chown` and `touch` through FUSE take effect or say no: on a
+//! writable local directory they change the source file the same way (and
+//! the file keeps its cached blocks); on S3, which keeps no such
+//! attributes, they are refused with EPERM and change nothing; on a
+//! read-only mount with EROFS.
+
+use crate::cluster::*;
+use crate::source::Source;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use weir::proto::master as pb;
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(program).args(args).output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn on(mp: &Path, rel: &str) -> String {
+    mp.join(rel).to_string_lossy().into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t82_chmod_chown_and_touch_reach_the_under_storage_or_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local = Source::local(tmp.path());
+    let Source::Local(root) = &local else {
+        unreachable!("a local source")
+    };
+    std::fs::create_dir(root.join("d")).unwrap();
+    std::fs::write(root.join("d/f.bin"), vec![7u8; 3 << 20]).unwrap();
+    let s3 = Source::s3(tmp.path(), "attrs").await;
+    s3.put("o.bin", b"an object").await;
+    let mut c = Cluster::start(1, "64MiB").await;
+    local
+        .mount(
+            &c,
+            "/l",
+            pb::WriteType::CacheThrough,
+            pb::SyncMode::Interval,
+            60_000,
+        )
+        .await;
+    s3.mount(
+        &c,
+        "/s",
+        pb::WriteType::CacheThrough,
+        pb::SyncMode::Interval,
+        60_000,
+    )
+    .await;
+    c.mount_local("/ro", root, true).await;
+    let mp = c.fuse("/", &[]).await;
+    assert_eq!(std::fs::read(mp.join("l/d/f.bin")).unwrap().len(), 3 << 20);
+    let id = c.status("/l/d/f.bin").await.id;
+
+    run("chmod", &["0640", &on(&mp, "l/d/f.bin")]).unwrap();
+    run("chmod", &["0700", &on(&mp, "l/d")]).unwrap();
+    run("chown", &["65534:65534", &on(&mp, "l/d/f.bin")]).unwrap();
+    run(
+        "touch",
+        &["-m", "-d", "2020-01-02 03:04:05 UTC", &on(&mp, "l/d/f.bin")],
+    )
+    .unwrap();
+    let source = std::fs::metadata(root.join("d/f.bin")).unwrap();
+    assert_eq!(source.permissions().mode() & 0o7777, 0o640);
+    assert_eq!((source.uid(), source.gid()), (65534, 65534));
+    assert_eq!(source.mtime(), 1_577_934_245);
+    assert_eq!(
+        std::fs::metadata(root.join("d"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o700
+    );
+    // Weir shows what the source now has, at once and without a new
+    // listing, and the file is the same one: its cached blocks still serve.
+    let shown = std::fs::metadata(mp.join("l/d/f.bin")).unwrap();
+    assert_eq!(shown.permissions().mode() & 0o7777, 0o640);
+    assert_eq!((shown.uid(), shown.gid()), (65534, 65534));
+    assert_eq!(shown.mtime(), 1_577_934_245);
+    assert_eq!(
+        c.status("/l/d/f.bin").await.id,
+        id,
+        "the same content keeps its inode"
+    );
+    assert_eq!(
+        std::fs::read(mp.join("l/d/f.bin")).unwrap(),
+        vec![7u8; 3 << 20]
+    );
+    // A chmod to the mode it has is a no-op that succeeds.
+    run("chmod", &["0640", &on(&mp, "l/d/f.bin")]).unwrap();
+
+    for (program, args) in [
+        ("chmod", vec!["0600"]),
+        ("chown", vec!["4242"]),
+        ("touch", vec!["-m", "-d", "2021-06-07 08:09:10 UTC"]),
+    ] {
+        let mut all = args.clone();
+        let target = on(&mp, "s/o.bin");
+        all.push(&target);
+        let err = run(program, &all).expect_err(program);
+        assert!(
+            err.contains("Operation not permitted"),
+            "{program} on S3: {err}"
+        );
+        let mut all = args;
+        let target = on(&mp, "ro/d/f.bin");
+        all.push(&target);
+        let err = run(program, &all).expect_err(program);
+        assert!(
+            err.contains("Read-only file system"),
+            "{program} read-only: {err}\n{}",
+            c.fuses[0].0.log_tail()
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(mp.join("s/o.bin"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o644
+    );
+    assert_eq!(s3.get("o.bin").await.as_deref(), Some(&b"an object"[..]));
+}
