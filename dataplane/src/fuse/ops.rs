@@ -450,6 +450,69 @@ impl Filesystem for WeirFuse {
         reply.ok();
     }
 
+    // Calls Weir does not do, each refused with the errno its callers
+    // expect and a line saying why (never a 0 that changes nothing).
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let at = self.path_of(parent).unwrap_or_default();
+        tracing::info!(dir = %at, name = ?link_name, target = %target.display(), "symlink refused: Weir does not create symbolic links");
+        reply.error(self.refused(&at));
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let at = self.path_of(newparent).unwrap_or_default();
+        tracing::info!(file = ?self.path_of(ino), dir = %at, name = ?newname, "link refused: a file has one name in Weir (no hard links)");
+        reply.error(self.refused(&at));
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let at = self.path_of(parent).unwrap_or_default();
+        tracing::info!(dir = %at, ?name, mode = format!("{mode:o}"), "mknod refused: Weir holds regular files and directories only (no fifos, sockets or devices)");
+        reply.error(self.refused(&at));
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        tracing::info!(path = ?self.path_of(ino), ?name, "setxattr refused: extended attributes are not kept");
+        reply.error(Errno::EOPNOTSUPP);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        tracing::info!(path = ?self.path_of(ino), ?name, "removexattr refused: extended attributes are not kept");
+        reply.error(Errno::EOPNOTSUPP);
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         const BSIZE: u64 = 4096;
         match self.rt.block_on(self.fs.capacity()) {

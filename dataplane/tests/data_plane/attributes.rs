@@ -2,7 +2,8 @@
 //! writable local directory they change the source file the same way (and
 //! the file keeps its cached blocks); on S3, which keeps no such
 //! attributes, they are refused with EPERM and change nothing; on a
-//! read-only mount with EROFS.
+//! read-only mount with EROFS. Links, fifos and extended attributes, which
+//! Weir does not keep, are refused the same way.
 
 use crate::cluster::*;
 use crate::source::Source;
@@ -128,4 +129,29 @@ async fn t82_chmod_chown_and_touch_reach_the_under_storage_or_are_refused() {
         0o644
     );
     assert_eq!(s3.get("o.bin").await.as_deref(), Some(&b"an object"[..]));
+
+    // What Weir does not do is refused, and nothing appears.
+    let (file, link) = (on(&mp, "l/d/f.bin"), on(&mp, "l/d/new"));
+    let refusals: [(&str, Vec<&str>, &str); 4] = [
+        ("ln", vec!["-s", "f.bin", &link], "Operation not permitted"),
+        ("ln", vec![&file, &link], "Operation not permitted"),
+        ("mkfifo", vec![&link], "Operation not permitted"),
+        (
+            "python3",
+            vec![
+                "-c",
+                "import os,sys; os.setxattr(sys.argv[1], 'user.k', b'v')",
+                &file,
+            ],
+            "Operation not supported",
+        ),
+    ];
+    for (program, args, says) in refusals {
+        let err = run(program, &args).expect_err(program);
+        assert!(err.contains(says), "{program} {args:?}: {err}");
+    }
+    let ro_link = on(&mp, "ro/d/new");
+    let err = run("ln", &["-s", "f.bin", &ro_link]).expect_err("ln -s on a read-only mount");
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(!root.join("d/new").exists());
 }
