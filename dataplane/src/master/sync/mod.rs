@@ -47,6 +47,7 @@ pub(super) fn entry(s: UfsStatus) -> UfsEntry {
         mode: s.mode,
         uid: s.uid,
         gid: s.gid,
+        link: s.link,
     }
 }
 
@@ -203,6 +204,23 @@ impl MetadataSync {
         self.sync_dir_with(path, false).await
     }
 
+    /// Names of `dir`'s children that the under-storage has (persisted).
+    fn persisted_children(&self, dir: &WeirPath) -> MasterResult<HashSet<String>> {
+        let mut names = HashSet::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.namespace.list(dir, cursor.as_deref(), LOAD_CHUNK)?;
+            let Some(last) = page.last() else { break };
+            cursor = Some(last.name.clone());
+            names.extend(
+                page.into_iter()
+                    .filter(|i| i.persist == PersistState::Persisted)
+                    .map(|i| i.name),
+            );
+        }
+        Ok(names)
+    }
+
     /// [`Self::sync_dir`]; with `force`, lists the directory again even
     /// when its listing is fresh (a job's "load metadata first").
     pub async fn sync_dir_with(&self, path: &WeirPath, force: bool) -> MasterResult<()> {
@@ -231,6 +249,11 @@ impl MetadataSync {
         }
         let store = self.store(&mount)?;
         let dir_ufs = ufs_path(&mount, path)?;
+        // What the namespace had from the under-storage before it was
+        // listed: only those can have vanished from it. A file Weir
+        // persists while the listing runs may be missing from the listing
+        // without being gone.
+        let persisted_before = self.persisted_children(path)?;
         let mut listing = store.list(&dir_ufs);
         let mut seen = HashSet::new();
         let mut chunk = Vec::with_capacity(LOAD_CHUNK);
@@ -260,18 +283,10 @@ impl MetadataSync {
         // Entries the namespace has from the under-storage that it no
         // longer lists are gone there; files written through Weir and not
         // yet persisted stay.
-        let mut vanished = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let page = ns.list(path, cursor.as_deref(), LOAD_CHUNK)?;
-            let Some(last) = page.last() else { break };
-            cursor = Some(last.name.clone());
-            vanished.extend(
-                page.into_iter()
-                    .filter(|i| i.persist == PersistState::Persisted && !seen.contains(&i.name))
-                    .map(|i| i.name),
-            );
-        }
+        let vanished: Vec<String> = persisted_before
+            .into_iter()
+            .filter(|name| !seen.contains(name))
+            .collect();
         self.proposer
             .write(Command::LoadVersionedListing {
                 dir: path.to_string(),
