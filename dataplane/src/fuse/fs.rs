@@ -30,6 +30,17 @@ pub(super) struct WeirFuse {
     pub(super) reads: LocalReads,
 }
 
+/// What an entry is to the kernel.
+pub(super) fn kind_of(info: &pb::FileInfo) -> FileType {
+    if info.is_dir {
+        FileType::Directory
+    } else if !info.symlink_target.is_empty() {
+        FileType::Symlink
+    } else {
+        FileType::RegularFile
+    }
+}
+
 pub(super) fn errno(e: &ClientError) -> Errno {
     use tonic::Code;
     match e {
@@ -90,11 +101,7 @@ impl WeirFuse {
     }
 
     pub(super) fn attr(&self, info: &pb::FileInfo) -> FileAttr {
-        let kind = if info.is_dir {
-            FileType::Directory
-        } else {
-            FileType::RegularFile
-        };
+        let kind = kind_of(info);
         let t = time(info.mtime_ms);
         FileAttr {
             ino: INodeNo(self.ino_of(info)),

@@ -2,7 +2,7 @@
 //! client and one reply. Files are written once, front to back, through
 //! `create`, and committed when closed.
 
-use super::fs::{WeirFuse, errno};
+use super::fs::{WeirFuse, errno, kind_of};
 use super::handles::Handle;
 use super::{DIR_PAGE, MAX_READ, READAHEAD};
 use fuser::{
@@ -410,11 +410,7 @@ impl Filesystem for WeirFuse {
                         }
                         for info in &page {
                             self.remember(info);
-                            let kind = if info.is_dir {
-                                FileType::Directory
-                            } else {
-                                FileType::RegularFile
-                            };
+                            let kind = kind_of(info);
                             entries.push((self.ino_of(info), kind, info.name.clone()));
                         }
                         *cursor = if c.is_empty() {
@@ -448,6 +444,21 @@ impl Filesystem for WeirFuse {
     ) {
         self.handles.remove(fh);
         reply.ok();
+    }
+
+    /// A link found in the under-storage: its target, for the reader's
+    /// own kernel to resolve.
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let Some(path) = self.path_of(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.rt.block_on(self.fs.status(&path)) {
+            Ok(info) if !info.symlink_target.is_empty() => {
+                reply.data(info.symlink_target.as_bytes())
+            }
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     // Calls Weir does not do, each refused with the errno its callers

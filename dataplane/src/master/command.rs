@@ -68,6 +68,8 @@ pub struct UfsEntry {
     /// Owner and group ids where the store keeps them.
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// A symbolic link's target.
+    pub link: Option<String>,
 }
 
 impl UfsEntry {
@@ -102,6 +104,7 @@ impl From<&LegacyUfsEntry> for UfsEntry {
             mode: None,
             uid: None,
             gid: None,
+            link: None,
         }
     }
 }

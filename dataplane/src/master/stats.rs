@@ -108,6 +108,7 @@ mod tests {
             mode: None,
             uid: None,
             gid: None,
+            link: None,
         };
         let cmd = Command::LoadVersionedListing {
             dir: "/m".into(),

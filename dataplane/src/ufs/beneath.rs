@@ -78,9 +78,24 @@ impl Root {
         }
     }
 
-    /// What `rel` resolves to (a link inside the root: its target's).
-    pub fn metadata(&self, rel: &str) -> Result<Metadata, Refusal> {
-        Ok(self.file(rel, OFlag::O_PATH)?.metadata()?)
+    /// What `rel` itself is, its last component not followed (its
+    /// directories are, beneath the root), with a link's target.
+    pub fn entry(&self, rel: &str) -> Result<(Metadata, Option<String>), Refusal> {
+        let file = self.file(rel, OFlag::O_PATH | OFlag::O_NOFOLLOW)?;
+        let m = file.metadata()?;
+        if !m.file_type().is_symlink() {
+            return Ok((m, None));
+        }
+        let target = nix::fcntl::readlinkat(file.as_fd(), "")
+            .map_err(|e| Refusal::Io(e.into()))?
+            .into_string()
+            .map_err(|raw| {
+                Refusal::Io(std::io::Error::new(
+                    ErrorKind::InvalidData,
+                    format!("{rel}: the link's target {raw:?} is not UTF-8"),
+                ))
+            })?;
+        Ok((m, Some(target)))
     }
 }
 
@@ -179,13 +194,16 @@ mod tests {
             assert_eq!(got, want, "{rel}");
         }
         assert!(matches!(read("missing"), Err(Refusal::Missing)));
-        assert!(
-            Root::open(&root)
-                .unwrap()
-                .metadata("blobs")
-                .unwrap()
-                .is_dir()
+        let root_dir = Root::open(&root).unwrap();
+        assert!(root_dir.entry("blobs").unwrap().0.is_dir());
+        let (_, link) = root_dir.entry("snapshots/r1/model.bin").unwrap();
+        assert_eq!(
+            link.as_deref(),
+            Some("../../blobs/abc"),
+            "a link is seen as one"
         );
+        let (_, link) = root_dir.entry("escape").unwrap();
+        assert!(link.is_some(), "seen as a link, not followed");
     }
 
     #[test]

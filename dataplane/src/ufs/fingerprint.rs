@@ -36,6 +36,10 @@ impl Fingerprint {
     }
 }
 
+/// How a symbolic link's target is kept as its version: the target is the
+/// link's content, so a new target is a new version.
+pub const LINK_VERSION_PREFIX: &str = "link:";
+
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}", self.length, self.mtime_ms, self.version)

@@ -48,7 +48,21 @@ fn version(m: &Metadata) -> String {
     format!("{}.{}.{}", m.ino(), m.ctime(), m.ctime_nsec())
 }
 
-fn status(name: String, m: &Metadata) -> UfsStatus {
+fn status(name: String, m: &Metadata, link: Option<String>) -> UfsStatus {
+    if let Some(target) = link {
+        // A link's content is its target: a new target, a new version.
+        return UfsStatus {
+            name,
+            is_dir: false,
+            length: target.len() as u64,
+            mtime_ms: mtime_ms(m),
+            version: format!("{}{target}", super::LINK_VERSION_PREFIX),
+            mode: Some(0o777),
+            uid: Some(m.uid()),
+            gid: Some(m.gid()),
+            link: Some(target),
+        };
+    }
     UfsStatus {
         name,
         is_dir: m.is_dir(),
@@ -58,6 +72,7 @@ fn status(name: String, m: &Metadata) -> UfsStatus {
         mode: Some(m.mode() & PERMISSION_BITS),
         uid: Some(m.uid()),
         gid: Some(m.gid()),
+        link: None,
     }
 }
 
@@ -136,8 +151,8 @@ impl Ufs for LocalUfs {
             .to_owned();
         let found = self
             .blocking(path, move || {
-                match Root::open(&root).and_then(|r| r.metadata(&rel)) {
-                    Ok(m) => Ok(Some(m)),
+                match Root::open(&root).and_then(|r| r.entry(&rel)) {
+                    Ok(found) => Ok(Some(found)),
                     Err(Refusal::Missing) => Ok(None),
                     Err(why @ (Refusal::Outside | Refusal::Loop)) => {
                         this.left_out(&rel, &why);
@@ -147,7 +162,7 @@ impl Ufs for LocalUfs {
                 }
             })
             .await?;
-        Ok(found.map(|m| status(name, &m)))
+        Ok(found.map(|(m, link)| status(name, &m, link)))
     }
 
     fn list<'a>(&'a self, dir: &'a UfsPath) -> BoxStream<'a, UfsResult<UfsStatus>> {
@@ -183,8 +198,8 @@ impl Ufs for LocalUfs {
                         continue;
                     }
                     let path = if at_root { name.clone() } else { format!("{rel}/{name}") };
-                    match root.metadata(&path) {
-                        Ok(m) => out.push(status(name, &m)),
+                    match root.entry(&path) {
+                        Ok((m, link)) => out.push(status(name, &m, link)),
                         // Gone since the directory was read.
                         Err(Refusal::Missing) => {}
                         Err(why @ (Refusal::Outside | Refusal::Loop)) => this.left_out(&path, &why),

@@ -18,7 +18,7 @@ mod opendal;
 
 pub use self::local::LocalUfs;
 pub use self::opendal::OpendalUfs;
-pub use fingerprint::Fingerprint;
+pub use fingerprint::{Fingerprint, LINK_VERSION_PREFIX};
 
 use futures::stream::BoxStream;
 use std::collections::BTreeMap;
@@ -113,6 +113,9 @@ pub struct UfsStatus {
     /// Owner and group ids where the store keeps them.
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// For a symbolic link (local stores): its target. Shown as a link,
+    /// never read through.
+    pub link: Option<String>,
 }
 
 /// Mode, owner and modification time as a call (`chmod`, `chown`,

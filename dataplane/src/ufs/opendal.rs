@@ -418,6 +418,7 @@ impl Ufs for OpendalUfs {
                 mode: None,
                 uid: None,
                 gid: None,
+                link: None,
             }));
         }
         // Object stores have no directories of their own: a "directory" is
@@ -439,6 +440,7 @@ impl Ufs for OpendalUfs {
                         mode: None,
                         uid: None,
                         gid: None,
+                        link: None,
                     }));
                 }
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
@@ -485,6 +487,7 @@ impl Ufs for OpendalUfs {
                             mode: None,
                             uid: None,
                             gid: None,
+                            link: None,
                         }))
                     })
             })

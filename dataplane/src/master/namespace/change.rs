@@ -150,6 +150,19 @@ pub(super) fn new_inode(parent: InodeId, name: &str, kind: InodeKind, stamp: &St
     }
 }
 
+impl UfsEntry {
+    /// What the entry is in the namespace.
+    pub(super) fn kind(&self) -> InodeKind {
+        if self.is_dir {
+            InodeKind::Directory
+        } else if self.link.is_some() {
+            InodeKind::Symlink
+        } else {
+            InodeKind::File
+        }
+    }
+}
+
 /// The mode an entry found in the under-storage shows: the store's own
 /// where it keeps one, else one every user may read (never writable by
 /// others, so the kernel's permission checks never widen a store's).
@@ -192,11 +205,7 @@ pub(super) fn follow_attributes(inode: &mut Inode, e: &UfsEntry) -> bool {
 /// An inode for an entry found in the under-storage, owned as the store
 /// says where it keeps owners (by id), else like its directory.
 pub(super) fn ufs_inode(dir: &Inode, e: &UfsEntry) -> Inode {
-    let kind = if e.is_dir {
-        InodeKind::Directory
-    } else {
-        InodeKind::File
-    };
+    let kind = e.kind();
     let stamp = Stamp {
         mode: ufs_mode(e),
         owner: dir.owner.clone(),

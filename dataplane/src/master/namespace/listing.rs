@@ -6,7 +6,7 @@
 use super::Namespace;
 use super::change::{Change, follow_attributes, ufs_inode};
 use crate::master::command::{FsError, FsResult, Reply, UfsEntry};
-use crate::master::metastore::{InodeKind, PersistState};
+use crate::master::metastore::PersistState;
 use crate::path::WeirPath;
 use crate::ufs::Fingerprint;
 
@@ -36,11 +36,7 @@ impl Namespace {
         let (mut created, mut updated, mut removed) = (0, 0, 0);
         for e in entries {
             WeirPath::root().child(&e.name)?;
-            let kind = if e.is_dir {
-                InodeKind::Directory
-            } else {
-                InodeKind::File
-            };
+            let kind = e.kind();
             match c.child(dir_inode.id, &e.name)? {
                 None => {
                     c.create(ufs_inode(&dir_inode, e));

@@ -90,6 +90,7 @@ fn command_strategy() -> impl Strategy<Value = Command> {
                         mode: None,
                         uid: None,
                         gid: None,
+                        link: None,
                     })
                     .collect(),
                 vanished: vec!["b".into()],

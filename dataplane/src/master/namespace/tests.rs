@@ -430,6 +430,7 @@ fn listings_load_update_and_remove_entries() {
         mode: None,
         uid: None,
         gid: None,
+        link: None,
     };
     let load = |entries, vanished, complete| {
         ns.apply(
@@ -504,6 +505,7 @@ fn listed_entries_keep_the_stores_modes_and_follow_a_chmod() {
         mode,
         uid: None,
         gid: None,
+        link: None,
     };
     let load = |entries| {
         ns.apply(

@@ -12,6 +12,11 @@ pub const ROOT_ID: InodeId = 1;
 pub enum InodeKind {
     File,
     Directory,
+    /// A symbolic link found in the under-storage. Its target is its
+    /// content: kept as the version of its fingerprint (`link:<target>`),
+    /// so a new target is a new version. Appended last: the variant order
+    /// is part of the stored encoding.
+    Symlink,
 }
 
 /// Whether a file's data exists in the under-storage.
@@ -59,9 +64,27 @@ impl Inode {
         self.kind == InodeKind::Directory
     }
 
-    /// The file's blocks; none for a directory.
+    pub fn is_file(&self) -> bool {
+        self.kind == InodeKind::File
+    }
+
+    /// A symbolic link's target; `None` for anything else.
+    pub fn symlink_target(&self) -> Option<String> {
+        if self.kind != InodeKind::Symlink {
+            return None;
+        }
+        let fingerprint = crate::ufs::Fingerprint::parse(self.ufs_fingerprint.as_deref()?)?;
+        Some(
+            fingerprint
+                .version
+                .strip_prefix(crate::ufs::LINK_VERSION_PREFIX)?
+                .to_owned(),
+        )
+    }
+
+    /// The file's blocks; none for a directory or a link.
     pub fn blocks(&self) -> impl Iterator<Item = BlockRange> + use<> {
-        let length = if self.is_dir() { 0 } else { self.length };
+        let length = if self.is_file() { self.length } else { 0 };
         blocks_of(self.id, length, self.block_size)
     }
 }

@@ -32,7 +32,7 @@ pub struct FsApi {
 
 impl FsApi {
     pub(super) fn info(&self, path: &WeirPath, inode: &Inode) -> pb::FileInfo {
-        let cached_percent = if inode.is_dir() || inode.length == 0 {
+        let cached_percent = if !inode.is_file() || inode.length == 0 {
             100
         } else {
             let cached: u64 = inode
@@ -77,6 +77,7 @@ impl FsApi {
             replication_min: inode.replication_min,
             persist: persist_to_pb(inode.persist) as i32,
             cached_percent,
+            symlink_target: inode.symlink_target().unwrap_or_default(),
             // Only a path the under-storage has (as far as Weir knows).
             ufs_path: if inode.persist == PersistState::Persisted {
                 ufs_path
@@ -291,6 +292,13 @@ impl FsApi {
         if inode.is_dir() {
             return Err(Status::failed_precondition(format!(
                 "{path} is a directory"
+            )));
+        }
+        if let Some(target) = inode.symlink_target() {
+            // Its target is resolved by the reader, in the reader's own
+            // namespace: Weir never reads through a link.
+            return Err(Status::failed_precondition(format!(
+                "{path} is a symbolic link to {target}"
             )));
         }
         let blocks = inode
