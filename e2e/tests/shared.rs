@@ -4,7 +4,8 @@
 //! directory under the chart's `allowedHostPaths` binds and reaches masters
 //! and workers read-only; a pod that meets the `restricted` Pod Security
 //! profile, running as uid 65534, reads an S3 dataset and a local one
-//! through the PVC, with modes no wider than the source's; and a Dataset
+//! through the PVC, with modes no wider than the source's, and links
+//! planted in the source resolve in the pod, never in a worker; and a Dataset
 //! whose name is 63 characters long is bound, read and deleted with nothing
 //! left behind and no finalizer removed by hand.
 
@@ -63,6 +64,12 @@ fn restricted_pod(name: &str, claim: &str) -> Value {
     })
 }
 
+const TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+const LINKS: [(&str, &str); 2] = [
+    ("token", TOKEN),
+    ("credential", "/etc/weir/secrets/s3-creds/secretAccessKey"),
+];
+
 /// The source directory of the local dataset: files of several modes.
 struct LocalSource {
     dir: PathBuf,
@@ -86,6 +93,12 @@ impl LocalSource {
         // Group-readable, so the group of blob.bin (root) could read it.
         std::fs::set_permissions(dir.join("sub"), std::fs::Permissions::from_mode(0o750))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        // Links a tenant could plant in a granted directory, aimed at what
+        // a worker's container holds: its service-account token, and the
+        // credential file of the dataset's S3 mount.
+        for (name, target) in LINKS {
+            std::os::unix::fs::symlink(target, dir.join(name))?;
+        }
         Ok(Self { dir: dir.into() })
     }
 }
@@ -301,6 +314,16 @@ async fn tenants_share_a_cluster_safely() -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
         let want = ["755 s3", "644 s3/part-0.bin", "755 local", "644 local/open.txt", "444 local/frozen.txt", "600 local/secret.txt", "750 local/sub"];
         assert_eq!(shown.lines().collect::<Vec<_>>(), want, "{listing}");
+        // Links are links: the pod's own kernel resolves them in the pod,
+        // so one aimed at a worker's token reaches the pod's own token, and
+        // one aimed at a worker's credential file finds nothing.
+        for (name, target) in LINKS {
+            assert_eq!(sh(ns, "reader", &format!("readlink /data/local/{name}")).map(|s| s.trim().to_owned()), Ok(target.to_owned()));
+        }
+        let own = sh(ns, "reader", &format!("cat {TOKEN}")).map_err(anyhow::Error::msg)?;
+        assert_eq!(sh(ns, "reader", "cat /data/local/token"), Ok(own), "the link reads the pod's own token");
+        let missing = sh(ns, "reader", "cat /data/local/credential").expect_err("no credential file in the pod");
+        assert!(missing.contains("No such file"), "{missing}");
         let write = sh(ns, "reader", "echo x > /data/local/new.txt").expect_err("a read-only dataset refuses writes");
         assert!(write.contains("Read-only file system"), "{write}");
         assert!(!source.dir.join("new.txt").exists());
