@@ -250,6 +250,24 @@ impl FileSystem {
             .map_err(ClientError::from)
     }
 
+    /// `ln -s`: a link to `target` made in the under-storage, or refused
+    /// with the reason.
+    pub async fn symlink(&self, path: &str, target: &str) -> FsResult<pb::FileInfo> {
+        self.invalidate(path);
+        let req = pb::CreateRequest {
+            path: path.into(),
+            symlink_target: target.into(),
+            ..Default::default()
+        };
+        self.master
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.create_file(req).await }
+            })
+            .await
+            .map_err(ClientError::from)
+    }
+
     pub async fn mkdir(&self, path: &str, mode: u32) -> FsResult<pb::FileInfo> {
         let req = pb::CreateRequest {
             path: path.into(),

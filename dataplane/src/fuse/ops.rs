@@ -461,9 +461,8 @@ impl Filesystem for WeirFuse {
         }
     }
 
-    // Calls Weir does not do, each refused with the errno its callers
-    // expect and a line saying why (never a 0 that changes nothing).
-
+    /// `ln -s`: made in the under-storage where it holds links (a local
+    /// directory), refused where it cannot (EPERM; EROFS when read-only).
     fn symlink(
         &self,
         _req: &Request,
@@ -472,10 +471,28 @@ impl Filesystem for WeirFuse {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        let at = self.path_of(parent).unwrap_or_default();
-        tracing::info!(dir = %at, name = ?link_name, target = %target.display(), "symlink refused: Weir does not create symbolic links");
-        reply.error(self.refused(&at));
+        let path = match self.writable().and_then(|()| self.child(parent, link_name)) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let Some(target) = target.to_str() else {
+            tracing::info!(%path, target = ?target, "symlink refused: the target is not UTF-8");
+            return reply.error(Errno::EINVAL);
+        };
+        match self.rt.block_on(self.fs.symlink(&path, target)) {
+            Ok(info) => {
+                self.remember(&info);
+                reply.entry(&self.ttl, &self.attr(&info), Generation(0));
+            }
+            Err(e) => {
+                tracing::info!(%path, error = %e, "symlink refused");
+                reply.error(errno(&e))
+            }
+        }
     }
+
+    // Calls Weir does not do, each refused with the errno its callers
+    // expect and a line saying why (never a 0 that changes nothing).
 
     fn link(
         &self,

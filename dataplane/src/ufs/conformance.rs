@@ -1,7 +1,7 @@
 //! The behaviour every under-storage must show. Tests call [`run_all`] with
 //! a store rooted at an empty location.
 
-use super::{Ufs, UfsError, UfsPath};
+use super::{AttrChange, Ufs, UfsError, UfsPath};
 use bytes::Bytes;
 use futures::TryStreamExt;
 
@@ -30,6 +30,44 @@ pub async fn run_all(ufs: &dyn Ufs) {
     overwrite_rename_delete(ufs).await;
     versions(ufs).await;
     directories(ufs).await;
+    attributes_and_links(ufs).await;
+}
+
+/// `chmod`, `chown`, `touch` and `ln -s` take effect, or the store says
+/// it keeps no such thing (`Unsupported`); never an `Ok` that changes
+/// nothing.
+async fn attributes_and_links(ufs: &dyn Ufs) {
+    ufs.write(&p("attrs/f"), Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    let change = AttrChange {
+        mode: Some(0o640),
+        mtime_ms: Some(1_577_934_245_000),
+        ..AttrChange::default()
+    };
+    match ufs.set_attributes(&p("attrs/f"), &change).await {
+        Ok(()) => {
+            let st = ufs.stat(&p("attrs/f")).await.unwrap().unwrap();
+            assert_eq!(st.mode, Some(0o640), "a chmod the store took shows");
+            assert_eq!(st.mtime_ms, 1_577_934_245_000, "so does a touch");
+        }
+        Err(UfsError::Unsupported { .. }) => {
+            let st = ufs.stat(&p("attrs/f")).await.unwrap().unwrap();
+            assert_ne!(st.mtime_ms, 1_577_934_245_000, "a refusal changes nothing");
+        }
+        Err(e) => panic!("set_attributes: {e}"),
+    }
+    match ufs.symlink(&p("attrs/link"), "f").await {
+        Ok(()) => {
+            let st = ufs.stat(&p("attrs/link")).await.unwrap().unwrap();
+            assert_eq!(st.link.as_deref(), Some("f"), "a link is listed as one");
+            assert!(!st.is_dir);
+        }
+        Err(UfsError::Unsupported { .. }) => {
+            assert!(ufs.stat(&p("attrs/link")).await.unwrap().is_none());
+        }
+        Err(e) => panic!("symlink: {e}"),
+    }
 }
 
 /// Missing things read as absent.

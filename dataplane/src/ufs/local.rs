@@ -439,6 +439,21 @@ impl Ufs for LocalUfs {
         .await
     }
 
+    async fn symlink(&self, path: &UfsPath, target: &str) -> UfsResult<()> {
+        let (root, rel, target) = (
+            self.root.clone(),
+            path.as_str().to_owned(),
+            target.to_owned(),
+        );
+        self.blocking(path, move || {
+            // Its directory resolved beneath the root; the target is text,
+            // resolved only by whoever reads the link.
+            let at = beneath::entry(&root, &rel, false).map_err(|r| r.into_io(&rel))?;
+            std::os::unix::fs::symlink(&target, &at)
+        })
+        .await
+    }
+
     async fn rename(&self, from: &UfsPath, to: &UfsPath) -> UfsResult<()> {
         let root = self.root.clone();
         let (from_rel, to_rel) = (from.as_str().to_owned(), to.as_str().to_owned());

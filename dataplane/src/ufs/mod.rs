@@ -188,6 +188,9 @@ pub trait Ufs: Send + Sync + std::fmt::Debug {
     /// Applies `change` to `path` (following a link inside the root);
     /// stores that keep no mode, owner or times answer `Unsupported`.
     async fn set_attributes(&self, path: &UfsPath, change: &AttrChange) -> UfsResult<()>;
+    /// Makes `path` a symbolic link to `target` (its text, not resolved);
+    /// stores that hold no links answer `Unsupported`.
+    async fn symlink(&self, path: &UfsPath, target: &str) -> UfsResult<()>;
 }
 
 /// An object being written; see [`Ufs::writer`].

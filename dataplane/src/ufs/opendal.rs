@@ -361,6 +361,13 @@ impl Ufs for OpendalUfs {
         })
     }
 
+    async fn symlink(&self, _path: &UfsPath, _target: &str) -> UfsResult<()> {
+        Err(UfsError::Unsupported {
+            uri: self.uri.clone(),
+            reason: "the store holds no symbolic links".into(),
+        })
+    }
+
     async fn rename(&self, from: &UfsPath, to: &UfsPath) -> UfsResult<()> {
         if !self.can_rename {
             return Err(UfsError::Unsupported {

@@ -2,8 +2,9 @@
 //! writable local directory they change the source file the same way (and
 //! the file keeps its cached blocks); on S3, which keeps no such
 //! attributes, they are refused with EPERM and change nothing; on a
-//! read-only mount with EROFS. Links, fifos and extended attributes, which
-//! Weir does not keep, are refused the same way.
+//! read-only mount with EROFS. `ln -s` makes a link where the store holds
+//! links; hard links, fifos and extended attributes, which Weir does not
+//! keep, are refused the same way.
 
 use crate::cluster::*;
 use crate::source::Source;
@@ -130,10 +131,29 @@ async fn t82_chmod_chown_and_touch_reach_the_under_storage_or_are_refused() {
     );
     assert_eq!(s3.get("o.bin").await.as_deref(), Some(&b"an object"[..]));
 
+    // `ln -s` makes a link in a local source; reading it reads its target.
+    run("ln", &["-s", "f.bin", &on(&mp, "l/d/link")]).unwrap();
+    assert_eq!(
+        std::fs::read_link(root.join("d/link")).unwrap(),
+        Path::new("f.bin")
+    );
+    assert_eq!(
+        std::fs::read_link(mp.join("l/d/link")).unwrap(),
+        Path::new("f.bin")
+    );
+    assert_eq!(
+        std::fs::read(mp.join("l/d/link")).unwrap(),
+        vec![7u8; 3 << 20]
+    );
+
     // What Weir does not do is refused, and nothing appears.
-    let (file, link) = (on(&mp, "l/d/f.bin"), on(&mp, "l/d/new"));
+    let (file, link, s3_link) = (on(&mp, "l/d/f.bin"), on(&mp, "l/d/new"), on(&mp, "s/link"));
     let refusals: [(&str, Vec<&str>, &str); 4] = [
-        ("ln", vec!["-s", "f.bin", &link], "Operation not permitted"),
+        (
+            "ln",
+            vec!["-s", "o.bin", &s3_link],
+            "Operation not permitted",
+        ),
         ("ln", vec![&file, &link], "Operation not permitted"),
         ("mkfifo", vec![&link], "Operation not permitted"),
         (

@@ -164,6 +164,13 @@ impl FsApi {
     pub async fn create_file(&self, request: pb::CreateRequest) -> Result<pb::FileInfo, Status> {
         let r = request;
         let path = parse(&r.path)?;
+        if !r.symlink_target.is_empty() {
+            let inode = self
+                .sync
+                .create_symlink(&path, &r.symlink_target, now_ms())
+                .await?;
+            return Ok(self.info(&path, &inode));
+        }
         let stamp = stamp(r.mode, r.owner, r.group, 0o644);
         let block_size = if r.block_size == 0 {
             DEFAULT_BLOCK_SIZE

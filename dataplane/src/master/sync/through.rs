@@ -263,6 +263,61 @@ impl MetadataSync {
         .await
     }
 
+    /// `ln -s`: a link made in the under-storage, then loaded as the store
+    /// reports it. Weir holds no links of its own, so where the path has
+    /// no writable under-storage (or one that keeps new entries in Weir
+    /// only) it is refused.
+    pub async fn create_symlink(
+        &self,
+        path: &WeirPath,
+        target: &str,
+        now_ms: u64,
+    ) -> MasterResult<Inode> {
+        if self.namespace.lookup(path)?.is_some() {
+            return Err(FsError::AlreadyExists(path.to_string()).into());
+        }
+        let (Some(dir), Some(name)) = (path.parent(), path.name()) else {
+            return Err(FsError::InvalidArgument("the root".into()).into());
+        };
+        if !self.namespace.get(&dir)?.is_dir() {
+            return Err(FsError::FailedPrecondition(format!("{dir} is not a directory")).into());
+        }
+        if let Some(mount) = self.namespace.mount_of(path)?
+            && mount.spec.read_only
+        {
+            return Err(FsError::ReadOnly(format!("{path} is on a read-only mount")).into());
+        }
+        let Some(mount) = self
+            .ufs_mount_of(path)?
+            .filter(|m| m.spec.write_type != WriteType::MustCache)
+        else {
+            return Err(FsError::FailedPrecondition(format!(
+                "{path}: symbolic links live in an under-storage, and this path has none \
+                 that Weir writes to"
+            ))
+            .into());
+        };
+        let store = self.store(&mount)?;
+        let at = ufs_path(&mount, path)?;
+        store.symlink(&at, target).await?;
+        let Some(now) = store.stat(&at).await? else {
+            return Err(FsError::NotFound(format!("{path}: gone right after it was made")).into());
+        };
+        self.proposer
+            .write(Command::LoadVersionedListing {
+                dir: dir.to_string(),
+                entries: vec![entry(UfsStatus {
+                    name: name.to_owned(),
+                    ..now
+                })],
+                vanished: vec![],
+                complete: false,
+                now_ms,
+            })
+            .await?;
+        Ok(self.namespace.get(path)?)
+    }
+
     /// Marks the file at `path` persisted, with the version the
     /// under-storage reports for it now; refused when the under-storage
     /// does not have it.
