@@ -377,16 +377,33 @@ impl TestNamespace {
                 r#"{"metadata":{"finalizers":null}}"#,
             ]);
         }
+        // Each PV of the namespace names its FUSE node label (a long one is
+        // cut and hashed, so it is read, not rebuilt from the names).
         let pvs = self
             .bed
-            .kubectl(&["get", "pv", "-o", "jsonpath={.items[*].metadata.name}"])
+            .kubectl(&[
+                "get",
+                "pv",
+                "-o",
+                r#"jsonpath={range .items[*]}{.metadata.name} {.spec.csi.volumeAttributes.fuseLabel}{"\n"}{end}"#,
+            ])
             .unwrap_or_default();
-        for pv in pvs
-            .split_whitespace()
-            .filter(|pv| pv.starts_with(&format!("{}-", self.name)))
-        {
+        for line in pvs.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(pv), label) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            if !pv.starts_with(&format!("{}-", self.name)) {
+                continue;
+            }
+            if let Some(label) = label {
+                let _ = self
+                    .bed
+                    .kubectl(&["label", "nodes", "--all", &format!("{label}-")]);
+            }
             let _ = self.bed.kubectl(&["delete", "pv", pv, "--wait=false"]);
         }
+        // Labels whose PV is already gone, when they carry the names whole.
         let labels = self
             .bed
             .kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.labels}"])
