@@ -349,11 +349,16 @@ pub fn read_sha(mut f: impl std::io::Read) -> String {
     }
 }
 
-pub fn cat_sha(c: &Cluster, path: &str) -> String {
-    let out = std::process::Command::new(crate::common::weir_bin())
+/// `weir fs cat path`, as a user runs it.
+pub fn fs_cat(c: &Cluster, path: &str) -> std::process::Output {
+    std::process::Command::new(crate::common::weir_bin())
         .args(["fs", "--masters", &c.master_addr, "cat", path])
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+pub fn cat_sha(c: &Cluster, path: &str) -> String {
+    let out = fs_cat(c, path);
     assert!(
         out.status.success(),
         "weir fs cat {path}: {}",

@@ -410,10 +410,7 @@ async fn t75_final_errors_fail_at_once_with_a_reason() {
         "creating such a name: {err}"
     );
 
-    let out = std::process::Command::new(crate::common::weir_bin())
-        .args(["fs", "--masters", &c.master_addr, "cat", "/m/gone"])
-        .output()
-        .unwrap();
+    let out = fs_cat(&c, "/m/gone");
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("gone"), "the error names the file: {said}");

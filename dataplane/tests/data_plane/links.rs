@@ -9,7 +9,6 @@ use crate::cluster::*;
 use crate::source::Source;
 use sha2::Digest;
 use std::os::unix::fs::symlink;
-use std::process::Command;
 use weir::proto::master as pb;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -88,16 +87,7 @@ async fn t81_links_never_lead_out_of_the_mount_root() {
                 .to_string(),
             *target
         );
-        let out = Command::new(crate::common::weir_bin())
-            .args([
-                "fs",
-                "--masters",
-                &c.master_addr,
-                "cat",
-                &format!("/l/{name}"),
-            ])
-            .output()
-            .unwrap();
+        let out = fs_cat(&c, &format!("/l/{name}"));
         assert!(
             !out.status.success() && out.stdout.is_empty(),
             "weir fs cat /l/{name} served {:?}",
@@ -137,15 +127,6 @@ async fn t81_links_never_lead_out_of_the_mount_root() {
         std::fs::read_link(l.join("snapshots/r1/model.bin")).is_ok_and(|t| t == want)
     })
     .await;
-    let out = Command::new(crate::common::weir_bin())
-        .args([
-            "fs",
-            "--masters",
-            &c.master_addr,
-            "cat",
-            "/l/snapshots/r1/model.bin",
-        ])
-        .output()
-        .unwrap();
+    let out = fs_cat(&c, "/l/snapshots/r1/model.bin");
     assert!(!out.status.success() && out.stdout.is_empty());
 }

@@ -2,12 +2,12 @@
 //! and deletion: refused (condition + Event naming the pods) while a
 //! running pod uses the dataset's PVC, else the runtime goes first.
 
-use super::{patch_status, pods_using_claim};
+use super::{hold_deletion, patch_status, pods_using_claim};
+use crate::Result;
 use crate::context::{Context, deleting_for, set_condition};
 use crate::crd::dataset::DatasetPhase;
 use crate::crd::{CacheRuntime, Dataset};
 use crate::names::FINALIZER_DATASET;
-use crate::{Error, Result};
 use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -113,33 +113,19 @@ async fn delete(ds: Arc<Dataset>, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-/// Says why the deletion waits (condition `Terminating` and, when new, an
-/// Event), then retries.
+/// Says why the deletion waits; an Event only for pods in the way (the
+/// runtime's own wait has its own).
 async fn wait(ds: &Dataset, ctx: &Context, reason: &str, message: String) -> Result<Action> {
-    let ns = ds.namespace().unwrap_or_default();
-    let name = ds.name_any();
-    let message = format!(
-        "{message} (lets go {}s after the deletion began)",
-        ctx.config.cleanup_timeout.as_secs()
-    );
-    let mut status = ds.status.clone().unwrap_or_default();
-    if set_condition(
-        &mut status.conditions,
-        "Terminating",
-        true,
+    let status = ds.status.clone().unwrap_or_default();
+    let announce = reason == "ClaimInUse";
+    hold_deletion(
+        ctx,
+        ds,
+        status,
+        |s| &mut s.conditions,
         reason,
-        &message,
-        ds.metadata.generation,
-    ) && reason == "ClaimInUse"
-    {
-        ctx.event(ds, true, "DeletionBlocked", message.clone())
-            .await;
-    }
-    patch_status(
-        &Api::<Dataset>::namespaced(ctx.client.clone(), &ns),
-        &name,
-        &status,
+        message,
+        announce,
     )
-    .await?;
-    Err(Error::Waiting(format!("dataset {ns}/{name}: {message}")))
+    .await
 }

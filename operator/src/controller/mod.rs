@@ -67,6 +67,58 @@ where
     Ok(())
 }
 
+/// A deletion that waits for something outside the operator: condition
+/// `Terminating=True` with `reason` and `message` (and when the time-out
+/// lets go), an Event when new and `announce`, then [`Error::Waiting`] so
+/// the finalizer stays and the step is retried.
+pub async fn hold_deletion<K, S>(
+    ctx: &Context,
+    obj: &K,
+    mut status: S,
+    conditions: impl FnOnce(
+        &mut S,
+    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    reason: &str,
+    message: String,
+    announce: bool,
+) -> Result<Action>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+    S: Serialize,
+{
+    let ns = obj.meta().namespace.clone().unwrap_or_default();
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let message = format!(
+        "{message} (lets go {}s after the deletion began)",
+        ctx.config.cleanup_timeout.as_secs()
+    );
+    let changed = crate::context::set_condition(
+        conditions(&mut status),
+        "Terminating",
+        true,
+        reason,
+        &message,
+        obj.meta().generation,
+    );
+    if changed && announce {
+        ctx.event(obj, true, "DeletionBlocked", message.clone())
+            .await;
+    }
+    patch_status(
+        &Api::<K>::namespaced(ctx.client.clone(), &ns),
+        &name,
+        &status,
+    )
+    .await?;
+    Err(Error::Waiting(format!(
+        "{} {ns}/{name}: {message}",
+        K::kind(&()).to_lowercase()
+    )))
+}
+
 /// Pods in `namespace` that mount claim `claim` and have not finished.
 pub async fn pods_using_claim(
     client: &Client,

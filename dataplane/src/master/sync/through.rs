@@ -227,22 +227,7 @@ impl MetadataSync {
                 self.set_version(path, now.fingerprint().to_string())
                     .await?;
             }
-            let (Some(dir), Some(name)) = (path.parent(), path.name()) else {
-                return Ok(inode);
-            };
-            self.proposer
-                .write(Command::LoadVersionedListing {
-                    dir: dir.to_string(),
-                    entries: vec![entry(UfsStatus {
-                        name: name.to_owned(),
-                        ..now
-                    })],
-                    vanished: vec![],
-                    complete: false,
-                    now_ms,
-                })
-                .await?;
-            return Ok(self.namespace.get(path)?);
+            return self.load_as_stored(path, now, now_ms).await;
         }
         if change.mtime_ms.is_some() {
             return Err(FsError::FailedPrecondition(format!(
@@ -276,7 +261,7 @@ impl MetadataSync {
         if self.namespace.lookup(path)?.is_some() {
             return Err(FsError::AlreadyExists(path.to_string()).into());
         }
-        let (Some(dir), Some(name)) = (path.parent(), path.name()) else {
+        let Some(dir) = path.parent() else {
             return Err(FsError::InvalidArgument("the root".into()).into());
         };
         if !self.namespace.get(&dir)?.is_dir() {
@@ -302,6 +287,20 @@ impl MetadataSync {
         store.symlink(&at, target).await?;
         let Some(now) = store.stat(&at).await? else {
             return Err(FsError::NotFound(format!("{path}: gone right after it was made")).into());
+        };
+        self.load_as_stored(path, now, now_ms).await
+    }
+
+    /// `path` loaded into the namespace as the under-storage reports it
+    /// (`now`, just stat'ed), and the inode that results.
+    async fn load_as_stored(
+        &self,
+        path: &WeirPath,
+        now: UfsStatus,
+        now_ms: u64,
+    ) -> MasterResult<Inode> {
+        let (Some(dir), Some(name)) = (path.parent(), path.name()) else {
+            return Err(FsError::InvalidArgument("the root".into()).into());
         };
         self.proposer
             .write(Command::LoadVersionedListing {

@@ -4,12 +4,11 @@
 //! operator's clean-up time-out the finalizer lets go, with an Event
 //! naming what may remain.
 
-use super::super::{patch_status, pods_using_claim};
-use super::api_of;
-use crate::context::{Context, deleting_for, set_condition, short};
+use super::super::{hold_deletion, pods_using_claim};
+use crate::Result;
+use crate::context::{Context, deleting_for, short};
 use crate::crd::CacheRuntime;
 use crate::names::RuntimeNames;
-use crate::{Error, Result};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -78,29 +77,19 @@ pub(super) async fn cleanup(rt: Arc<CacheRuntime>, ctx: &Context) -> Result<Acti
     Ok(Action::await_change())
 }
 
-/// Says why the deletion waits (condition `Terminating` and, when new, an
-/// Event), then retries.
+/// Says why the deletion waits.
 async fn wait(rt: &CacheRuntime, ctx: &Context, reason: &str, message: String) -> Result<Action> {
-    let ns = rt.namespace().unwrap_or_default();
-    let name = rt.name_any();
-    let mut status = rt.status.clone().unwrap_or_default();
-    let message = format!(
-        "{message} (lets go {}s after the deletion began)",
-        ctx.config.cleanup_timeout.as_secs()
-    );
-    if set_condition(
-        &mut status.conditions,
-        "Terminating",
-        true,
+    let status = rt.status.clone().unwrap_or_default();
+    hold_deletion(
+        ctx,
+        rt,
+        status,
+        |s| &mut s.conditions,
         reason,
-        &message,
-        rt.metadata.generation,
-    ) {
-        ctx.event(rt, true, "DeletionBlocked", message.clone())
-            .await;
-    }
-    patch_status(&api_of(ctx, &ns), &name, &status).await?;
-    Err(Error::Waiting(format!("runtime {ns}/{name}: {message}")))
+        message,
+        true,
+    )
+    .await
 }
 
 /// The PVC, the PV, the node labels and the FUSE DaemonSet; each tolerant
