@@ -253,12 +253,49 @@ impl FileSystem {
     /// `ln -s`: a link to `target` made in the under-storage, or refused
     /// with the reason.
     pub async fn symlink(&self, path: &str, target: &str) -> FsResult<pb::FileInfo> {
-        self.invalidate(path);
-        let req = pb::CreateRequest {
+        self.create_entry(pb::CreateRequest {
             path: path.into(),
             symlink_target: target.into(),
             ..Default::default()
-        };
+        })
+        .await
+    }
+
+    /// `mknod`/`mkfifo`: a special file made in the under-storage by
+    /// `maker`, or refused with the reason.
+    pub async fn mknod(
+        &self,
+        path: &str,
+        maker: super::Maker,
+        kind: crate::ufs::NodeKind,
+        rdev: u64,
+    ) -> FsResult<pb::FileInfo> {
+        self.create_entry(pb::CreateRequest {
+            path: path.into(),
+            mode: maker.mode,
+            owner: maker.uid.to_string(),
+            group: maker.gid.to_string(),
+            node_kind: kind.name().into(),
+            rdev,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// `ln`: `path` made a second name of the file `existing`, in the
+    /// under-storage, or refused with the reason.
+    pub async fn hard_link(&self, existing: &str, path: &str) -> FsResult<pb::FileInfo> {
+        self.invalidate(existing);
+        self.create_entry(pb::CreateRequest {
+            path: path.into(),
+            hard_link_to: existing.into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn create_entry(&self, req: pb::CreateRequest) -> FsResult<pb::FileInfo> {
+        self.invalidate(&req.path);
         self.master
             .call(|mut c| {
                 let req = req.clone();
@@ -268,10 +305,12 @@ impl FileSystem {
             .map_err(ClientError::from)
     }
 
-    pub async fn mkdir(&self, path: &str, mode: u32) -> FsResult<pb::FileInfo> {
+    pub async fn mkdir(&self, path: &str, maker: super::Maker) -> FsResult<pb::FileInfo> {
         let req = pb::CreateRequest {
             path: path.into(),
-            mode,
+            mode: maker.mode,
+            owner: maker.uid.to_string(),
+            group: maker.gid.to_string(),
             ..Default::default()
         };
         self.master

@@ -23,4 +23,4 @@ pub use error::{ClientError, FsResult};
 pub use fs::{ClientConfig, FileSystem};
 pub use reader::FileReader;
 pub use short_circuit::{LocalBlock, LocalBlocks, LocalFile};
-pub use writer::FileWriter;
+pub use writer::{FileWriter, Maker};

@@ -16,6 +16,16 @@ use weir_api::WriteType;
 /// Bytes buffered by a writer before they go out as one frame.
 const WRITE_FRAME: usize = 1 << 20;
 
+/// Who makes a file or directory, and its permission bits: a FUSE
+/// caller, whose new entries are theirs (in the under-storage too, where
+/// it keeps owners).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Maker {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 impl FileSystem {
     /// Creates a file for writing with `mode`, or with its mount's write
     /// type when `None` (MUST_CACHE outside mounts).
@@ -40,6 +50,28 @@ impl FileSystem {
             block_size,
             ..Default::default()
         };
+        self.create_from(req, mode).await
+    }
+
+    /// A file made by `maker` (a FUSE caller), with its mount's write
+    /// type; not its missing directories.
+    pub async fn create_as(self: &Arc<Self>, path: &str, maker: Maker) -> FsResult<FileWriter> {
+        let req = pb::CreateRequest {
+            path: path.into(),
+            mode: maker.mode,
+            owner: maker.uid.to_string(),
+            group: maker.gid.to_string(),
+            ..Default::default()
+        };
+        self.create_from(req, None).await
+    }
+
+    async fn create_from(
+        self: &Arc<Self>,
+        req: pb::CreateRequest,
+        mode: Option<WriteType>,
+    ) -> FsResult<FileWriter> {
+        let path = req.path.as_str();
         let info = self
             .master()
             .call(|mut c| {

@@ -5,7 +5,7 @@
 use super::MAX_READ;
 use super::handles::{Handle, Handles};
 use super::passthrough::LocalReads;
-use crate::client::{ClientError, FileSystem, FileWriter};
+use crate::client::{ClientError, FileSystem, FileWriter, Maker};
 use crate::proto::master as pb;
 use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo, ReplyEmpty};
 use std::collections::HashMap;
@@ -36,6 +36,13 @@ pub(super) fn kind_of(info: &pb::FileInfo) -> FileType {
         FileType::Directory
     } else if !info.symlink_target.is_empty() {
         FileType::Symlink
+    } else if let Some(kind) = crate::ufs::NodeKind::from_name(&info.node_kind) {
+        match kind {
+            crate::ufs::NodeKind::Fifo => FileType::NamedPipe,
+            crate::ufs::NodeKind::Socket => FileType::Socket,
+            crate::ufs::NodeKind::CharDevice => FileType::CharDevice,
+            crate::ufs::NodeKind::BlockDevice => FileType::BlockDevice,
+        }
     } else {
         FileType::RegularFile
     }
@@ -124,7 +131,7 @@ impl WeirFuse {
                 .1
                 .or_else(|| info.group.parse().ok())
                 .unwrap_or(0),
-            rdev: 0,
+            rdev: info.rdev as u32,
             blksize: MAX_READ,
             flags: 0,
         }
@@ -206,6 +213,10 @@ impl WeirFuse {
     }
 
     pub(super) fn child(&self, parent: INodeNo, name: &OsStr) -> Result<String, Errno> {
+        // NAME_MAX, as the kernel's own file systems say it.
+        if name.len() > 255 {
+            return Err(Errno::ENAMETOOLONG);
+        }
         let dir = self.path_of(parent).ok_or(Errno::ENOENT)?;
         let name = name.to_str().ok_or(Errno::EINVAL)?;
         Ok(if dir == "/" {
@@ -225,6 +236,35 @@ impl WeirFuse {
         }
     }
 
+    /// Who makes an entry in `parent`: the caller, in the directory's
+    /// group when it has set-group-id (which a new directory inherits),
+    /// as POSIX file systems do.
+    pub(super) fn maker(
+        &self,
+        req: &fuser::Request,
+        parent: INodeNo,
+        mode: u32,
+        dir: bool,
+    ) -> Maker {
+        let mut maker = Maker {
+            mode,
+            uid: req.uid(),
+            gid: req.gid(),
+        };
+        let parent = self
+            .path_of(parent)
+            .and_then(|p| self.rt.block_on(self.fs.status(&p)).ok());
+        if let Some(parent) = parent
+            && parent.mode & libc::S_ISGID != 0
+        {
+            maker.gid = self.attr(&parent).gid;
+            if dir {
+                maker.mode |= libc::S_ISGID;
+            }
+        }
+        maker
+    }
+
     /// Deletes `name` if it is a directory (`dir`) or a file (`!dir`).
     pub(super) fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
         let path = match self.writable().and_then(|()| self.child(parent, name)) {
@@ -232,8 +272,14 @@ impl WeirFuse {
             Err(e) => return reply.error(e),
         };
         let result = self.rt.block_on(async {
-            if self.fs.status(&path).await?.is_dir != dir {
+            let info = self.fs.status(&path).await?;
+            if info.is_dir != dir {
                 return Ok(false);
+            }
+            // A new file still being committed is committed first, so its
+            // commit does not come after the delete.
+            if let Err(e) = self.settle(INodeNo(self.ino_of(&info))) {
+                tracing::info!(%path, errno = ?e, "a file deleted while its commit failed");
             }
             self.fs.delete(&path, false).await.map(|()| true)
         });

@@ -4,8 +4,9 @@
 //! told from one of ours.
 
 use super::passthrough::Backing;
+use super::rewrite::Rewrite;
 use crate::client::{FileReader, FileWriter};
-use fuser::{FileHandle, FileType};
+use fuser::{FileHandle, FileType, INodeNo};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,8 @@ pub(super) enum Handle {
         _backing: Option<Arc<Backing>>,
     },
     Write(Option<Box<FileWriter>>),
+    /// An existing file open for writing.
+    Rewrite(Box<Rewrite>),
     Dir {
         path: String,
         entries: Vec<(u64, FileType, String)>,
@@ -55,6 +58,9 @@ pub(super) struct Handles {
     generation: u64,
     next: AtomicU64,
     open: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
+    /// The inode each open [`Handle::Write`] or [`Handle::Rewrite`]
+    /// writes, by handle.
+    writing: Mutex<HashMap<u64, INodeNo>>,
 }
 
 impl Handles {
@@ -63,6 +69,7 @@ impl Handles {
             generation,
             next: AtomicU64::new((generation << FH_GENERATION_SHIFT) + 1),
             open: Mutex::new(HashMap::new()),
+            writing: Mutex::new(HashMap::new()),
         }
     }
 
@@ -99,8 +106,30 @@ impl Handles {
             .clone()
     }
 
+    /// A handle that writes `ino`.
+    pub fn add_writing(&self, h: Handle, ino: INodeNo) -> FileHandle {
+        let fh = self.add(h);
+        self.writing.lock().expect("writing").insert(fh.0, ino);
+        fh
+    }
+
     pub fn remove(&self, fh: FileHandle) -> Option<Arc<Mutex<Handle>>> {
+        self.writing.lock().expect("writing").remove(&fh.0);
         self.open.lock().expect("handles").remove(&fh.0)
+    }
+
+    /// The handles writing `ino`.
+    pub fn writing(&self, ino: INodeNo) -> Vec<Arc<Mutex<Handle>>> {
+        let fhs: Vec<u64> = self
+            .writing
+            .lock()
+            .expect("writing")
+            .iter()
+            .filter_map(|(fh, i)| (*i == ino).then_some(*fh))
+            .collect();
+        fhs.into_iter()
+            .filter_map(|fh| self.get(FileHandle(fh)))
+            .collect()
     }
 
     /// Bytes written so far, when `fh` is a file being written.

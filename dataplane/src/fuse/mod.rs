@@ -4,13 +4,16 @@
 //! the kernel keeps their pages across opens; a file whose every block this
 //! machine's worker holds (in one data file, as it keeps a file's blocks on
 //! a tier) is handed to the kernel as a passthrough file, which then reads
-//! the worker's data file itself. New files are written once,
-//! sequentially, and committed when closed.
+//! the worker's data file itself. New files are streamed to a worker as
+//! they are written, front to back, and committed when closed; a file
+//! that exists is changed in a scratch copy that becomes its new version
+//! on close.
 //!
 //! - [`fs`]: the mounted file system's state, attributes and errnos
 //! - [`ops`]: the FUSE callbacks
 //! - [`handles`]: open files and directories, across takeovers
 //! - [`passthrough`]: reads that bypass the daemon or the data path
+//! - [`rewrite`]: changing a file that exists (a new version on close)
 //! - [`mount`]: mounting, taking over, lodging, unmounting
 //! - [`takeover`]: the kernel side of taking a live mount over
 
@@ -19,6 +22,7 @@ mod handles;
 mod mount;
 mod ops;
 mod passthrough;
+mod rewrite;
 mod takeover;
 
 pub use mount::run;

@@ -157,6 +157,10 @@ fn fuser_config(config: &FuseConfig) -> fuser::Config {
         MountOption::FSName("weir".into()),
         MountOption::Subtype("weir".into()),
         MountOption::DefaultPermissions,
+        // Modes are shown as the store keeps them, set-user-id bits and
+        // device files included; neither may grant anything on this host.
+        MountOption::NoSuid,
+        MountOption::NoDev,
     ]);
     if config.read_only {
         fc.mount_options.push(MountOption::RO);

@@ -1,10 +1,12 @@
 //! The FUSE callbacks: each turns a kernel request into calls on the
-//! client and one reply. Files are written once, front to back, through
-//! `create`, and committed when closed.
+//! client and one reply. New files are written front to back through
+//! `create`; files that exist are changed through a rewrite
+//! ([`super::rewrite`]); both are committed when closed.
 
 use super::fs::{WeirFuse, errno, kind_of};
 use super::handles::Handle;
 use super::{DIR_PAGE, MAX_READ, READAHEAD};
+use crate::proto::master as pb;
 use fuser::{
     Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
@@ -58,7 +60,13 @@ impl Filesystem for WeirFuse {
             return reply.error(Errno::ENOENT);
         };
         match self.rt.block_on(self.fs.status(&path)) {
-            Ok(info) => reply.attr(&self.ttl, &self.attr(&info)),
+            Ok(mut info) => match self.rewriting_len(ino) {
+                Some(len) => {
+                    info.length = len;
+                    reply.attr(&Duration::ZERO, &self.attr(&info))
+                }
+                None => reply.attr(&self.ttl, &self.attr(&info)),
+            },
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -81,25 +89,38 @@ impl Filesystem for WeirFuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // Only no-op truncations are possible on write-once files
-        // (O_TRUNC on a fresh file, `truncate` to the current size).
-        if let Some(written) = self.handles.being_written(fh) {
-            if size.is_some_and(|s| s != written) {
-                return reply.error(Errno::EPERM);
-            }
+        // A new file is streamed front to back: only no-op truncations
+        // are possible while it is written (O_TRUNC on a fresh file).
+        let only_size = mode.is_none() && uid.is_none() && gid.is_none() && mtime.is_none();
+        if let Some(written) = self.handles.being_written(fh)
+            && only_size
+            && size.is_none_or(|s| s == written)
+        {
             return reply.attr(&Duration::ZERO, &self.attr_written(ino, written));
         }
         let Some(path) = self.path_of(ino) else {
             return reply.error(Errno::ENOENT);
         };
+        if let Err(e) = self.settle(ino) {
+            return reply.error(e);
+        }
         let info = match self.rt.block_on(self.fs.status(&path)) {
             Ok(info) => info,
             Err(e) => return reply.error(errno(&e)),
         };
-        if size.is_some_and(|s| s != info.length) {
-            tracing::info!(%path, "truncate refused: files are written once; write a new file and rename it over this one");
-            return reply.error(self.refused(&path));
+        if let Some(size) = size
+            && let Err(e) = self.truncate(ino, fh, &path, &info, size)
+        {
+            return reply.error(e);
         }
+        let info = match self.rewriting_len(ino) {
+            Some(length) => pb::FileInfo { length, ..info },
+            None if size.is_some() => match self.rt.block_on(self.fs.status(&path)) {
+                Ok(info) => info,
+                Err(e) => return reply.error(errno(&e)),
+            },
+            None => info,
+        };
         let change = self.attribute_change(&info, mode, uid, gid, mtime);
         if change.is_empty() {
             return reply.attr(&self.ttl, &self.attr(&info));
@@ -118,7 +139,7 @@ impl Filesystem for WeirFuse {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -129,10 +150,8 @@ impl Filesystem for WeirFuse {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        match self
-            .rt
-            .block_on(self.fs.mkdir(&path, mode & !umask & 0o7777))
-        {
+        let maker = self.maker(req, parent, mode & !umask & 0o7777, true);
+        match self.rt.block_on(self.fs.mkdir(&path, maker)) {
             Ok(info) => {
                 self.remember(&info);
                 reply.entry(&self.ttl, &self.attr(&info), Generation(0));
@@ -166,6 +185,11 @@ impl Filesystem for WeirFuse {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
+        if let Ok(info) = self.rt.block_on(self.fs.status(&src))
+            && let Err(e) = self.settle(INodeNo(self.ino_of(&info)))
+        {
+            return reply.error(e);
+        }
         match self.rt.block_on(self.fs.rename(&src, &dst)) {
             Ok(info) => {
                 self.remember(&info);
@@ -179,14 +203,22 @@ impl Filesystem for WeirFuse {
         let Some(path) = self.path_of(ino) else {
             return reply.error(Errno::ENOENT);
         };
+        if let Err(e) = self.settle(ino) {
+            return reply.error(e);
+        }
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            // Files are written once, through create.
-            tracing::info!(%path, "open for writing refused: files are written once; write a new file and rename it over this one");
-            return reply.error(self.refused(&path));
+            return self.open_to_write(ino, &path, flags, reply);
         }
         let reader = match self.rt.block_on(self.fs.open(&path)) {
             Ok(r) => r,
             Err(e) => return reply.error(errno(&e)),
+        };
+        // The path holds a new version since the kernel learnt this inode
+        // (a rewrite renamed it over): what the kernel cached is old.
+        let cache = if self.ino_of(reader.info()) == ino.0 {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
         };
         if self.reads.passthrough()
             && reader.info().length > 0
@@ -203,7 +235,7 @@ impl Filesystem for WeirFuse {
         let local = reader.local_blocks();
         let fh = self.handles.add(Handle::read(reader, None));
         self.reads.track(fh, local);
-        reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
+        reply.opened(fh, cache);
     }
 
     fn read(
@@ -224,8 +256,16 @@ impl Filesystem for WeirFuse {
             return reply.error(Errno::EBADF);
         };
         let mut h = h.lock().expect("handle");
-        let Handle::Read { reader, buf, .. } = &mut *h else {
-            return reply.error(Errno::EBADF);
+        let (reader, buf) = match &mut *h {
+            Handle::Read { reader, buf, .. } => (reader, buf),
+            Handle::Rewrite(r) => {
+                let mut buf = vec![0; size as usize];
+                return match r.read_at(offset, &mut buf) {
+                    Ok(n) => reply.data(&buf[..n]),
+                    Err(_) => reply.error(Errno::EIO),
+                };
+            }
+            _ => return reply.error(Errno::EBADF),
         };
         if buf.len() < size as usize {
             buf.resize(size as usize, 0);
@@ -242,7 +282,7 @@ impl Filesystem for WeirFuse {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -254,12 +294,15 @@ impl Filesystem for WeirFuse {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        match self.rt.block_on(self.fs.create(&path, None)) {
+        let maker = self.maker(req, parent, mode & !umask & 0o7777, false);
+        match self.rt.block_on(self.fs.create_as(&path, maker)) {
             Ok(w) => {
-                let mut info = w.info().clone();
-                info.mode = mode & !umask & 0o7777;
+                let info = w.info().clone();
                 self.remember(&info);
-                let fh = self.handles.add(Handle::Write(Some(Box::new(w))));
+                let fh = self.handles.add_writing(
+                    Handle::Write(Some(Box::new(w))),
+                    INodeNo(self.ino_of(&info)),
+                );
                 reply.created(
                     &Duration::ZERO,
                     &self.attr(&info),
@@ -275,7 +318,7 @@ impl Filesystem for WeirFuse {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -288,13 +331,23 @@ impl Filesystem for WeirFuse {
             return reply.error(Errno::EBADF);
         };
         let mut h = h.lock().expect("handle");
-        let Handle::Write(Some(w)) = &mut *h else {
-            return reply.error(Errno::EBADF);
-        };
-        if offset != w.written() {
-            // Write-once files are written front to back.
-            return reply.error(Errno::EINVAL);
+        let streamed = matches!(&*h, Handle::Write(Some(w)) if w.written() == offset);
+        if !streamed && let Err(e) = self.become_rewrite(ino, &mut h) {
+            return reply.error(e);
         }
+        let w = match &mut *h {
+            Handle::Write(Some(w)) => w,
+            Handle::Rewrite(r) => {
+                return match r.write_at(offset, data) {
+                    Ok(()) => reply.written(data.len() as u32),
+                    Err(e) => {
+                        tracing::warn!(path = %r.path, error = %e, "scratch write failed");
+                        reply.error(Errno::EIO)
+                    }
+                };
+            }
+            _ => return reply.error(Errno::EBADF),
+        };
         match self.rt.block_on(w.write(data)) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(errno(&e)),
@@ -317,6 +370,12 @@ impl Filesystem for WeirFuse {
         // once there is data, so close() reports a failed commit.
         let writer = match &mut *h.lock().expect("handle") {
             Handle::Write(w) if w.as_ref().is_some_and(|w| w.written() > 0) => w.take(),
+            Handle::Rewrite(r) => {
+                return match self.commit_rewrite(r) {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(e),
+                };
+            }
             _ => None,
         };
         match writer.map(|w| self.commit(*w)) {
@@ -347,14 +406,15 @@ impl Filesystem for WeirFuse {
         });
         // While `h` still holds its share of the backing.
         self.reads.closed(fh, ino.0, had_backing);
-        if let Some(h) = h
-            && let Handle::Write(w) = &mut *h.lock().expect("handle")
-            && let Some(w) = w.take()
-            && let Err(e) = self.commit(*w)
-        {
-            return reply.error(e);
+        let committed = match h.as_ref().map(|h| h.lock().expect("handle")).as_deref_mut() {
+            Some(Handle::Write(w)) => w.take().map_or(Ok(()), |w| self.commit(*w)),
+            Some(Handle::Rewrite(r)) => self.commit_rewrite(r),
+            _ => Ok(()),
+        };
+        match committed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -446,6 +506,43 @@ impl Filesystem for WeirFuse {
         reply.ok();
     }
 
+    /// `posix_fallocate`: space for `offset + length` bytes, as zeros past
+    /// the end, in a file open for writing. Other modes (punching holes,
+    /// keeping the size) are refused.
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if mode != 0 {
+            tracing::info!(
+                ino = ino.0,
+                mode,
+                "fallocate refused: only plain allocation is done"
+            );
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let Some(h) = self.handles.get(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut h = h.lock().expect("handle");
+        if let Err(e) = self.become_rewrite(ino, &mut h) {
+            return reply.error(e);
+        }
+        let Handle::Rewrite(r) = &mut *h else {
+            return reply.error(Errno::EBADF);
+        };
+        match r.grow_to(offset + length) {
+            Ok(()) => reply.ok(),
+            Err(_) => reply.error(Errno::EIO),
+        }
+    }
+
     /// A link found in the under-storage: its target, for the reader's
     /// own kernel to resolve.
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -491,9 +588,9 @@ impl Filesystem for WeirFuse {
         }
     }
 
-    // Calls Weir does not do, each refused with the errno its callers
-    // expect and a line saying why (never a 0 that changes nothing).
-
+    /// `ln`: a second name made in the under-storage where it holds hard
+    /// links (a local directory), refused where it cannot (EPERM; EROFS
+    /// when read-only; EXDEV across mounts).
     fn link(
         &self,
         _req: &Request,
@@ -502,25 +599,72 @@ impl Filesystem for WeirFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let at = self.path_of(newparent).unwrap_or_default();
-        tracing::info!(file = ?self.path_of(ino), dir = %at, name = ?newname, "link refused: a file has one name in Weir (no hard links)");
-        reply.error(self.refused(&at));
+        let paths = self.writable().and_then(|()| {
+            let existing = self.path_of(ino).ok_or(Errno::ENOENT)?;
+            Ok((existing, self.child(newparent, newname)?))
+        });
+        let (existing, path) = match paths {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        if let Err(e) = self.settle(ino) {
+            return reply.error(e);
+        }
+        match self.rt.block_on(self.fs.hard_link(&existing, &path)) {
+            Ok(info) => {
+                self.remember(&info);
+                reply.entry(&self.ttl, &self.attr(&info), Generation(0));
+            }
+            Err(e) => {
+                tracing::info!(%existing, %path, error = %e, "link refused");
+                reply.error(errno(&e))
+            }
+        }
     }
 
+    /// `mknod`, `mkfifo`, a socket's name: made in the under-storage where
+    /// it holds special files (a local directory), refused where it
+    /// cannot (EPERM; EROFS when read-only). Regular files come through
+    /// `create`.
     fn mknod(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
-        _rdev: u32,
+        umask: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        let at = self.path_of(parent).unwrap_or_default();
-        tracing::info!(dir = %at, ?name, mode = format!("{mode:o}"), "mknod refused: Weir holds regular files and directories only (no fifos, sockets or devices)");
-        reply.error(self.refused(&at));
+        let path = match self.writable().and_then(|()| self.child(parent, name)) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let maker = self.maker(req, parent, mode & !umask & 0o7777, false);
+        let made = match crate::ufs::NodeKind::from_type_bits(mode) {
+            Some(kind) => self
+                .rt
+                .block_on(self.fs.mknod(&path, maker, kind, u64::from(rdev))),
+            // An empty regular file.
+            None => self.rt.block_on(async {
+                let writer = self.fs.create_as(&path, maker).await?;
+                writer.close().await
+            }),
+        };
+        match made {
+            Ok(info) => {
+                self.remember(&info);
+                reply.entry(&self.ttl, &self.attr(&info), Generation(0));
+            }
+            Err(e) => {
+                tracing::info!(%path, mode = format!("{mode:o}"), error = %e, "mknod refused");
+                reply.error(errno(&e))
+            }
+        }
     }
+
+    // Calls Weir does not do, each refused with the errno its callers
+    // expect and a line saying why (never a 0 that changes nothing).
 
     fn setxattr(
         &self,

@@ -54,6 +54,18 @@ pub struct Stamp {
     pub now_ms: u64,
 }
 
+impl Stamp {
+    /// The owner, group and mode `inode` has (stamped at its mtime).
+    pub fn of(inode: &crate::master::metastore::Inode) -> Self {
+        Stamp {
+            owner: inode.owner.clone(),
+            group: inode.group.clone(),
+            mode: inode.mode,
+            now_ms: inode.mtime_ms,
+        }
+    }
+}
+
 /// One entry of an under-storage listing, with its version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UfsEntry {

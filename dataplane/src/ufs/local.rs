@@ -8,6 +8,7 @@
 //! out of listings (with a log line) and refused on open.
 
 use super::beneath::{self, Refusal, Root};
+use super::nodes::{self, NodeKind};
 use super::{AttrChange, Fingerprint, Ufs, UfsError, UfsPath, UfsResult, UfsStatus, UfsWriter};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -63,12 +64,17 @@ fn status(name: String, m: &Metadata, link: Option<String>) -> UfsStatus {
             link: Some(target),
         };
     }
+    let node = NodeKind::of(m.file_type());
     UfsStatus {
         name,
         is_dir: m.is_dir(),
-        length: if m.is_dir() { 0 } else { m.len() },
+        length: if m.is_dir() || node.is_some() {
+            0
+        } else {
+            m.len()
+        },
         mtime_ms: mtime_ms(m),
-        version: version(m),
+        version: node.map_or_else(|| version(m), |kind| kind.version(m.rdev())),
         mode: Some(m.mode() & PERMISSION_BITS),
         uid: Some(m.uid()),
         gid: Some(m.gid()),
@@ -76,10 +82,10 @@ fn status(name: String, m: &Metadata, link: Option<String>) -> UfsStatus {
     }
 }
 
-/// The bits of a mode Weir shows: read, write and execute for owner,
-/// group and others, and the sticky bit. Never set-user or set-group id:
-/// a file served through FUSE must not run with the rights of its owner.
-const PERMISSION_BITS: u32 = 0o1777;
+/// The bits of a mode Weir shows: all of them but the file type. FUSE
+/// mounts are nosuid, so a set-user-id bit shown never runs a file with
+/// the rights of its owner.
+const PERMISSION_BITS: u32 = 0o7777;
 
 fn fingerprint(m: &Metadata) -> Fingerprint {
     Fingerprint {
@@ -414,11 +420,13 @@ impl Ufs for LocalUfs {
             // root: a link swapped meanwhile cannot redirect the change.
             let file = beneath::open(&root, &rel, OFlag::O_PATH).map_err(|r| r.into_io(&rel))?;
             let by_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-            if let Some(mode) = change.mode {
-                std::fs::set_permissions(&by_fd, std::fs::Permissions::from_mode(mode & 0o7777))?;
-            }
+            // The owner first: a chown clears set-user-id and set-group-id
+            // bits that a chmod in the same call asks for.
             if change.uid.is_some() || change.gid.is_some() {
                 std::os::unix::fs::chown(&by_fd, change.uid, change.gid)?;
+            }
+            if let Some(mode) = change.mode {
+                std::fs::set_permissions(&by_fd, std::fs::Permissions::from_mode(mode & 0o7777))?;
             }
             if let Some(ms) = change.mtime_ms {
                 let mtime = nix::sys::time::TimeSpec::new(
@@ -452,6 +460,19 @@ impl Ufs for LocalUfs {
             std::os::unix::fs::symlink(&target, &at)
         })
         .await
+    }
+
+    async fn make_node(&self, path: &UfsPath, kind: NodeKind, rdev: u64) -> UfsResult<()> {
+        let (root, rel) = (self.root.clone(), path.as_str().to_owned());
+        self.blocking(path, move || nodes::make(&root, &rel, kind, rdev))
+            .await
+    }
+
+    async fn hard_link(&self, existing: &UfsPath, new: &UfsPath) -> UfsResult<()> {
+        let root = self.root.clone();
+        let (from, to) = (existing.as_str().to_owned(), new.as_str().to_owned());
+        self.blocking(new, move || nodes::hard_link(&root, &from, &to))
+            .await
     }
 
     async fn rename(&self, from: &UfsPath, to: &UfsPath) -> UfsResult<()> {

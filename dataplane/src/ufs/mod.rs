@@ -14,11 +14,13 @@ mod beneath;
 pub mod conformance;
 mod fingerprint;
 mod local;
+mod nodes;
 mod opendal;
 
 pub use self::local::LocalUfs;
 pub use self::opendal::OpendalUfs;
 pub use fingerprint::{Fingerprint, LINK_VERSION_PREFIX};
+pub use nodes::NodeKind;
 
 use futures::stream::BoxStream;
 use std::collections::BTreeMap;
@@ -191,6 +193,12 @@ pub trait Ufs: Send + Sync + std::fmt::Debug {
     /// Makes `path` a symbolic link to `target` (its text, not resolved);
     /// stores that hold no links answer `Unsupported`.
     async fn symlink(&self, path: &UfsPath, target: &str) -> UfsResult<()>;
+    /// Makes `path` a special file (`mknod`, `mkfifo`, a socket's name);
+    /// stores that hold none answer `Unsupported`.
+    async fn make_node(&self, path: &UfsPath, kind: NodeKind, rdev: u64) -> UfsResult<()>;
+    /// Gives the file `existing` a second name, `new` (`ln`); stores
+    /// without hard links answer `Unsupported`.
+    async fn hard_link(&self, existing: &UfsPath, new: &UfsPath) -> UfsResult<()>;
 }
 
 /// An object being written; see [`Ufs::writer`].

@@ -3,7 +3,9 @@
 //! object's version is its ETag; a read pinned to a version sends it as
 //! `If-Match`, so the store itself refuses other content.
 
-use super::{AttrChange, Fingerprint, Ufs, UfsError, UfsPath, UfsResult, UfsStatus, UfsWriter};
+use super::{
+    AttrChange, Fingerprint, NodeKind, Ufs, UfsError, UfsPath, UfsResult, UfsStatus, UfsWriter,
+};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -365,6 +367,20 @@ impl Ufs for OpendalUfs {
         Err(UfsError::Unsupported {
             uri: self.uri.clone(),
             reason: "the store holds no symbolic links".into(),
+        })
+    }
+
+    async fn make_node(&self, _path: &UfsPath, kind: NodeKind, _rdev: u64) -> UfsResult<()> {
+        Err(UfsError::Unsupported {
+            uri: self.uri.clone(),
+            reason: format!("the store holds no special files (a {})", kind.name()),
+        })
+    }
+
+    async fn hard_link(&self, _existing: &UfsPath, _new: &UfsPath) -> UfsResult<()> {
+        Err(UfsError::Unsupported {
+            uri: self.uri.clone(),
+            reason: "the store holds no hard links; an object has one name".into(),
         })
     }
 

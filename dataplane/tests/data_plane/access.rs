@@ -90,7 +90,21 @@ async fn t80_other_users_read_what_the_modes_allow() {
     assert_eq!(mode("frozen.txt"), 0o444);
     assert_eq!(mode("secret.txt"), 0o600);
     assert_eq!(mode("private"), 0o700);
-    assert_eq!(mode("tool.sh"), 0o755, "never set-user-id through Weir");
+    assert_eq!(mode("tool.sh"), 0o4755, "shown as the store keeps it");
+    // ...and never honoured: the mount is nosuid (and nodev).
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let options = mountinfo
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| Path::new(f[4]) == open)
+        .map(|f| f[5].to_owned())
+        .expect("the mount in mountinfo");
+    for needed in ["nosuid", "nodev"] {
+        assert!(
+            options.split(',').any(|o| o == needed),
+            "{needed}: {options}"
+        );
+    }
 
     // A chmod in the under-storage reaches the mount with the next check
     // of the path (a new FUSE lookup after the attribute TTL).

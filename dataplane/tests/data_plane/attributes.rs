@@ -2,13 +2,14 @@
 //! writable local directory they change the source file the same way (and
 //! the file keeps its cached blocks); on S3, which keeps no such
 //! attributes, they are refused with EPERM and change nothing; on a
-//! read-only mount with EROFS. `ln -s` makes a link where the store holds
-//! links; hard links, fifos and extended attributes, which Weir does not
-//! keep, are refused the same way.
+//! read-only mount with EROFS. `ln -s`, `ln` and `mkfifo` make a link, a
+//! second name or a fifo where the store holds them, and are refused
+//! where it does not; extended attributes, which Weir does not keep, are
+//! refused everywhere.
 
 use crate::cluster::*;
 use crate::source::Source;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use weir::proto::master as pb;
@@ -146,16 +147,44 @@ async fn t82_chmod_chown_and_touch_reach_the_under_storage_or_are_refused() {
         vec![7u8; 3 << 20]
     );
 
-    // What Weir does not do is refused, and nothing appears.
-    let (file, link, s3_link) = (on(&mp, "l/d/f.bin"), on(&mp, "l/d/new"), on(&mp, "s/link"));
+    // Hard links and special files are made in a local source.
+    let (file, second, fifo) = (
+        on(&mp, "l/d/f.bin"),
+        on(&mp, "l/d/second"),
+        on(&mp, "l/d/fifo"),
+    );
+    run("ln", &[&file, &second]).unwrap();
+    run("mkfifo", &[&fifo]).unwrap();
+    let (f, s) = (
+        std::fs::metadata(root.join("d/f.bin")).unwrap(),
+        std::fs::metadata(root.join("d/second")).unwrap(),
+    );
+    assert_eq!((f.ino(), f.nlink()), (s.ino(), 2), "one file, two names");
+    assert_eq!(std::fs::read(&second).unwrap(), vec![7u8; 3 << 20]);
+    assert!(
+        std::fs::symlink_metadata(root.join("d/fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo(),
+        "shown as a fifo"
+    );
+
+    // What a store cannot hold is refused, and nothing appears.
+    let (s3_link, s3_file) = (on(&mp, "s/link"), on(&mp, "s/o.bin"));
     let refusals: [(&str, Vec<&str>, &str); 4] = [
         (
             "ln",
             vec!["-s", "o.bin", &s3_link],
             "Operation not permitted",
         ),
-        ("ln", vec![&file, &link], "Operation not permitted"),
-        ("mkfifo", vec![&link], "Operation not permitted"),
+        ("ln", vec![&s3_file, &s3_link], "Operation not permitted"),
+        ("mkfifo", vec![&s3_link], "Operation not permitted"),
         (
             "python3",
             vec![
@@ -170,6 +199,7 @@ async fn t82_chmod_chown_and_touch_reach_the_under_storage_or_are_refused() {
         let err = run(program, &args).expect_err(program);
         assert!(err.contains(says), "{program} {args:?}: {err}");
     }
+    assert_eq!(s3.tree().await, ["o.bin"]);
     let ro_link = on(&mp, "ro/d/new");
     let err = run("ln", &["-s", "f.bin", &ro_link]).expect_err("ln -s on a read-only mount");
     assert!(err.contains("Read-only file system"), "{err}");

@@ -157,6 +157,8 @@ impl UfsEntry {
             InodeKind::Directory
         } else if self.link.is_some() {
             InodeKind::Symlink
+        } else if crate::ufs::NodeKind::parse_version(&self.version).is_some() {
+            InodeKind::Special
         } else {
             InodeKind::File
         }
@@ -164,11 +166,12 @@ impl UfsEntry {
 }
 
 /// The mode an entry found in the under-storage shows: the store's own
-/// where it keeps one, else one every user may read (never writable by
+/// where it keeps one (FUSE mounts are nosuid, so a set-user-id bit
+/// grants nothing), else one every user may read (never writable by
 /// others, so the kernel's permission checks never widen a store's).
 pub(super) fn ufs_mode(e: &UfsEntry) -> u32 {
     match e.mode {
-        Some(m) => m & 0o1777,
+        Some(m) => m & 0o7777,
         None if e.is_dir => 0o755,
         None => 0o644,
     }

@@ -527,7 +527,7 @@ fn listed_entries_keep_the_stores_modes_and_follow_a_chmod() {
         entry("prefix", true, None),
     ]);
     let mode = |path: &str| ns.get(&p(path)).unwrap().mode;
-    assert_eq!(mode("/m/secret"), 0o640, "set-user-id is never shown");
+    assert_eq!(mode("/m/secret"), 0o4640, "shown whole; mounts are nosuid");
     assert_eq!(mode("/m/d"), 0o750);
     assert_eq!(mode("/m/object"), 0o644, "stores without modes: readable");
     assert_eq!(mode("/m/prefix"), 0o755);

@@ -17,6 +17,10 @@ pub enum InodeKind {
     /// so a new target is a new version. Appended last: the variant order
     /// is part of the stored encoding.
     Symlink,
+    /// A fifo, socket or device file found in (or made in) the
+    /// under-storage: no data; its kind and device number are its version
+    /// (`node:<kind>:<rdev>`). Appended last, as `Symlink` was.
+    Special,
 }
 
 /// Whether a file's data exists in the under-storage.
@@ -82,7 +86,16 @@ impl Inode {
         )
     }
 
-    /// The file's blocks; none for a directory or a link.
+    /// A special file's kind and device number; `None` for anything else.
+    pub fn node(&self) -> Option<(crate::ufs::NodeKind, u64)> {
+        if self.kind != InodeKind::Special {
+            return None;
+        }
+        let fingerprint = crate::ufs::Fingerprint::parse(self.ufs_fingerprint.as_deref()?)?;
+        crate::ufs::NodeKind::parse_version(&fingerprint.version)
+    }
+
+    /// The file's blocks; none for a directory, a link or a special file.
     pub fn blocks(&self) -> impl Iterator<Item = BlockRange> + use<> {
         let length = if self.is_file() { self.length } else { 0 };
         blocks_of(self.id, length, self.block_size)

@@ -9,11 +9,11 @@ use crate::master::error::MasterError;
 use crate::master::metastore::{Inode, PersistState, StoreError};
 use crate::master::namespace::Namespace;
 use crate::master::node::Proposer;
-use crate::master::sync::MetadataSync;
+use crate::master::sync::{MetadataSync, NewEntry};
 use crate::master::workers::WorkerRegistry;
 use crate::path::WeirPath;
 use crate::proto::master as pb;
-use crate::ufs::AttrChange;
+use crate::ufs::{AttrChange, NodeKind};
 use std::sync::Arc;
 use tonic::Status;
 
@@ -78,6 +78,11 @@ impl FsApi {
             persist: persist_to_pb(inode.persist) as i32,
             cached_percent,
             symlink_target: inode.symlink_target().unwrap_or_default(),
+            node_kind: inode
+                .node()
+                .map(|(k, _)| k.name().into())
+                .unwrap_or_default(),
+            rdev: inode.node().map_or(0, |(_, rdev)| rdev),
             // Only a path the under-storage has (as far as Weir knows).
             ufs_path: if inode.persist == PersistState::Persisted {
                 ufs_path
@@ -164,14 +169,25 @@ impl FsApi {
     pub async fn create_file(&self, request: pb::CreateRequest) -> Result<pb::FileInfo, Status> {
         let r = request;
         let path = parse(&r.path)?;
-        if !r.symlink_target.is_empty() {
-            let inode = self
-                .sync
-                .create_symlink(&path, &r.symlink_target, now_ms())
-                .await?;
+        let stamp = stamp(r.mode, r.owner, r.group, 0o644);
+        let linked;
+        let new = if !r.symlink_target.is_empty() {
+            Some(NewEntry::Symlink(&r.symlink_target))
+        } else if !r.node_kind.is_empty() {
+            let kind = NodeKind::from_name(&r.node_kind).ok_or_else(|| {
+                Status::invalid_argument(format!("node_kind: unknown kind {:?}", r.node_kind))
+            })?;
+            Some(NewEntry::Node(kind, r.rdev))
+        } else if !r.hard_link_to.is_empty() {
+            linked = parse(&r.hard_link_to)?;
+            Some(NewEntry::HardLink(&linked))
+        } else {
+            None
+        };
+        if let Some(new) = new {
+            let inode = self.sync.create_entry(&path, new, &stamp).await?;
             return Ok(self.info(&path, &inode));
         }
-        let stamp = stamp(r.mode, r.owner, r.group, 0o644);
         let block_size = if r.block_size == 0 {
             DEFAULT_BLOCK_SIZE
         } else {

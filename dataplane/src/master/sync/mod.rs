@@ -98,6 +98,7 @@ mod through;
 mod validate;
 
 pub use count::MountCount;
+pub use through::NewEntry;
 
 impl MetadataSync {
     pub fn new(proposer: Proposer, namespace: Namespace) -> Self {

@@ -1,5 +1,6 @@
 //! Namespace changes the under-storage must see: `mkdir`, `rm`, `rmdir`,
-//! `mv`, `chmod`, `chown`, `touch` and "this file is persisted". Each is checked against the
+//! `mv`, `chmod`, `chown`, `touch`, `ln -s`, `ln`, `mknod` and "this file
+//! is persisted". Each is checked against the
 //! namespace first (nothing is done that the namespace would refuse), done
 //! in the under-storage, and only then proposed, so Weir never shows a
 //! tree the under-storage does not have and the next listing brings back
@@ -12,13 +13,22 @@
 
 use super::entry;
 use super::{MetadataSync, ufs_path};
-use crate::master::command::{AttrUpdate, Command, FsError, Reply};
+use crate::master::command::{AttrUpdate, Command, FsError, Reply, Stamp};
 use crate::master::error::MasterResult;
 use crate::master::metastore::{Inode, MountInfo, PersistState};
 use crate::path::WeirPath;
-use crate::ufs::{AttrChange, UfsStatus};
+use crate::ufs::{AttrChange, NodeKind, UfsStatus};
 use futures::TryStreamExt;
 use weir_api::WriteType;
+
+/// What `ln -s`, `mknod` and `ln` make.
+#[derive(Debug, Clone, Copy)]
+pub enum NewEntry<'a> {
+    Symlink(&'a str),
+    Node(NodeKind, u64),
+    /// A second name for this file.
+    HardLink(&'a WeirPath),
+}
 
 impl MetadataSync {
     /// The mount below which `path` lies, when the under-storage is to see
@@ -172,9 +182,11 @@ impl MetadataSync {
             Reply::Inode(inode) => *inode,
             other => return Err(FsError::Store(format!("unexpected reply {other:?}")).into()),
         };
-        if mount.is_none() {
+        let Some(mount) = mount else {
             return Ok(created);
-        }
+        };
+        self.stamp_in_store(&mount, path, &Stamp::of(&created))
+            .await?;
         let update = AttrUpdate {
             persist: Some(PersistState::Persisted),
             ..AttrUpdate::default()
@@ -248,15 +260,16 @@ impl MetadataSync {
         .await
     }
 
-    /// `ln -s`: a link made in the under-storage, then loaded as the store
-    /// reports it. Weir holds no links of its own, so where the path has
-    /// no writable under-storage (or one that keeps new entries in Weir
-    /// only) it is refused.
-    pub async fn create_symlink(
+    /// `ln -s`, `mknod`/`mkfifo` and `ln`: made in the under-storage (a
+    /// special file with `stamp`'s mode and owner), then loaded as the
+    /// store reports it. Weir holds none of these of its own, so where the
+    /// path has no writable under-storage (or one that keeps new entries
+    /// in Weir only), or the store holds no such thing, it is refused.
+    pub async fn create_entry(
         &self,
         path: &WeirPath,
-        target: &str,
-        now_ms: u64,
+        new: NewEntry<'_>,
+        stamp: &Stamp,
     ) -> MasterResult<Inode> {
         if self.namespace.lookup(path)?.is_some() {
             return Err(FsError::AlreadyExists(path.to_string()).into());
@@ -277,18 +290,58 @@ impl MetadataSync {
             .filter(|m| m.spec.write_type != WriteType::MustCache)
         else {
             return Err(FsError::FailedPrecondition(format!(
-                "{path}: symbolic links live in an under-storage, and this path has none \
-                 that Weir writes to"
+                "{path}: links and special files live in an under-storage, and this path \
+                 has none that Weir writes to"
             ))
             .into());
         };
         let store = self.store(&mount)?;
         let at = ufs_path(&mount, path)?;
-        store.symlink(&at, target).await?;
-        let Some(now) = store.stat(&at).await? else {
+        match new {
+            NewEntry::Symlink(target) => store.symlink(&at, target).await?,
+            NewEntry::Node(kind, rdev) => store.make_node(&at, kind, rdev).await?,
+            NewEntry::HardLink(existing) => {
+                let file = self.namespace.get(existing)?;
+                if file.is_dir() {
+                    return Err(FsError::FailedPrecondition(format!(
+                        "{existing} is a directory; directories have one name (hard links \
+                         are for files)"
+                    ))
+                    .into());
+                }
+                let same_mount = self
+                    .ufs_mount_of(existing)?
+                    .is_some_and(|m| m.mount_id == mount.mount_id);
+                if !same_mount {
+                    return Err(FsError::InvalidArgument(format!(
+                        "{existing} and {path} are on different mounts"
+                    ))
+                    .into());
+                }
+                if !Self::in_ufs(&file) {
+                    return Err(FsError::FailedPrecondition(format!(
+                        "{existing} is not in the under-storage yet; a hard link needs it there"
+                    ))
+                    .into());
+                }
+                let from = ufs_path(&mount, existing)?;
+                store.hard_link(&from, &at).await?;
+                // The link moved the file's change time, part of its
+                // version; its content is the one Weir holds.
+                if let Some(now) = store.stat(&from).await? {
+                    self.set_version(existing, now.fingerprint().to_string())
+                        .await?;
+                }
+            }
+        }
+        let stamped = match new {
+            NewEntry::Node(..) => self.stamp_in_store(&mount, path, stamp).await?,
+            _ => store.stat(&at).await?,
+        };
+        let Some(now) = stamped else {
             return Err(FsError::NotFound(format!("{path}: gone right after it was made")).into());
         };
-        self.load_as_stored(path, now, now_ms).await
+        self.load_as_stored(path, now, stamp.now_ms).await
     }
 
     /// `path` loaded into the namespace as the under-storage reports it
@@ -334,16 +387,52 @@ impl MetadataSync {
                 )
                 .await;
         };
-        let at = ufs_path(&mount, path)?;
-        let Some(now) = self.store(&mount)?.stat(&at).await? else {
+        let Some(now) = self
+            .stamp_in_store(&mount, path, &Stamp::of(&inode))
+            .await?
+        else {
             return Err(FsError::FailedPrecondition(format!(
                 "{path}: the under-storage has no {} {}; it stays unpersisted",
                 mount.spec.ufs_uri,
-                at.as_str()
+                ufs_path(&mount, path)?.as_str()
             ))
             .into());
         };
         self.set_version(path, now.fingerprint().to_string()).await
+    }
+
+    /// What Weir made (a file it wrote, a directory) gets in the store the
+    /// mode and owner it has in the namespace (its creator's), where the
+    /// store keeps them; then the store's status of it, `None` when the
+    /// store does not have it.
+    async fn stamp_in_store(
+        &self,
+        mount: &MountInfo,
+        path: &WeirPath,
+        made: &Stamp,
+    ) -> MasterResult<Option<UfsStatus>> {
+        let (store, at) = (self.store(mount)?, ufs_path(mount, path)?);
+        let Some(now) = store.stat(&at).await? else {
+            return Ok(None);
+        };
+        let id = |name: &str| {
+            if name == "root" {
+                Some(0)
+            } else {
+                name.parse().ok()
+            }
+        };
+        let change = AttrChange {
+            uid: id(&made.owner).filter(|u| now.uid.is_some_and(|n| n != *u)),
+            gid: id(&made.group).filter(|g| now.gid.is_some_and(|n| n != *g)),
+            mode: Some(made.mode & 0o7777).filter(|m| now.mode.is_some_and(|n| n != *m)),
+            mtime_ms: None,
+        };
+        if change.is_empty() {
+            return Ok(Some(now));
+        }
+        store.set_attributes(&at, &change).await?;
+        Ok(store.stat(&at).await?)
     }
 
     async fn set_version(&self, path: &WeirPath, fingerprint: String) -> MasterResult<Inode> {

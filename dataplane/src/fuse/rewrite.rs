@@ -1,0 +1,291 @@
+//! Changing a file that exists: `open` for writing, `O_APPEND`,
+//! `O_TRUNC`, `truncate`. Weir's files never change under one inode id
+//! (a block belongs to one version of one file), so a change is a new
+//! version: the file's bytes are copied into a scratch file when it is
+//! opened, changed there at any offset, and on close written as a new
+//! file beside it that is renamed over it, in the under-storage as in
+//! the namespace. Readers see the old version whole until the close,
+//! then the new one whole; the new version has the old one's mode and
+//! owner.
+//! Two writers of one file at once: the last to close wins.
+
+use super::fs::{WeirFuse, errno};
+use super::handles::Handle;
+use crate::client::Maker;
+use crate::proto::master as pb;
+use fuser::{Errno, FileHandle, FopenFlags, INodeNo, OpenFlags, ReplyOpen};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bytes copied per read or write while seeding and committing.
+const CHUNK: usize = 1 << 20;
+
+/// Names of the new versions being written, unique in this process.
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// An existing file open for writing.
+pub(super) struct Rewrite {
+    pub path: String,
+    scratch: std::fs::File,
+    len: u64,
+    /// Changed since it was opened or last committed.
+    dirty: bool,
+}
+
+impl Rewrite {
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = buf.len().min(self.len.saturating_sub(offset) as usize);
+        let mut done = 0;
+        while done < want {
+            match self
+                .scratch
+                .read_at(&mut buf[done..want], offset + done as u64)?
+            {
+                0 => break,
+                n => done += n,
+            }
+        }
+        Ok(done)
+    }
+
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.scratch.write_all_at(data, offset)?;
+        self.len = self.len.max(offset + data.len() as u64);
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// At least `len` bytes long: zeros past the end.
+    pub fn grow_to(&mut self, len: u64) -> std::io::Result<()> {
+        if len > self.len {
+            self.set_len(len)?;
+        }
+        Ok(())
+    }
+
+    pub fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.scratch.set_len(len)?;
+        self.dirty |= len != self.len;
+        self.len = len;
+        Ok(())
+    }
+}
+
+impl WeirFuse {
+    /// `path` (`info`) opened for writing: its bytes copied into a scratch
+    /// file unless the open truncates it.
+    pub(super) fn start_rewrite(
+        &self,
+        path: &str,
+        info: &pb::FileInfo,
+        truncate: bool,
+    ) -> Result<Rewrite, Errno> {
+        let scratch = tempfile::tempfile().map_err(|e| {
+            tracing::warn!(%path, error = %e, "no scratch file for a rewrite");
+            Errno::EIO
+        })?;
+        let mut rewrite = Rewrite {
+            path: path.to_owned(),
+            scratch,
+            len: 0,
+            dirty: truncate && info.length > 0,
+        };
+        if truncate || info.length == 0 {
+            return Ok(rewrite);
+        }
+        let seeded: Result<(), Errno> = self.rt.block_on(async {
+            let mut reader = self.fs.open(path).await.map_err(|e| errno(&e))?;
+            let mut buf = vec![0; CHUNK];
+            loop {
+                let n = reader
+                    .read_at(rewrite.len, &mut buf)
+                    .await
+                    .map_err(|e| errno(&e))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                let at = rewrite.len;
+                rewrite
+                    .scratch
+                    .write_all_at(&buf[..n], at)
+                    .map_err(|_| Errno::EIO)?;
+                rewrite.len += n as u64;
+            }
+        });
+        seeded.map(|()| rewrite)
+    }
+
+    /// Writes a changed file's new version and renames it over the old
+    /// one; nothing is done when nothing changed. Errors reach the
+    /// application's close().
+    pub(super) fn commit_rewrite(&self, rewrite: &mut Rewrite) -> Result<(), Errno> {
+        if !rewrite.dirty {
+            return Ok(());
+        }
+        let path = rewrite.path.clone();
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", &path));
+        let beside = format!(
+            "{dir}/.weir-rewrite-{}-{}-{name}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let committed = self.rt.block_on(async {
+            // The new version is made with the mode and owner the file
+            // has now (a chmod while it was open included).
+            let old = self.fs.status(&path).await?;
+            let attr = self.attr(&old);
+            let maker = Maker {
+                mode: u32::from(attr.perm),
+                uid: attr.uid,
+                gid: attr.gid,
+            };
+            let mut writer = self.fs.create_as(&beside, maker).await?;
+            let mut buf = vec![0; CHUNK];
+            let mut at = 0;
+            while at < rewrite.len {
+                let n = rewrite
+                    .read_at(at, &mut buf)
+                    .map_err(|e| crate::client::ClientError::Invalid(e.to_string()))?;
+                if n == 0 {
+                    break;
+                }
+                if let Err(e) = writer.write(&buf[..n]).await {
+                    writer.abort().await;
+                    return Err(e);
+                }
+                at += n as u64;
+            }
+            writer.close().await?;
+            let new = match self.fs.rename(&beside, &path).await {
+                Ok(new) => new,
+                Err(e) => {
+                    let _ = self.fs.delete(&beside, false).await;
+                    return Err(e);
+                }
+            };
+            Ok(new)
+        });
+        let new = committed.map_err(|e| {
+            tracing::warn!(%path, error = %e, "writing the new version of a file failed");
+            errno(&e)
+        })?;
+        rewrite.dirty = false;
+        self.remember(&new);
+        Ok(())
+    }
+
+    /// `open` with write access: refused where Weir cannot write the
+    /// path, else a rewrite handle.
+    pub(super) fn open_to_write(
+        &self,
+        ino: INodeNo,
+        path: &str,
+        flags: OpenFlags,
+        reply: ReplyOpen,
+    ) {
+        if self.read_only || self.refused(path) == Errno::EROFS {
+            return reply.error(Errno::EROFS);
+        }
+        let info = match self.rt.block_on(self.fs.status(path)) {
+            Ok(info) if info.is_dir => return reply.error(Errno::EISDIR),
+            Ok(info) => info,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        match self.start_rewrite(path, &info, truncate) {
+            Ok(rewrite) => {
+                let fh = self
+                    .handles
+                    .add_writing(Handle::Rewrite(Box::new(rewrite)), ino);
+                reply.opened(fh, FopenFlags::empty());
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// A new file's handle asked for more than writes front to back (a
+    /// write elsewhere, a truncate, a write after a commit): what it wrote
+    /// is committed, and it goes on as a rewrite of that file.
+    pub(super) fn become_rewrite(&self, ino: INodeNo, h: &mut Handle) -> Result<(), Errno> {
+        let Handle::Write(w) = h else {
+            return Ok(());
+        };
+        if let Some(w) = w.take() {
+            self.commit(*w)?;
+        }
+        let path = self.path_of(ino).ok_or(Errno::ENOENT)?;
+        let info = self
+            .rt
+            .block_on(self.fs.status(&path))
+            .map_err(|e| errno(&e))?;
+        *h = Handle::Rewrite(Box::new(self.start_rewrite(&path, &info, false)?));
+        Ok(())
+    }
+
+    /// Before another call looks at `ino`: new files being written to it
+    /// are committed as they are so far (`touch` then `utimensat`; the
+    /// kernel releases a handle after close() returns), and rewrites are
+    /// committed, so what was written is what the call sees.
+    pub(super) fn settle(&self, ino: INodeNo) -> Result<(), Errno> {
+        for h in self.handles.writing(ino) {
+            match &mut *h.lock().expect("handle") {
+                Handle::Write(w) => {
+                    if let Some(w) = w.take() {
+                        self.commit(*w)?;
+                    }
+                }
+                Handle::Rewrite(r) => self.commit_rewrite(r)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// `truncate`/`ftruncate` to `size`: in the open rewrite of the file
+    /// if there is one, else as a rewrite of its own.
+    pub(super) fn truncate(
+        &self,
+        ino: INodeNo,
+        fh: Option<FileHandle>,
+        path: &str,
+        info: &pb::FileInfo,
+        size: u64,
+    ) -> Result<(), Errno> {
+        let open = fh.and_then(|fh| self.handles.get(fh));
+        if let Some(h) = &open {
+            self.become_rewrite(ino, &mut h.lock().expect("handle"))?;
+        }
+        let rewrite = open
+            .into_iter()
+            .chain(self.handles.writing(ino))
+            .find(|h| matches!(*h.lock().expect("handle"), Handle::Rewrite(_)));
+        if let Some(h) = rewrite
+            && let Handle::Rewrite(r) = &mut *h.lock().expect("handle")
+        {
+            return r.set_len(size).map_err(|_| Errno::EIO);
+        }
+        if size == info.length {
+            return Ok(());
+        }
+        if info.is_dir {
+            return Err(Errno::EISDIR);
+        }
+        if self.read_only || self.refused(path) == Errno::EROFS {
+            return Err(Errno::EROFS);
+        }
+        let mut rewrite = self.start_rewrite(path, info, size == 0)?;
+        rewrite.set_len(size).map_err(|_| Errno::EIO)?;
+        self.commit_rewrite(&mut rewrite)
+    }
+
+    /// The length of `ino` while a handle rewrites it.
+    pub(super) fn rewriting_len(&self, ino: INodeNo) -> Option<u64> {
+        self.handles
+            .writing(ino)
+            .iter()
+            .find_map(|h| match &*h.lock().expect("handle") {
+                Handle::Rewrite(r) => Some(r.len),
+                _ => None,
+            })
+    }
+}
