@@ -236,6 +236,16 @@ impl WeirFuse {
         }
     }
 
+    /// The answer to an open of an inode whose path now holds a newer
+    /// version (rewritten, or changed in the under-storage): ESTALE, on
+    /// which the kernel looks the path up again and opens the new inode.
+    /// Opening the new version under the old inode would mix the two in
+    /// the kernel (its cached pages, a passthrough reader of the old).
+    pub(super) fn newer_version(&self, path: &str) -> Errno {
+        tracing::debug!(%path, "opened under an older inode; the kernel looks it up again");
+        Errno::ESTALE
+    }
+
     /// Who makes an entry in `parent`: the caller, in the directory's
     /// group when it has set-group-id (which a new directory inherits),
     /// as POSIX file systems do.
@@ -271,8 +281,7 @@ impl WeirFuse {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let result = self.rt.block_on(async {
-            let info = self.fs.status(&path).await?;
+        let result = self.rt.block_on(self.fs.status(&path)).and_then(|info| {
             if info.is_dir != dir {
                 return Ok(false);
             }
@@ -281,7 +290,9 @@ impl WeirFuse {
             if let Err(e) = self.settle(INodeNo(self.ino_of(&info))) {
                 tracing::info!(%path, errno = ?e, "a file deleted while its commit failed");
             }
-            self.fs.delete(&path, false).await.map(|()| true)
+            self.rt
+                .block_on(self.fs.delete(&path, false))
+                .map(|()| true)
         });
         match result {
             Ok(true) => reply.ok(),

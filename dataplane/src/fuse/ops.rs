@@ -213,13 +213,9 @@ impl Filesystem for WeirFuse {
             Ok(r) => r,
             Err(e) => return reply.error(errno(&e)),
         };
-        // The path holds a new version since the kernel learnt this inode
-        // (a rewrite renamed it over): what the kernel cached is old.
-        let cache = if self.ino_of(reader.info()) == ino.0 {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        };
+        if self.ino_of(reader.info()) != ino.0 {
+            return reply.error(self.newer_version(&path));
+        }
         if self.reads.passthrough()
             && reader.info().length > 0
             && let Some(backing) = self
@@ -235,7 +231,7 @@ impl Filesystem for WeirFuse {
         let local = reader.local_blocks();
         let fh = self.handles.add(Handle::read(reader, None));
         self.reads.track(fh, local);
-        reply.opened(fh, cache);
+        reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn read(

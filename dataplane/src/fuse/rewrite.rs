@@ -188,6 +188,9 @@ impl WeirFuse {
         }
         let info = match self.rt.block_on(self.fs.status(path)) {
             Ok(info) if info.is_dir => return reply.error(Errno::EISDIR),
+            Ok(info) if self.ino_of(&info) != ino.0 => {
+                return reply.error(self.newer_version(path));
+            }
             Ok(info) => info,
             Err(e) => return reply.error(errno(&e)),
         };

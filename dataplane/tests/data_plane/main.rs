@@ -13,6 +13,7 @@ mod failures;
 mod links;
 mod reads;
 mod restart;
+mod rewrites;
 mod source;
 mod ufs_writes;
 mod writes;
