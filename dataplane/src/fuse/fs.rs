@@ -116,7 +116,11 @@ impl WeirFuse {
             blocks: info.length.div_ceil(512),
             atime: t,
             mtime: t,
-            ctime: t,
+            ctime: if info.ctime_ms == 0 {
+                t
+            } else {
+                time(info.ctime_ms)
+            },
             crtime: t,
             kind,
             perm: (info.mode & 0o7777) as u16,

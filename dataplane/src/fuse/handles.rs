@@ -9,7 +9,7 @@ use crate::client::{FileReader, FileWriter};
 use fuser::{FileHandle, FileType, INodeNo};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 /// File handles are numbered from `generation << FH_GENERATION_SHIFT`.
 const FH_GENERATION_SHIFT: u32 = 40;
@@ -23,8 +23,9 @@ pub(super) enum Handle {
         _backing: Option<Arc<Backing>>,
     },
     Write(Option<Box<FileWriter>>),
-    /// An existing file open for writing.
-    Rewrite(Box<Rewrite>),
+    /// An existing file open for writing: one scratch copy per inode,
+    /// shared by every handle that writes it.
+    Rewrite(Arc<Mutex<Rewrite>>),
     Dir {
         path: String,
         entries: Vec<(u64, FileType, String)>,
@@ -61,6 +62,9 @@ pub(super) struct Handles {
     /// The inode each open [`Handle::Write`] or [`Handle::Rewrite`]
     /// writes, by handle.
     writing: Mutex<HashMap<u64, INodeNo>>,
+    /// The scratch copy of each inode being rewritten, while a handle
+    /// holds it.
+    rewrites: Mutex<HashMap<u64, Weak<Mutex<Rewrite>>>>,
 }
 
 impl Handles {
@@ -70,6 +74,7 @@ impl Handles {
             next: AtomicU64::new((generation << FH_GENERATION_SHIFT) + 1),
             open: Mutex::new(HashMap::new()),
             writing: Mutex::new(HashMap::new()),
+            rewrites: Mutex::new(HashMap::new()),
         }
     }
 
@@ -116,6 +121,28 @@ impl Handles {
     pub fn remove(&self, fh: FileHandle) -> Option<Arc<Mutex<Handle>>> {
         self.writing.lock().expect("writing").remove(&fh.0);
         self.open.lock().expect("handles").remove(&fh.0)
+    }
+
+    /// The scratch copy of `ino` while a handle rewrites it.
+    pub fn rewrite_of(&self, ino: INodeNo) -> Option<Arc<Mutex<Rewrite>>> {
+        let mut rewrites = self.rewrites.lock().expect("rewrites");
+        let live = rewrites.get(&ino.0)?.upgrade();
+        if live.is_none() {
+            rewrites.remove(&ino.0);
+        }
+        live
+    }
+
+    /// The scratch copy of `ino`: the one other handles share, else
+    /// `made` (made without the lock held; a racing maker's copy wins).
+    pub fn share_rewrite(&self, ino: INodeNo, made: Rewrite) -> Arc<Mutex<Rewrite>> {
+        let mut rewrites = self.rewrites.lock().expect("rewrites");
+        if let Some(live) = rewrites.get(&ino.0).and_then(Weak::upgrade) {
+            return live;
+        }
+        let made = Arc::new(Mutex::new(made));
+        rewrites.insert(ino.0, Arc::downgrade(&made));
+        made
     }
 
     /// The handles writing `ino`.

@@ -44,9 +44,17 @@ impl Filesystem for WeirFuse {
             Err(e) => return reply.error(e),
         };
         match self.rt.block_on(self.fs.status(&path)) {
-            Ok(info) => {
+            Ok(mut info) => {
                 self.remember(&info);
-                reply.entry(&self.ttl, &self.attr(&info), Generation(0));
+                // A file open for writing: its size as written so far (the
+                // kernel takes a lookup's attributes as the inode's).
+                match self.rewriting_len(INodeNo(self.ino_of(&info))) {
+                    Some(len) => {
+                        info.length = len;
+                        reply.entry(&Duration::ZERO, &self.attr(&info), Generation(0));
+                    }
+                    None => reply.entry(&self.ttl, &self.attr(&info), Generation(0)),
+                }
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -256,7 +264,7 @@ impl Filesystem for WeirFuse {
             Handle::Read { reader, buf, .. } => (reader, buf),
             Handle::Rewrite(r) => {
                 let mut buf = vec![0; size as usize];
-                return match r.read_at(offset, &mut buf) {
+                return match r.lock().expect("rewrite").read_at(offset, &mut buf) {
                     Ok(n) => reply.data(&buf[..n]),
                     Err(_) => reply.error(Errno::EIO),
                 };
@@ -283,7 +291,7 @@ impl Filesystem for WeirFuse {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let path = match self.writable().and_then(|()| self.child(parent, name)) {
@@ -291,14 +299,24 @@ impl Filesystem for WeirFuse {
             Err(e) => return reply.error(e),
         };
         let maker = self.maker(req, parent, mode & !umask & 0o7777, false);
+        let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY;
         match self.rt.block_on(self.fs.create_as(&path, maker)) {
             Ok(w) => {
                 let info = w.info().clone();
                 self.remember(&info);
-                let fh = self.handles.add_writing(
-                    Handle::Write(Some(Box::new(w))),
-                    INodeNo(self.ino_of(&info)),
-                );
+                // Opened for reading only: nothing will be written, so the
+                // empty file is complete now, not when the kernel releases.
+                let w = if read_only {
+                    if let Err(e) = self.commit(w) {
+                        return reply.error(e);
+                    }
+                    None
+                } else {
+                    Some(Box::new(w))
+                };
+                let fh = self
+                    .handles
+                    .add_writing(Handle::Write(w), INodeNo(self.ino_of(&info)));
                 reply.created(
                     &Duration::ZERO,
                     &self.attr(&info),
@@ -334,6 +352,7 @@ impl Filesystem for WeirFuse {
         let w = match &mut *h {
             Handle::Write(Some(w)) => w,
             Handle::Rewrite(r) => {
+                let mut r = r.lock().expect("rewrite");
                 return match r.write_at(offset, data) {
                     Ok(()) => reply.written(data.len() as u32),
                     Err(e) => {
@@ -367,7 +386,7 @@ impl Filesystem for WeirFuse {
         let writer = match &mut *h.lock().expect("handle") {
             Handle::Write(w) if w.as_ref().is_some_and(|w| w.written() > 0) => w.take(),
             Handle::Rewrite(r) => {
-                return match self.commit_rewrite(r) {
+                return match self.commit_rewrite(&mut r.lock().expect("rewrite")) {
                     Ok(()) => reply.ok(),
                     Err(e) => reply.error(e),
                 };
@@ -404,7 +423,7 @@ impl Filesystem for WeirFuse {
         self.reads.closed(fh, ino.0, had_backing);
         let committed = match h.as_ref().map(|h| h.lock().expect("handle")).as_deref_mut() {
             Some(Handle::Write(w)) => w.take().map_or(Ok(()), |w| self.commit(*w)),
-            Some(Handle::Rewrite(r)) => self.commit_rewrite(r),
+            Some(Handle::Rewrite(r)) => self.commit_rewrite(&mut r.lock().expect("rewrite")),
             _ => Ok(()),
         };
         match committed {
@@ -533,7 +552,7 @@ impl Filesystem for WeirFuse {
         let Handle::Rewrite(r) = &mut *h else {
             return reply.error(Errno::EBADF);
         };
-        match r.grow_to(offset + length) {
+        match r.lock().expect("rewrite").grow_to(offset + length) {
             Ok(()) => reply.ok(),
             Err(_) => reply.error(Errno::EIO),
         }

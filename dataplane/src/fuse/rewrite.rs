@@ -6,8 +6,8 @@
 //! file beside it that is renamed over it, in the under-storage as in
 //! the namespace. Readers see the old version whole until the close,
 //! then the new one whole; the new version has the old one's mode and
-//! owner.
-//! Two writers of one file at once: the last to close wins.
+//! owner. Every handle writing one inode shares its scratch copy, so they
+//! see each other's writes, as on a local file system.
 
 use super::fs::{WeirFuse, errno};
 use super::handles::Handle;
@@ -16,6 +16,7 @@ use crate::proto::master as pb;
 use fuser::{Errno, FileHandle, FopenFlags, INodeNo, OpenFlags, ReplyOpen};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Bytes copied per read or write while seeding and committing.
 const CHUNK: usize = 1 << 20;
@@ -132,7 +133,13 @@ impl WeirFuse {
         let committed = self.rt.block_on(async {
             // The new version is made with the mode and owner the file
             // has now (a chmod while it was open included).
-            let old = self.fs.status(&path).await?;
+            let old = match self.fs.status(&path).await {
+                Ok(old) => old,
+                // Removed while open: what was written goes with it, as
+                // with any file unlinked while open.
+                Err(e) if errno(&e) == Errno::ENOENT => return Ok(None),
+                Err(e) => return Err(e),
+            };
             let attr = self.attr(&old);
             let maker = Maker {
                 mode: u32::from(attr.perm),
@@ -163,14 +170,16 @@ impl WeirFuse {
                     return Err(e);
                 }
             };
-            Ok(new)
+            Ok(Some(new))
         });
         let new = committed.map_err(|e| {
             tracing::warn!(%path, error = %e, "writing the new version of a file failed");
             errno(&e)
         })?;
         rewrite.dirty = false;
-        self.remember(&new);
+        if let Some(new) = new {
+            self.remember(&new);
+        }
         Ok(())
     }
 
@@ -195,15 +204,38 @@ impl WeirFuse {
             Err(e) => return reply.error(errno(&e)),
         };
         let truncate = flags.0 & libc::O_TRUNC != 0;
-        match self.start_rewrite(path, &info, truncate) {
+        match self.shared_rewrite(ino, path, &info, truncate) {
             Ok(rewrite) => {
-                let fh = self
-                    .handles
-                    .add_writing(Handle::Rewrite(Box::new(rewrite)), ino);
+                let fh = self.handles.add_writing(Handle::Rewrite(rewrite), ino);
                 reply.opened(fh, FopenFlags::empty());
             }
             Err(e) => reply.error(e),
         }
+    }
+
+    /// The scratch copy every handle writing `ino` shares: the open one
+    /// (emptied when this open truncates), else a new one.
+    fn shared_rewrite(
+        &self,
+        ino: INodeNo,
+        path: &str,
+        info: &pb::FileInfo,
+        truncate: bool,
+    ) -> Result<Arc<Mutex<Rewrite>>, Errno> {
+        let rewrite = match self.handles.rewrite_of(ino) {
+            Some(open) => open,
+            None => self
+                .handles
+                .share_rewrite(ino, self.start_rewrite(path, info, truncate)?),
+        };
+        if truncate {
+            rewrite
+                .lock()
+                .expect("rewrite")
+                .set_len(0)
+                .map_err(|_| Errno::EIO)?;
+        }
+        Ok(rewrite)
     }
 
     /// A new file's handle asked for more than writes front to back (a
@@ -221,7 +253,7 @@ impl WeirFuse {
             .rt
             .block_on(self.fs.status(&path))
             .map_err(|e| errno(&e))?;
-        *h = Handle::Rewrite(Box::new(self.start_rewrite(&path, &info, false)?));
+        *h = Handle::Rewrite(self.shared_rewrite(ino, &path, &info, false)?);
         Ok(())
     }
 
@@ -237,11 +269,13 @@ impl WeirFuse {
                         self.commit(*w)?;
                     }
                 }
-                Handle::Rewrite(r) => self.commit_rewrite(r)?,
                 _ => {}
             }
         }
-        Ok(())
+        match self.handles.rewrite_of(ino) {
+            Some(r) => self.commit_rewrite(&mut r.lock().expect("rewrite")),
+            None => Ok(()),
+        }
     }
 
     /// `truncate`/`ftruncate` to `size`: in the open rewrite of the file
@@ -258,14 +292,12 @@ impl WeirFuse {
         if let Some(h) = &open {
             self.become_rewrite(ino, &mut h.lock().expect("handle"))?;
         }
-        let rewrite = open
-            .into_iter()
-            .chain(self.handles.writing(ino))
-            .find(|h| matches!(*h.lock().expect("handle"), Handle::Rewrite(_)));
-        if let Some(h) = rewrite
-            && let Handle::Rewrite(r) = &mut *h.lock().expect("handle")
-        {
-            return r.set_len(size).map_err(|_| Errno::EIO);
+        if let Some(r) = self.handles.rewrite_of(ino) {
+            return r
+                .lock()
+                .expect("rewrite")
+                .set_len(size)
+                .map_err(|_| Errno::EIO);
         }
         if size == info.length {
             return Ok(());
@@ -283,12 +315,8 @@ impl WeirFuse {
 
     /// The length of `ino` while a handle rewrites it.
     pub(super) fn rewriting_len(&self, ino: INodeNo) -> Option<u64> {
-        self.handles
-            .writing(ino)
-            .iter()
-            .find_map(|h| match &*h.lock().expect("handle") {
-                Handle::Rewrite(r) => Some(r.len),
-                _ => None,
-            })
+        let r = self.handles.rewrite_of(ino)?;
+        let len = r.lock().expect("rewrite").len;
+        Some(len)
     }
 }

@@ -36,6 +36,25 @@ impl Fingerprint {
     }
 }
 
+/// A local file's identity as its version: inode number and change time
+/// (`<ino>.<seconds>.<nanoseconds>`), which `touch -r` cannot put back.
+pub fn local_version(ino: u64, ctime_s: i64, ctime_ns: i64) -> String {
+    format!("{ino}.{ctime_s}.{ctime_ns}")
+}
+
+/// The change time a version ends with, in milliseconds, where the store
+/// says one (a local file's or special file's version); `None` for ETags.
+pub fn change_time_ms(version: &str) -> Option<u64> {
+    let tail = version.rsplit(':').next()?;
+    let mut parts = tail.split('.');
+    let (_ino, s, ns) = (
+        parts.next()?.parse::<u64>().ok()?,
+        parts.next()?.parse::<u64>().ok()?,
+        parts.next()?.parse::<u64>().ok()?,
+    );
+    parts.next().is_none().then(|| s * 1000 + ns / 1_000_000)
+}
+
 /// How a symbolic link's target is kept as its version: the target is the
 /// link's content, so a new target is a new version.
 pub const LINK_VERSION_PREFIX: &str = "link:";
@@ -72,5 +91,12 @@ mod tests {
             ..f.clone()
         }));
         assert_eq!(Fingerprint::parse("junk"), None);
+        assert_eq!(
+            change_time_ms(&local_version(7, 1_700_000_000, 250_000_000)),
+            Some(1_700_000_000_250)
+        );
+        assert_eq!(change_time_ms("node:fifo:0:7.5.0"), Some(5000));
+        assert_eq!(change_time_ms("\"etag-1.2.3\""), None);
+        assert_eq!(change_time_ms("link:a.b"), None);
     }
 }

@@ -46,7 +46,7 @@ fn version(m: &Metadata) -> String {
     if m.is_dir() {
         return String::new();
     }
-    format!("{}.{}.{}", m.ino(), m.ctime(), m.ctime_nsec())
+    super::local_version(m.ino(), m.ctime(), m.ctime_nsec())
 }
 
 fn status(name: String, m: &Metadata, link: Option<String>) -> UfsStatus {
@@ -74,7 +74,13 @@ fn status(name: String, m: &Metadata, link: Option<String>) -> UfsStatus {
             m.len()
         },
         mtime_ms: mtime_ms(m),
-        version: node.map_or_else(|| version(m), |kind| kind.version(m.rdev())),
+        version: match node {
+            Some(kind) => kind.version(
+                m.rdev(),
+                &super::local_version(m.ino(), m.ctime(), m.ctime_nsec()),
+            ),
+            None => version(m),
+        },
         mode: Some(m.mode() & PERMISSION_BITS),
         uid: Some(m.uid()),
         gid: Some(m.gid()),

@@ -19,7 +19,7 @@ mod opendal;
 
 pub use self::local::LocalUfs;
 pub use self::opendal::OpendalUfs;
-pub use fingerprint::{Fingerprint, LINK_VERSION_PREFIX};
+pub use fingerprint::{Fingerprint, LINK_VERSION_PREFIX, change_time_ms, local_version};
 pub use nodes::NodeKind;
 
 use futures::stream::BoxStream;

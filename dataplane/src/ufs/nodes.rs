@@ -1,6 +1,6 @@
 //! Special files (fifos, sockets, character and block devices) and hard
 //! links. A special file holds no data: what it is and its device number
-//! are its content, kept as its version (`node:<kind>:<rdev>`) as a link
+//! are its content, kept as its version (`node:<kind>:<rdev>:<identity>`) as a link
 //! keeps its target, so stored inodes and logged listings need no new
 //! field. Local stores make them beneath the root; FUSE mounts are
 //! `nodev`, so a device file shown grants nothing.
@@ -76,16 +76,19 @@ impl NodeKind {
         }
     }
 
-    /// The version of a special file of this kind.
-    pub fn version(self, rdev: u64) -> String {
-        format!("{NODE_VERSION_PREFIX}{}:{rdev}", self.name())
+    /// The version of a special file of this kind: its device number and
+    /// the store's identity of the file (a local version, which carries
+    /// its change time).
+    pub fn version(self, rdev: u64, identity: &str) -> String {
+        format!("{NODE_VERSION_PREFIX}{}:{rdev}:{identity}", self.name())
     }
 
     /// The kind and device number a version says, if it is a special
     /// file's.
     pub fn parse_version(version: &str) -> Option<(Self, u64)> {
-        let (kind, rdev) = version.strip_prefix(NODE_VERSION_PREFIX)?.split_once(':')?;
-        Some((Self::from_name(kind)?, rdev.parse().ok()?))
+        let mut parts = version.strip_prefix(NODE_VERSION_PREFIX)?.splitn(3, ':');
+        let kind = Self::from_name(parts.next()?)?;
+        Some((kind, parts.next()?.parse().ok()?))
     }
 }
 
@@ -153,7 +156,7 @@ mod tests {
             NodeKind::BlockDevice,
         ] {
             assert_eq!(
-                NodeKind::parse_version(&kind.version(0x0801)),
+                NodeKind::parse_version(&kind.version(0x0801, "7.1.2")),
                 Some((kind, 0x0801))
             );
             assert_eq!(

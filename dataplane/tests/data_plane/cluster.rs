@@ -256,8 +256,10 @@ impl Cluster {
             format!("--masters={}", self.master_addr),
             format!("--mount-point={}", mp.display()),
             format!("--sub-path={sub_path}"),
-            "--attr-ttl-ms=100".into(),
         ];
+        if !extra.iter().any(|a| a.starts_with("--attr-ttl-ms")) {
+            args.push("--attr-ttl-ms=100".into());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let p = Proc::start(&format!("fuse{}", self.fuses.len()), args, self.dir.path());
         let mp2 = mp.clone();

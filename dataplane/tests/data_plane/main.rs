@@ -11,6 +11,7 @@ mod cluster;
 mod consistency;
 mod failures;
 mod links;
+mod posix;
 mod reads;
 mod restart;
 mod rewrites;

@@ -178,8 +178,9 @@ pub(super) fn ufs_mode(e: &UfsEntry) -> u32 {
 }
 
 /// Whether `inode` shows what the store says of `e` (mode, owner, group,
-/// and for files the mtime); sets it when not, and says so.
-pub(super) fn follow_attributes(inode: &mut Inode, e: &UfsEntry) -> bool {
+/// and the mtime of files and of a local store's directories); sets it
+/// when not, and says so.
+pub(crate) fn follow_attributes(inode: &mut Inode, e: &UfsEntry) -> bool {
     let before = (
         inode.mode,
         inode.owner.clone(),
@@ -193,7 +194,9 @@ pub(super) fn follow_attributes(inode: &mut Inode, e: &UfsEntry) -> bool {
     if let Some(gid) = e.gid {
         inode.group = gid.to_string();
     }
-    if !e.is_dir {
+    // A directory's mtime is the store's where the store keeps real
+    // directories (with modes); an object store's prefixes have none.
+    if !e.is_dir || e.mode.is_some() {
         inode.mtime_ms = e.mtime_ms;
     }
     before

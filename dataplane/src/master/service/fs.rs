@@ -83,6 +83,12 @@ impl FsApi {
                 .map(|(k, _)| k.name().into())
                 .unwrap_or_default(),
             rdev: inode.node().map_or(0, |(_, rdev)| rdev),
+            ctime_ms: inode
+                .ufs_fingerprint
+                .as_deref()
+                .and_then(crate::ufs::Fingerprint::parse)
+                .and_then(|f| crate::ufs::change_time_ms(&f.version))
+                .unwrap_or(inode.mtime_ms),
             // Only a path the under-storage has (as far as Weir knows).
             ufs_path: if inode.persist == PersistState::Persisted {
                 ufs_path

@@ -77,6 +77,7 @@ impl MetadataSync {
                 store.delete(&at).await?;
             }
             tracing::info!(%path, recursive, ufs = %at.as_str(), "deleted in the under-storage");
+            self.parent_changed(path);
         }
         match self.proposer.write(cmd).await {
             Ok(reply) => Ok(reply),
@@ -127,6 +128,8 @@ impl MetadataSync {
                 match store.rename(&from, &to).await {
                     Ok(()) => {
                         tracing::info!(%src, %dst, "renamed in the under-storage");
+                        self.parent_changed(src);
+                        self.parent_changed(dst);
                         true
                     }
                     // A directory made in Weir only (MUST_CACHE).
@@ -187,6 +190,7 @@ impl MetadataSync {
         };
         self.stamp_in_store(&mount, path, &Stamp::of(&created))
             .await?;
+        self.parent_changed(path);
         let update = AttrUpdate {
             persist: Some(PersistState::Persisted),
             ..AttrUpdate::default()
@@ -334,6 +338,7 @@ impl MetadataSync {
                 }
             }
         }
+        self.parent_changed(path);
         let stamped = match new {
             NewEntry::Node(..) => self.stamp_in_store(&mount, path, stamp).await?,
             _ => store.stat(&at).await?,
@@ -387,6 +392,7 @@ impl MetadataSync {
                 )
                 .await;
         };
+        self.parent_changed(path);
         let Some(now) = self
             .stamp_in_store(&mount, path, &Stamp::of(&inode))
             .await?

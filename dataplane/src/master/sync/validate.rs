@@ -14,6 +14,17 @@ use crate::ufs::{Fingerprint, UfsStatus};
 use std::time::Instant;
 
 impl MetadataSync {
+    /// After Weir changed what `path`'s directory holds in the
+    /// under-storage: the directory's times moved there, so its next
+    /// access checks it again (one stat, and only if it is looked at).
+    pub(super) fn parent_changed(&self, path: &WeirPath) {
+        if let Some(dir) = path.parent()
+            && let Ok(Some(d)) = self.namespace.lookup(&dir)
+        {
+            self.checked.lock().expect("checked").pop(&d.id);
+        }
+    }
+
     /// `inode`, found at `path`, as the under-storage has it now: the same
     /// inode, its replacement, or `None` when the under-storage no longer
     /// has it.
@@ -48,7 +59,13 @@ impl MetadataSync {
         let unchanged = match &now {
             None => false,
             Some(s) if s.is_dir != inode.is_dir() => false,
-            Some(_) if inode.is_dir() => true,
+            // A directory changes only in its attributes (its entries are
+            // the listing's): mode, owner, and its mtime where the store
+            // keeps real directories.
+            Some(s) if inode.is_dir() => {
+                let mut followed = inode.clone();
+                !crate::master::namespace::follow_attributes(&mut followed, &entry(s.clone()))
+            }
             Some(s) => inode
                 .ufs_fingerprint
                 .as_deref()
