@@ -263,13 +263,10 @@ impl WeirFuse {
     /// committed, so what was written is what the call sees.
     pub(super) fn settle(&self, ino: INodeNo) -> Result<(), Errno> {
         for h in self.handles.writing(ino) {
-            match &mut *h.lock().expect("handle") {
-                Handle::Write(w) => {
-                    if let Some(w) = w.take() {
-                        self.commit(*w)?;
-                    }
-                }
-                _ => {}
+            if let Handle::Write(w) = &mut *h.lock().expect("handle")
+                && let Some(w) = w.take()
+            {
+                self.commit(*w)?;
             }
         }
         match self.handles.rewrite_of(ino) {
