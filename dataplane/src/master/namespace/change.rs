@@ -187,7 +187,11 @@ pub(crate) fn follow_attributes(inode: &mut Inode, e: &UfsEntry) -> bool {
         inode.group.clone(),
         inode.mtime_ms,
     );
-    inode.mode = ufs_mode(e);
+    // A store without modes (S3) keeps the mode Weir gave what it made
+    // (its creator's); what Weir only found there has the default.
+    if let Some(mode) = e.mode {
+        inode.mode = mode & 0o7777;
+    }
     if let Some(uid) = e.uid {
         inode.owner = uid.to_string();
     }
