@@ -4,7 +4,7 @@
 //! told from one of ours.
 
 use super::passthrough::Backing;
-use super::rewrite::Rewrite;
+use super::scratch::Rewrite;
 use crate::client::{FileReader, FileWriter};
 use fuser::{FileHandle, FileType, INodeNo};
 use std::collections::HashMap;

@@ -10,19 +10,23 @@
 //! on close.
 //!
 //! - [`fs`]: the mounted file system's state, attributes and errnos
+//! - [`entries`]: links and special files made in the under-storage
 //! - [`ops`]: the FUSE callbacks
 //! - [`handles`]: open files and directories, across takeovers
 //! - [`passthrough`]: reads that bypass the daemon or the data path
 //! - [`rewrite`]: changing a file that exists (a new version on close)
+//! - [`scratch`]: the scratch copy a rewrite changes
 //! - [`mount`]: mounting, taking over, lodging, unmounting
 //! - [`takeover`]: the kernel side of taking a live mount over
 
+mod entries;
 mod fs;
 mod handles;
 mod mount;
 mod ops;
 mod passthrough;
 mod rewrite;
+mod scratch;
 mod takeover;
 
 pub use mount::run;

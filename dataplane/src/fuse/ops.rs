@@ -573,8 +573,6 @@ impl Filesystem for WeirFuse {
         }
     }
 
-    /// `ln -s`: made in the under-storage where it holds links (a local
-    /// directory), refused where it cannot (EPERM; EROFS when read-only).
     fn symlink(
         &self,
         _req: &Request,
@@ -583,29 +581,9 @@ impl Filesystem for WeirFuse {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        let path = match self.writable().and_then(|()| self.child(parent, link_name)) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        let Some(target) = target.to_str() else {
-            tracing::info!(%path, target = ?target, "symlink refused: the target is not UTF-8");
-            return reply.error(Errno::EINVAL);
-        };
-        match self.rt.block_on(self.fs.symlink(&path, target)) {
-            Ok(info) => {
-                self.remember(&info);
-                reply.entry(&self.ttl, &self.attr(&info), Generation(0));
-            }
-            Err(e) => {
-                tracing::info!(%path, error = %e, "symlink refused");
-                reply.error(errno(&e))
-            }
-        }
+        self.make_symlink(parent, link_name, target, reply);
     }
 
-    /// `ln`: a second name made in the under-storage where it holds hard
-    /// links (a local directory), refused where it cannot (EPERM; EROFS
-    /// when read-only; EXDEV across mounts).
     fn link(
         &self,
         _req: &Request,
@@ -614,33 +592,9 @@ impl Filesystem for WeirFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let paths = self.writable().and_then(|()| {
-            let existing = self.path_of(ino).ok_or(Errno::ENOENT)?;
-            Ok((existing, self.child(newparent, newname)?))
-        });
-        let (existing, path) = match paths {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        if let Err(e) = self.settle(ino) {
-            return reply.error(e);
-        }
-        match self.rt.block_on(self.fs.hard_link(&existing, &path)) {
-            Ok(info) => {
-                self.remember(&info);
-                reply.entry(&self.ttl, &self.attr(&info), Generation(0));
-            }
-            Err(e) => {
-                tracing::info!(%existing, %path, error = %e, "link refused");
-                reply.error(errno(&e))
-            }
-        }
+        self.make_link(ino, newparent, newname, reply);
     }
 
-    /// `mknod`, `mkfifo`, a socket's name: made in the under-storage where
-    /// it holds special files (a local directory), refused where it
-    /// cannot (EPERM; EROFS when read-only). Regular files come through
-    /// `create`.
     fn mknod(
         &self,
         req: &Request,
@@ -651,31 +605,8 @@ impl Filesystem for WeirFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let path = match self.writable().and_then(|()| self.child(parent, name)) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
         let maker = self.maker(req, parent, mode & !umask & 0o7777, false);
-        let made = match crate::ufs::NodeKind::from_type_bits(mode) {
-            Some(kind) => self
-                .rt
-                .block_on(self.fs.mknod(&path, maker, kind, u64::from(rdev))),
-            // An empty regular file.
-            None => self.rt.block_on(async {
-                let writer = self.fs.create_as(&path, maker).await?;
-                writer.close().await
-            }),
-        };
-        match made {
-            Ok(info) => {
-                self.remember(&info);
-                reply.entry(&self.ttl, &self.attr(&info), Generation(0));
-            }
-            Err(e) => {
-                tracing::info!(%path, mode = format!("{mode:o}"), error = %e, "mknod refused");
-                reply.error(errno(&e))
-            }
-        }
+        self.make_node(parent, name, mode, maker, rdev, reply);
     }
 
     // Calls Weir does not do, each refused with the errno its callers

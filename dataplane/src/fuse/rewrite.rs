@@ -11,10 +11,10 @@
 
 use super::fs::{WeirFuse, errno};
 use super::handles::Handle;
+use super::scratch::Rewrite;
 use crate::client::Maker;
 use crate::proto::master as pb;
 use fuser::{Errno, FileHandle, FopenFlags, INodeNo, OpenFlags, ReplyOpen};
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -23,54 +23,6 @@ const CHUNK: usize = 1 << 20;
 
 /// Names of the new versions being written, unique in this process.
 static NEXT: AtomicU64 = AtomicU64::new(0);
-
-/// An existing file open for writing.
-pub(super) struct Rewrite {
-    pub path: String,
-    scratch: std::fs::File,
-    len: u64,
-    /// Changed since it was opened or last committed.
-    dirty: bool,
-}
-
-impl Rewrite {
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-        let want = buf.len().min(self.len.saturating_sub(offset) as usize);
-        let mut done = 0;
-        while done < want {
-            match self
-                .scratch
-                .read_at(&mut buf[done..want], offset + done as u64)?
-            {
-                0 => break,
-                n => done += n,
-            }
-        }
-        Ok(done)
-    }
-
-    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.scratch.write_all_at(data, offset)?;
-        self.len = self.len.max(offset + data.len() as u64);
-        self.dirty = true;
-        Ok(())
-    }
-
-    /// At least `len` bytes long: zeros past the end.
-    pub fn grow_to(&mut self, len: u64) -> std::io::Result<()> {
-        if len > self.len {
-            self.set_len(len)?;
-        }
-        Ok(())
-    }
-
-    pub fn set_len(&mut self, len: u64) -> std::io::Result<()> {
-        self.scratch.set_len(len)?;
-        self.dirty |= len != self.len;
-        self.len = len;
-        Ok(())
-    }
-}
 
 impl WeirFuse {
     /// `path` (`info`) opened for writing: its bytes copied into a scratch
@@ -81,46 +33,44 @@ impl WeirFuse {
         info: &pb::FileInfo,
         truncate: bool,
     ) -> Result<Rewrite, Errno> {
-        let scratch = tempfile::tempfile().map_err(|e| {
+        let mut rewrite = Rewrite::new(path).map_err(|e| {
             tracing::warn!(%path, error = %e, "no scratch file for a rewrite");
             Errno::EIO
         })?;
-        let mut rewrite = Rewrite {
-            path: path.to_owned(),
-            scratch,
-            len: 0,
-            dirty: truncate && info.length > 0,
-        };
-        if truncate || info.length == 0 {
+        if truncate {
+            // Emptying a file that had bytes is a change.
+            rewrite.set_len(0).map_err(|_| Errno::EIO)?;
+            if info.length > 0 {
+                rewrite.changed();
+            }
+            return Ok(rewrite);
+        }
+        if info.length == 0 {
             return Ok(rewrite);
         }
         let seeded: Result<(), Errno> = self.rt.block_on(async {
             let mut reader = self.fs.open(path).await.map_err(|e| errno(&e))?;
             let mut buf = vec![0; CHUNK];
             loop {
-                let n = reader
-                    .read_at(rewrite.len, &mut buf)
-                    .await
-                    .map_err(|e| errno(&e))?;
+                let at = rewrite.len();
+                let n = reader.read_at(at, &mut buf).await.map_err(|e| errno(&e))?;
                 if n == 0 {
                     return Ok(());
                 }
-                let at = rewrite.len;
-                rewrite
-                    .scratch
-                    .write_all_at(&buf[..n], at)
-                    .map_err(|_| Errno::EIO)?;
-                rewrite.len += n as u64;
+                rewrite.write_at(at, &buf[..n]).map_err(|_| Errno::EIO)?;
             }
         });
-        seeded.map(|()| rewrite)
+        seeded?;
+        // The copy is the file as it is: nothing to commit yet.
+        rewrite.committed();
+        Ok(rewrite)
     }
 
     /// Writes a changed file's new version and renames it over the old
     /// one; nothing is done when nothing changed. Errors reach the
     /// application's close().
     pub(super) fn commit_rewrite(&self, rewrite: &mut Rewrite) -> Result<(), Errno> {
-        if !rewrite.dirty {
+        if !rewrite.is_dirty() {
             return Ok(());
         }
         let path = rewrite.path.clone();
@@ -149,7 +99,7 @@ impl WeirFuse {
             let mut writer = self.fs.create_as(&beside, maker).await?;
             let mut buf = vec![0; CHUNK];
             let mut at = 0;
-            while at < rewrite.len {
+            while at < rewrite.len() {
                 let n = rewrite
                     .read_at(at, &mut buf)
                     .map_err(|e| crate::client::ClientError::Invalid(e.to_string()))?;
@@ -176,7 +126,7 @@ impl WeirFuse {
             tracing::warn!(%path, error = %e, "writing the new version of a file failed");
             errno(&e)
         })?;
-        rewrite.dirty = false;
+        rewrite.committed();
         if let Some(new) = new {
             self.remember(&new);
         }
@@ -313,7 +263,7 @@ impl WeirFuse {
     /// The length of `ino` while a handle rewrites it.
     pub(super) fn rewriting_len(&self, ino: INodeNo) -> Option<u64> {
         let r = self.handles.rewrite_of(ino)?;
-        let len = r.lock().expect("rewrite").len;
+        let len = r.lock().expect("rewrite").len();
         Some(len)
     }
 }

@@ -80,7 +80,12 @@ fn run_suite(config: &Path, dir: &Path) -> (usize, BTreeMap<String, String>) {
             _ => {}
         }
     }
-    assert!(passed > 0, "the suite ran nothing:\n{text}");
+    assert!(
+        passed > 0,
+        "the suite ran nothing in {} ({}):\n{text}",
+        dir.display(),
+        out.status
+    );
     (passed, failed)
 }
 

@@ -21,6 +21,16 @@ use crate::ufs::{AttrChange, NodeKind, UfsStatus};
 use futures::TryStreamExt;
 use weir_api::WriteType;
 
+/// A mode or owner change kept in the namespace alone.
+fn weir_owned(change: &AttrChange) -> AttrUpdate {
+    AttrUpdate {
+        mode: change.mode,
+        owner: change.uid.map(|u| u.to_string()),
+        group: change.gid.map(|g| g.to_string()),
+        ..AttrUpdate::default()
+    }
+}
+
 /// What `ln -s`, `mknod` and `ln` make.
 #[derive(Debug, Clone, Copy)]
 pub enum NewEntry<'a> {
@@ -230,7 +240,16 @@ impl MetadataSync {
         {
             let store = self.store(&mount)?;
             let at = ufs_path(&mount, path)?;
-            store.set_attributes(&at, &change).await?;
+            match store.set_attributes(&at, &change).await {
+                Ok(()) => {}
+                // A store without modes or owners (S3): they live in the
+                // namespace, which re-syncs leave as they are. Its mtime
+                // is the store's own, so `touch` is still refused.
+                Err(crate::ufs::UfsError::Unsupported { .. }) if change.mtime_ms.is_none() => {
+                    return self.set_attribute(path, weir_owned(&change)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
             let Some(now) = store.stat(&at).await? else {
                 return Err(FsError::NotFound(format!(
                     "{path}: gone from the under-storage while its attributes changed"
@@ -252,16 +271,7 @@ impl MetadataSync {
             ))
             .into());
         }
-        self.set_attribute(
-            path,
-            AttrUpdate {
-                mode: change.mode,
-                owner: change.uid.map(|u| u.to_string()),
-                group: change.gid.map(|g| g.to_string()),
-                ..AttrUpdate::default()
-            },
-        )
-        .await
+        self.set_attribute(path, weir_owned(&change)).await
     }
 
     /// `ln -s`, `mknod`/`mkfifo` and `ln`: made in the under-storage (a
