@@ -119,9 +119,12 @@ async fn t82_chmod_chown_and_touch_reach_the_under_storage_or_are_refused() {
     let object = on(&mp, "s/o.bin");
     run("chmod", &["0600", &object]).unwrap();
     run("chown", &["4242", &object]).unwrap();
-    let err = run("touch", &["-m", "-d", "2021-06-07 08:09:10 UTC", &object])
-        .expect_err("touch on S3");
-    assert!(err.contains("Operation not permitted"), "touch on S3: {err}");
+    let err =
+        run("touch", &["-m", "-d", "2021-06-07 08:09:10 UTC", &object]).expect_err("touch on S3");
+    assert!(
+        err.contains("Operation not permitted"),
+        "touch on S3: {err}"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let _ = std::fs::read_dir(mp.join("s")).unwrap().count();
     let m = std::fs::metadata(mp.join("s/o.bin")).unwrap();
