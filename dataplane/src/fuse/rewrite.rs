@@ -74,9 +74,10 @@ impl WeirFuse {
             return Ok(());
         }
         let path = rewrite.path.clone();
-        let (dir, name) = path.rsplit_once('/').unwrap_or(("", &path));
+        // Short whatever the file's name (a 255-byte name still fits).
+        let dir = path.rsplit_once('/').map_or("", |(dir, _)| dir);
         let beside = format!(
-            "{dir}/.weir-rewrite-{}-{}-{name}",
+            "{dir}/.weir-rewrite-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );

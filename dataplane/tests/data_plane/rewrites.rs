@@ -158,6 +158,17 @@ async fn t83_files_that_exist_change_as_a_whole_new_version() {
         .expect_err("another user's 0644 file");
     assert!(err.contains("Permission denied"), "{err}");
 
+    // A name of the longest length a name may have is rewritten too.
+    let long = shared.join("n".repeat(255));
+    std::fs::write(&long, b"short").unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&long)
+        .unwrap();
+    f.write_all(b" and long").unwrap();
+    drop(f);
+    assert_eq!(std::fs::read(&long).unwrap(), b"short and long");
+
     // S3: an append writes the object anew.
     let log = mp.join("s/log.txt");
     let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
