@@ -172,9 +172,9 @@ impl WeirFuse {
         }
     }
 
-    /// The errno of a write Weir cannot do at `path`: EROFS where the
-    /// mount (or the whole FUSE mount) is read-only, else EPERM.
-    pub(super) fn refused(&self, path: &str) -> Errno {
+    /// Whether writes at `path` are refused with EROFS: the whole FUSE
+    /// mount, or the Weir mount holding the path, is read-only.
+    pub(super) fn read_only_at(&self, path: &str) -> bool {
         let read_only_mount = || {
             let table = self.rt.block_on(self.fs.mount_table()).ok()?;
             let mount = table
@@ -184,11 +184,7 @@ impl WeirFuse {
                 .max_by_key(|m| m.path.len())?;
             Some(mount.read_only)
         };
-        if self.read_only || read_only_mount().unwrap_or(false) {
-            Errno::EROFS
-        } else {
-            Errno::EPERM
-        }
+        self.read_only || read_only_mount().unwrap_or(false)
     }
 
     pub(super) fn path_of(&self, ino: INodeNo) -> Option<String> {

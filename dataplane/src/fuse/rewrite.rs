@@ -143,7 +143,7 @@ impl WeirFuse {
         flags: OpenFlags,
         reply: ReplyOpen,
     ) {
-        if self.read_only || self.refused(path) == Errno::EROFS {
+        if self.read_only_at(path) {
             return reply.error(Errno::EROFS);
         }
         let info = match self.rt.block_on(self.fs.status(path)) {
@@ -253,7 +253,7 @@ impl WeirFuse {
         if info.is_dir {
             return Err(Errno::EISDIR);
         }
-        if self.read_only || self.refused(path) == Errno::EROFS {
+        if self.read_only_at(path) {
             return Err(Errno::EROFS);
         }
         let mut rewrite = self.start_rewrite(path, info, size == 0)?;
