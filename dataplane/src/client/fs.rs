@@ -271,13 +271,9 @@ impl FileSystem {
         rdev: u64,
     ) -> FsResult<pb::FileInfo> {
         self.create_entry(pb::CreateRequest {
-            path: path.into(),
-            mode: maker.mode,
-            owner: maker.uid.to_string(),
-            group: maker.gid.to_string(),
             node_kind: kind.name().into(),
             rdev,
-            ..Default::default()
+            ..maker.request(path)
         })
         .await
     }
@@ -306,13 +302,7 @@ impl FileSystem {
     }
 
     pub async fn mkdir(&self, path: &str, maker: super::Maker) -> FsResult<pb::FileInfo> {
-        let req = pb::CreateRequest {
-            path: path.into(),
-            mode: maker.mode,
-            owner: maker.uid.to_string(),
-            group: maker.gid.to_string(),
-            ..Default::default()
-        };
+        let req = maker.request(path);
         self.master
             .call(|mut c| {
                 let req = req.clone();

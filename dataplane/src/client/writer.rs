@@ -26,6 +26,19 @@ pub struct Maker {
     pub gid: u32,
 }
 
+impl Maker {
+    /// A request to make `path` as this maker.
+    pub fn request(&self, path: &str) -> pb::CreateRequest {
+        pb::CreateRequest {
+            path: path.into(),
+            mode: self.mode,
+            owner: self.uid.to_string(),
+            group: self.gid.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
 impl FileSystem {
     /// Creates a file for writing with `mode`, or with its mount's write
     /// type when `None` (MUST_CACHE outside mounts).
@@ -56,14 +69,7 @@ impl FileSystem {
     /// A file made by `maker` (a FUSE caller), with its mount's write
     /// type; not its missing directories.
     pub async fn create_as(self: &Arc<Self>, path: &str, maker: Maker) -> FsResult<FileWriter> {
-        let req = pb::CreateRequest {
-            path: path.into(),
-            mode: maker.mode,
-            owner: maker.uid.to_string(),
-            group: maker.gid.to_string(),
-            ..Default::default()
-        };
-        self.create_from(req, None).await
+        self.create_from(maker.request(path), None).await
     }
 
     async fn create_from(

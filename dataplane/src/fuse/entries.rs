@@ -12,7 +12,13 @@ use std::ffi::OsStr;
 
 impl WeirFuse {
     /// The kernel's answer to an entry made (or refused) at `path`.
-    fn made(&self, what: &str, path: &str, made: FsResult<pb::FileInfo>, reply: ReplyEntry) {
+    pub(super) fn made(
+        &self,
+        what: &str,
+        path: &str,
+        made: FsResult<pb::FileInfo>,
+        reply: ReplyEntry,
+    ) {
         match made {
             Ok(info) => {
                 self.remember(&info);

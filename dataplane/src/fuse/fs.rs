@@ -246,33 +246,14 @@ impl WeirFuse {
         Errno::ESTALE
     }
 
-    /// Who makes an entry in `parent`: the caller, in the directory's
-    /// group when it has set-group-id (which a new directory inherits),
-    /// as POSIX file systems do.
-    pub(super) fn maker(
-        &self,
-        req: &fuser::Request,
-        parent: INodeNo,
-        mode: u32,
-        dir: bool,
-    ) -> Maker {
-        let mut maker = Maker {
+    /// Who makes an entry: the caller, with `mode` (the master gives it
+    /// the group of a set-group-id directory, as POSIX file systems do).
+    pub(super) fn maker(&self, req: &fuser::Request, mode: u32) -> Maker {
+        Maker {
             mode,
             uid: req.uid(),
             gid: req.gid(),
-        };
-        let parent = self
-            .path_of(parent)
-            .and_then(|p| self.rt.block_on(self.fs.status(&p)).ok());
-        if let Some(parent) = parent
-            && parent.mode & libc::S_ISGID != 0
-        {
-            maker.gid = self.attr(&parent).gid;
-            if dir {
-                maker.mode |= libc::S_ISGID;
-            }
         }
-        maker
     }
 
     /// Deletes `name` if it is a directory (`dir`) or a file (`!dir`).

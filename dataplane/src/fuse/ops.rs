@@ -158,14 +158,9 @@ impl Filesystem for WeirFuse {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let maker = self.maker(req, parent, mode & !umask & 0o7777, true);
-        match self.rt.block_on(self.fs.mkdir(&path, maker)) {
-            Ok(info) => {
-                self.remember(&info);
-                reply.entry(&self.ttl, &self.attr(&info), Generation(0));
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
+        let maker = self.maker(req, mode & !umask & 0o7777);
+        let made = self.rt.block_on(self.fs.mkdir(&path, maker));
+        self.made("mkdir", &path, made, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -298,7 +293,7 @@ impl Filesystem for WeirFuse {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let maker = self.maker(req, parent, mode & !umask & 0o7777, false);
+        let maker = self.maker(req, mode & !umask & 0o7777);
         let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY;
         match self.rt.block_on(self.fs.create_as(&path, maker)) {
             Ok(w) => {
@@ -605,7 +600,7 @@ impl Filesystem for WeirFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let maker = self.maker(req, parent, mode & !umask & 0o7777, false);
+        let maker = self.maker(req, mode & !umask & 0o7777);
         self.make_node(parent, name, mode, maker, rdev, reply);
     }
 

@@ -153,6 +153,33 @@ async fn t83_files_that_exist_change_as_a_whole_new_version() {
     }
     let m = std::fs::metadata(root.join("shared/mine.txt")).unwrap();
     assert_eq!(m.mtime(), 1577836800, "touch -d reached the source");
+    // In a set-group-id directory, new entries take its group, and a new
+    // directory is set-group-id too.
+    let sgid = shared.join("sgid");
+    std::fs::create_dir(&sgid).unwrap();
+    std::os::unix::fs::chown(&sgid, None, Some(4321)).unwrap();
+    std::fs::set_permissions(&sgid, std::fs::Permissions::from_mode(0o2777)).unwrap();
+    as_nobody(&format!(
+        "cd {} && echo x > f && mkdir d && mkfifo p",
+        sgid.display()
+    ))
+    .unwrap();
+    for name in ["f", "d", "p"] {
+        for m in [
+            std::fs::symlink_metadata(root.join("shared/sgid").join(name)).unwrap(),
+            std::fs::symlink_metadata(sgid.join(name)).unwrap(),
+        ] {
+            assert_eq!((m.uid(), m.gid()), (65534, 4321), "{name}");
+        }
+    }
+    assert_ne!(
+        std::fs::metadata(root.join("shared/sgid/d"))
+            .unwrap()
+            .mode()
+            & 0o2000,
+        0,
+        "a new directory is set-group-id"
+    );
     std::fs::write(shared.join("roots.txt"), b"root's").unwrap();
     let err = as_nobody(&format!("echo x >> {}", shared.join("roots.txt").display()))
         .expect_err("another user's 0644 file");

@@ -128,6 +128,26 @@ impl<'a> Change<'a> {
     }
 }
 
+/// `stamp` as a new entry of `dir` gets it: in a set-group-id directory
+/// the directory's group, and a new directory is set-group-id too, as
+/// POSIX file systems do.
+pub(crate) fn inherited(dir: &Inode, stamp: &Stamp, is_dir: bool) -> Stamp {
+    let mut stamp = stamp.clone();
+    if dir.mode & libc::S_ISGID != 0 {
+        stamp.group = dir.group.clone();
+        if is_dir {
+            stamp.mode |= libc::S_ISGID;
+        }
+    }
+    stamp
+}
+
+/// A new entry `name` of `dir`, made by `stamp` (see [`inherited`]).
+pub(super) fn new_child(dir: &Inode, name: &str, kind: InodeKind, stamp: &Stamp) -> Inode {
+    let stamp = inherited(dir, stamp, kind == InodeKind::Directory);
+    new_inode(dir.id, name, kind, &stamp)
+}
+
 pub(super) fn new_inode(parent: InodeId, name: &str, kind: InodeKind, stamp: &Stamp) -> Inode {
     Inode {
         id: 0,

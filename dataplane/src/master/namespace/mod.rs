@@ -14,7 +14,7 @@ mod properties;
 mod tests;
 mod tree;
 
-pub(crate) use change::follow_attributes;
+pub(crate) use change::{follow_attributes, inherited};
 pub use ids::{SEEDED_IDS_FLOOR, random_id_seed};
 pub use mounts::validate_ufs_uri;
 

@@ -2,7 +2,7 @@
 //! deleted, renamed, and their attributes changed.
 
 use super::Namespace;
-use super::change::{Change, new_inode};
+use super::change::{Change, new_child};
 use crate::master::command::{AttrUpdate, FsError, FsResult, Reply, Stamp};
 use crate::master::metastore::{Inode, InodeKind, ROOT_ID};
 use crate::path::WeirPath;
@@ -26,7 +26,7 @@ impl Namespace {
         }
         let parent = self.parent_for_create(c, &path, recursive, stamp)?;
         let name = path.name().expect("not root");
-        let mut dir = new_inode(parent.id, name, InodeKind::Directory, stamp);
+        let mut dir = new_child(&parent, name, InodeKind::Directory, stamp);
         // A directory made in the namespace has no listing to load.
         dir.synced_ms = Some(stamp.now_ms);
         Ok(Reply::Inode(Box::new(c.create(dir))))
@@ -51,8 +51,8 @@ impl Namespace {
             return Err(FsError::AlreadyExists(path.to_string()));
         }
         let parent = self.parent_for_create(c, &path, recursive, stamp)?;
-        let mut file = new_inode(
-            parent.id,
+        let mut file = new_child(
+            &parent,
             path.name().expect("not root"),
             InodeKind::File,
             stamp,
@@ -243,7 +243,7 @@ impl Namespace {
                     }
                 }
                 None if recursive => {
-                    dir = c.create(new_inode(dir.id, name, InodeKind::Directory, stamp));
+                    dir = c.create(new_child(&dir, name, InodeKind::Directory, stamp));
                 }
                 None => return Err(FsError::NotFound(format!("parent directory {at}"))),
             }

@@ -291,9 +291,15 @@ impl MetadataSync {
         let Some(dir) = path.parent() else {
             return Err(FsError::InvalidArgument("the root".into()).into());
         };
-        if !self.namespace.get(&dir)?.is_dir() {
-            return Err(FsError::FailedPrecondition(format!("{dir} is not a directory")).into());
+        let dir = self.namespace.get(&dir)?;
+        if !dir.is_dir() {
+            return Err(FsError::FailedPrecondition(format!(
+                "{} is not a directory",
+                path.parent().unwrap_or_else(WeirPath::root)
+            ))
+            .into());
         }
+        let stamp = &crate::master::namespace::inherited(&dir, stamp, false);
         if let Some(mount) = self.namespace.mount_of(path)?
             && mount.spec.read_only
         {
