@@ -124,7 +124,7 @@ impl WeirFuse {
             crtime: t,
             kind,
             perm: (info.mode & 0o7777) as u16,
-            nlink: if info.is_dir { 2 } else { 1 },
+            nlink: if info.is_dir { 2 } else { info.nlink.max(1) },
             uid: self
                 .owner
                 .0
@@ -271,9 +271,15 @@ impl WeirFuse {
             if let Err(e) = self.settle(INodeNo(self.ino_of(&info))) {
                 tracing::info!(%path, errno = ?e, "a file deleted while its commit failed");
             }
-            self.rt
-                .block_on(self.fs.delete(&path, false))
-                .map(|()| true)
+            self.rt.block_on(self.fs.delete(&path, false))?;
+            // A file with other names stays: its inode is found by one of
+            // those from now on.
+            let ino = self.ino_of(&info);
+            let mut paths = self.paths.lock().expect("paths");
+            if paths.get(&ino) == Some(&path) {
+                paths.remove(&ino);
+            }
+            Ok(true)
         });
         match result {
             Ok(true) => reply.ok(),

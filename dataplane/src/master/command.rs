@@ -223,6 +223,12 @@ pub enum Command {
         path: String,
         fingerprint: String,
     },
+    /// `dst` becomes another name of the file at `src` (a hard link): one
+    /// inode, so one set of cached blocks and one set of attributes.
+    Link {
+        src: String,
+        dst: String,
+    },
 }
 
 /// What a successful command returns.
@@ -273,6 +279,7 @@ impl fmt::Display for Command {
             Command::SetVersion { path, fingerprint } => {
                 write!(f, "version of {path} is {fingerprint}")
             }
+            Command::Link { src, dst } => write!(f, "link {dst} to {src}"),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! the file keeps its cached blocks); on S3, which keeps no such
 //! attributes, mode and owner live in Weir (through re-syncs) and `touch`
 //! is refused with EPERM; on a read-only mount all three give EROFS. `ln -s`, `ln` and `mkfifo` make a link, a
-//! second name or a fifo where the store holds them, and are refused
+//! second name (one inode, whichever name is used) or a fifo where the
+//! store holds them, and are refused
 //! where it does not; extended attributes, which Weir does not keep, are
 //! refused everywhere.
 
@@ -177,6 +178,38 @@ async fn t82_chmod_chown_and_touch_reach_the_under_storage_or_are_refused() {
             .is_fifo(),
         "shown as a fifo"
     );
+    // Through Weir the two names are one inode: one number, two links,
+    // one set of attributes (and of cached blocks).
+    let (fa, sa) = (
+        std::fs::metadata(&file).unwrap(),
+        std::fs::metadata(&second).unwrap(),
+    );
+    assert_eq!((fa.ino(), fa.nlink()), (sa.ino(), 2), "one inode in Weir");
+    std::fs::set_permissions(&second, std::fs::Permissions::from_mode(0o640)).unwrap();
+    for (at, what) in [
+        (Path::new(&file), "the other name"),
+        (&root.join("d/f.bin"), "the source"),
+    ] {
+        assert_eq!(
+            std::fs::metadata(at).unwrap().mode() & 0o7777,
+            0o640,
+            "a chmod through one name shows through {what}"
+        );
+    }
+    std::fs::remove_file(&second).unwrap();
+    assert!(!root.join("d/second").exists());
+    for at in [Path::new(&file), &root.join("d/f.bin")] {
+        assert_eq!(std::fs::metadata(at).unwrap().nlink(), 1, "{at:?}");
+    }
+    // Writing through one name gives that name a new version; the other
+    // keeps its bytes, as a save by rename does.
+    let third = on(&mp, "l/d/third");
+    run("ln", &[&file, &third]).unwrap();
+    std::fs::write(&third, b"new bytes").unwrap();
+    assert_eq!(std::fs::read(&third).unwrap(), b"new bytes");
+    assert_eq!(std::fs::read(root.join("d/third")).unwrap(), b"new bytes");
+    assert_eq!(std::fs::read(&file).unwrap(), vec![7u8; 3 << 20]);
+    assert_eq!(std::fs::metadata(&file).unwrap().nlink(), 1);
 
     // What a store cannot hold is refused, and nothing appears.
     let (s3_link, s3_file) = (on(&mp, "s/link"), on(&mp, "s/o.bin"));

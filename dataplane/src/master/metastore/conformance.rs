@@ -181,6 +181,8 @@ fn mounts_and_meta(s: &dyn MetaStore) {
     s.write(vec![Op::PutMeta("next_id".into(), vec![3])])
         .unwrap();
     assert_eq!(s.meta("next_id").unwrap(), Some(vec![3]));
+    s.write(vec![Op::DeleteMeta("next_id".into())]).unwrap();
+    assert_eq!(s.meta("next_id").unwrap(), None);
 }
 
 fn batches_apply_every_op(s: &dyn MetaStore) {

@@ -51,6 +51,9 @@ impl State {
             Op::PutMeta(k, v) => {
                 self.meta.insert(k, v);
             }
+            Op::DeleteMeta(k) => {
+                self.meta.remove(&k);
+            }
             Op::PutJob(j) => {
                 self.jobs.insert(j.id, j);
             }

@@ -55,6 +55,7 @@ pub enum Op {
     PutMeta(String, Vec<u8>),
     PutJob(Job),
     DeleteJob(JobId),
+    DeleteMeta(String),
 }
 
 /// The storage contract of the master's metadata.

@@ -101,6 +101,7 @@ impl RocksStore {
             Op::PutMount(m) => batch.put_cf(self.cf(CF_MOUNTS), m.path().as_bytes(), encode(m)?),
             Op::DeleteMount(path) => batch.delete_cf(self.cf(CF_MOUNTS), path.as_bytes()),
             Op::PutMeta(k, v) => batch.put_cf(self.cf(CF_META), k.as_bytes(), v),
+            Op::DeleteMeta(k) => batch.delete_cf(self.cf(CF_META), k.as_bytes()),
             Op::PutJob(j) => batch.put_cf(self.cf(CF_JOBS), j.id.to_be_bytes(), encode(j)?),
             Op::DeleteJob(id) => batch.delete_cf(self.cf(CF_JOBS), id.to_be_bytes()),
         }
@@ -132,6 +133,7 @@ impl RocksStore {
                 Op::PutMount(_)
                 | Op::DeleteMount(_)
                 | Op::PutMeta(..)
+                | Op::DeleteMeta(_)
                 | Op::PutJob(_)
                 | Op::DeleteJob(_) => {}
             }

@@ -21,9 +21,13 @@ pub(super) struct Change<'a> {
     pub ops: Vec<Op>,
     pub next_id: u64,
     inode_delta: i64,
-    /// Inodes written earlier in this batch, so later steps see them.
-    pending: BTreeMap<InodeId, Inode>,
+    /// Inodes written (or deleted: `None`) earlier in this batch, so later
+    /// steps see them.
+    pending: BTreeMap<InodeId, Option<Inode>>,
     pending_edges: BTreeMap<(InodeId, String), Option<InodeId>>,
+    /// Names beyond the first of inodes this batch linked or unlinked
+    /// (see [`super::names`]).
+    pub(super) pending_names: BTreeMap<InodeId, Vec<(InodeId, String)>>,
 }
 
 impl<'a> Change<'a> {
@@ -35,12 +39,13 @@ impl<'a> Change<'a> {
             inode_delta: 0,
             pending: BTreeMap::new(),
             pending_edges: BTreeMap::new(),
+            pending_names: BTreeMap::new(),
         })
     }
 
     pub fn inode(&self, id: InodeId) -> FsResult<Option<Inode>> {
         if let Some(i) = self.pending.get(&id) {
-            return Ok(Some(i.clone()));
+            return Ok(i.clone());
         }
         Ok(self.store.inode(id)?)
     }
@@ -53,7 +58,7 @@ impl<'a> Change<'a> {
     }
 
     pub fn put(&mut self, inode: Inode) {
-        self.pending.insert(inode.id, inode.clone());
+        self.pending.insert(inode.id, Some(inode.clone()));
         self.ops.push(Op::PutInode(inode));
     }
 
@@ -84,36 +89,43 @@ impl<'a> Change<'a> {
         });
     }
 
-    /// Removes `inode` and everything below it; returns how many inodes went.
-    pub fn remove_tree(&mut self, inode: &Inode) -> FsResult<u64> {
+    /// Removes the entry `name` of `parent` (the inode `inode`) and
+    /// everything below it; returns how many inodes went. A file with
+    /// other names loses this one and stays.
+    pub fn remove_tree(&mut self, parent: InodeId, name: &str, inode: &Inode) -> FsResult<u64> {
         let mut removed = 0;
-        let mut stack = vec![inode.clone()];
-        while let Some(node) = stack.pop() {
+        let mut stack = vec![(parent, name.to_owned(), inode.clone())];
+        while let Some((parent, name, node)) = stack.pop() {
             if node.is_dir() {
                 let mut cursor: Option<String> = None;
                 loop {
                     let page = self.store.children(node.id, cursor.as_deref(), 1024)?;
                     let Some((last, _)) = page.last() else { break };
                     cursor = Some(last.clone());
-                    for (name, id) in page {
+                    for (child_name, id) in page {
                         // Skip what this command already unlinked: the
                         // store does not show the batch being built.
-                        if self.child(node.id, &name)? != Some(id) {
+                        if self.child(node.id, &child_name)? != Some(id) {
                             continue;
                         }
                         if let Some(child) = self.inode(id)? {
-                            stack.push(child);
+                            stack.push((node.id, child_name, child));
                         }
                     }
                 }
             }
-            self.unlink(node.parent, &node.name);
-            self.ops.push(Op::DeleteInode(node.id));
-            self.pending.remove(&node.id);
-            removed += 1;
+            if self.remove_name(parent, &name, node.id)? {
+                removed += 1;
+            }
         }
         self.inode_delta -= removed as i64;
         Ok(removed)
+    }
+
+    /// Drops the inode `id` from the batch's view and the store.
+    pub(super) fn delete_inode(&mut self, id: InodeId) {
+        self.ops.push(Op::DeleteInode(id));
+        self.pending.insert(id, None);
     }
 
     /// The batch: every change, then the id counter and inode count.

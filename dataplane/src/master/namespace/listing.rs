@@ -47,7 +47,7 @@ impl Namespace {
                         continue;
                     };
                     if existing.kind != kind {
-                        removed += c.remove_tree(&existing)?;
+                        removed += c.remove_tree(dir_inode.id, &e.name, &existing)?;
                         c.create(ufs_inode(&dir_inode, e));
                         created += 1;
                     } else if existing.persist != PersistState::Persisted {
@@ -80,8 +80,12 @@ impl Namespace {
                                 // Changed in the under-storage: a new inode
                                 // id, so blocks cached for the old content
                                 // are never served for the new.
-                                c.remove_tree(&existing)?;
+                                c.remove_tree(dir_inode.id, &e.name, &existing)?;
+                                // A name of a file with several: this name
+                                // alone gets the new content.
                                 let mut i = existing.clone();
+                                i.parent = dir_inode.id;
+                                i.name = e.name.clone();
                                 i.length = e.length;
                                 follow_attributes(&mut i, e);
                                 i.ufs_fingerprint = Some(now.to_string());
@@ -98,7 +102,7 @@ impl Namespace {
                 && let Some(existing) = c.inode(id)?
                 && existing.persist == PersistState::Persisted
             {
-                removed += c.remove_tree(&existing)?;
+                removed += c.remove_tree(dir_inode.id, name, &existing)?;
             }
         }
         if complete {

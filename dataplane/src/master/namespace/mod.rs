@@ -8,6 +8,9 @@ mod change;
 mod ids;
 mod listing;
 mod mounts;
+mod names;
+#[cfg(test)]
+mod names_tests;
 #[cfg(test)]
 mod properties;
 #[cfg(test)]
@@ -140,7 +143,9 @@ impl Namespace {
         Ok((at, inode))
     }
 
-    /// One page of a directory listing, after `start_after`.
+    /// One page of a directory listing, after `start_after`: each inode
+    /// as it is named here (a file with several names has one record,
+    /// named by one of them).
     pub fn list(
         &self,
         path: &WeirPath,
@@ -152,8 +157,10 @@ impl Namespace {
             return Ok(vec![dir]);
         }
         let mut out = Vec::new();
-        for (_, id) in self.store.children(dir.id, start_after, limit)? {
-            if let Some(i) = self.store.inode(id)? {
+        for (name, id) in self.store.children(dir.id, start_after, limit)? {
+            if let Some(mut i) = self.store.inode(id)? {
+                i.parent = dir.id;
+                i.name = name;
                 out.push(i);
             }
         }
@@ -214,6 +221,7 @@ impl Namespace {
             Command::SetVersion { path, fingerprint } => {
                 self.plan_set_version(&mut c, path, fingerprint)?
             }
+            Command::Link { src, dst } => self.plan_link(&mut c, src, dst)?,
             Command::SubmitJob { .. } | Command::UpdateJob { .. } | Command::CancelJob { .. } => {
                 return Err(FsError::InvalidArgument(format!(
                     "{cmd} is a job command, not a namespace command"

@@ -62,6 +62,19 @@ impl Namespace {
         Ok(best.cloned())
     }
 
+    /// Refuses a rename or link between two mounts (or a mount and the
+    /// rest): each has its own under-storage.
+    pub(super) fn one_mount(&self, a: &WeirPath, b: &WeirPath) -> FsResult<()> {
+        let mount =
+            |p| -> FsResult<Option<String>> { Ok(self.mount_of(p)?.map(|m| m.path().to_owned())) };
+        if mount(a)? != mount(b)? {
+            return Err(FsError::InvalidArgument(format!(
+                "{a} and {b} are in different mounts"
+            )));
+        }
+        Ok(())
+    }
+
     pub(super) fn writable(&self, path: &WeirPath) -> FsResult<()> {
         match self.mount_of(path)? {
             Some(m) if m.spec.read_only => Err(FsError::ReadOnly(format!(
@@ -147,15 +160,15 @@ impl Namespace {
                 let page = self.store.children(dir.id, cursor.as_deref(), 1024)?;
                 let Some((last, _)) = page.last() else { break };
                 cursor = Some(last.clone());
-                for (_, id) in page {
+                for (name, id) in page {
                     if let Some(child) = c.inode(id)? {
-                        removed += c.remove_tree(&child)?;
+                        removed += c.remove_tree(dir.id, &name, &child)?;
                     }
                 }
             }
             removed
         } else {
-            c.remove_tree(&dir)?
+            c.remove_tree(dir.parent, &dir.name, &dir)?
         };
         Ok(Reply::Deleted { inodes: removed })
     }

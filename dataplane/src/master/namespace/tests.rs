@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use weir_api::{MountSpec, SyncPolicy, WriteType};
 
 /// The replicated state, read as its namespace.
-struct Ns(ReplicatedState);
+pub(super) struct Ns(ReplicatedState);
 
 impl std::ops::Deref for Ns {
     type Target = Namespace;
@@ -20,16 +20,16 @@ impl std::ops::Deref for Ns {
 }
 
 impl Ns {
-    fn apply(&self, cmd: &Command, extra: Vec<Op>) -> FsResult<Reply> {
+    pub(super) fn apply(&self, cmd: &Command, extra: Vec<Op>) -> FsResult<Reply> {
         self.0.apply(cmd, extra)
     }
 }
 
-fn ns() -> Ns {
+pub(super) fn ns() -> Ns {
     Ns(ReplicatedState::open(Arc::new(MemoryStore::new())).unwrap())
 }
 
-fn stamp() -> Stamp {
+pub(super) fn stamp() -> Stamp {
     Stamp {
         owner: "alice".into(),
         group: "data".into(),
@@ -38,7 +38,7 @@ fn stamp() -> Stamp {
     }
 }
 
-fn p(s: &str) -> WeirPath {
+pub(super) fn p(s: &str) -> WeirPath {
     WeirPath::parse(s).unwrap()
 }
 
@@ -142,7 +142,7 @@ fn path_of_an_id_follows_renames_and_forgets_deleted_inodes() {
     assert_eq!(ns.path_of(9_999).unwrap(), None);
 }
 
-fn mkdir(ns: &Ns, path: &str, recursive: bool) -> FsResult<Reply> {
+pub(super) fn mkdir(ns: &Ns, path: &str, recursive: bool) -> FsResult<Reply> {
     ns.apply(
         &Command::CreateDirectory {
             path: path.into(),
@@ -153,7 +153,7 @@ fn mkdir(ns: &Ns, path: &str, recursive: bool) -> FsResult<Reply> {
     )
 }
 
-fn touch(ns: &Ns, path: &str) -> FsResult<Reply> {
+pub(super) fn touch(ns: &Ns, path: &str) -> FsResult<Reply> {
     ns.apply(
         &Command::CreateFile {
             path: path.into(),
@@ -173,7 +173,7 @@ fn touch(ns: &Ns, path: &str) -> FsResult<Reply> {
     )
 }
 
-fn mount(ns: &Ns, path: &str, read_only: bool) -> FsResult<Reply> {
+pub(super) fn mount(ns: &Ns, path: &str, read_only: bool) -> FsResult<Reply> {
     ns.apply(
         &Command::Mount(MountSpec {
             path: path.into(),

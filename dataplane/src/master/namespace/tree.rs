@@ -115,7 +115,8 @@ impl Namespace {
                 "directory {path} is not empty"
             )));
         }
-        let inodes = c.remove_tree(&inode)?;
+        let dir = self.get(&path.parent().expect("not root"))?;
+        let inodes = c.remove_tree(dir.id, path.name().expect("not root"), &inode)?;
         Ok(Reply::Deleted { inodes })
     }
 
@@ -140,12 +141,7 @@ impl Namespace {
         }
         self.writable(&src)?;
         self.writable(&dst)?;
-        let src_mount = self.mount_of(&src)?.map(|m| m.path().to_owned());
-        if src_mount != self.mount_of(&dst)?.map(|m| m.path().to_owned()) {
-            return Err(FsError::InvalidArgument(format!(
-                "{src} and {dst} are in different mounts"
-            )));
-        }
+        self.one_mount(&src, &dst)?;
         if self
             .cached_mounts()?
             .iter()
@@ -155,24 +151,15 @@ impl Namespace {
                 "{src} is a mount point"
             )));
         }
-        let mut inode = self.get(&src)?;
-        if self.lookup(&dst)?.is_some() {
-            return Err(FsError::AlreadyExists(dst.to_string()));
-        }
-        let dst_parent_path = dst.parent().expect("not root");
-        let dst_parent = self
-            .lookup(&dst_parent_path)?
-            .ok_or_else(|| FsError::NotFound(format!("parent directory {dst_parent_path}")))?;
-        if !dst_parent.is_dir() {
-            return Err(FsError::FailedPrecondition(format!(
-                "{dst_parent_path} is a file"
-            )));
-        }
-        c.unlink(inode.parent, &inode.name);
-        inode.parent = dst_parent.id;
-        inode.name = dst.name().expect("not root").to_owned();
+        let inode = self.get(&src)?;
+        let (dst_parent, dst_name) = self.free_name(&dst)?;
+        let src_parent = self.get(&src.parent().expect("not root"))?;
+        let mut inode = c.move_name(
+            (src_parent.id, src.name().expect("not root")),
+            (dst_parent.id, dst_name),
+            inode,
+        )?;
         inode.mtime_ms = now_ms;
-        c.link(inode.parent, &inode.name, inode.id);
         c.put(inode.clone());
         Ok(Reply::Inode(Box::new(inode)))
     }
@@ -211,6 +198,24 @@ impl Namespace {
         }
         c.put(inode.clone());
         Ok(Reply::Inode(Box::new(inode)))
+    }
+
+    /// The directory a new name `path` goes in, and the name: refused
+    /// when the name is taken or the directory missing or a file.
+    pub(super) fn free_name<'p>(&self, path: &'p WeirPath) -> FsResult<(Inode, &'p str)> {
+        if self.lookup(path)?.is_some() {
+            return Err(FsError::AlreadyExists(path.to_string()));
+        }
+        let (Some(dir_path), Some(name)) = (path.parent(), path.name()) else {
+            return Err(FsError::AlreadyExists("/".into()));
+        };
+        let dir = self
+            .lookup(&dir_path)?
+            .ok_or_else(|| FsError::NotFound(format!("parent directory {dir_path}")))?;
+        if !dir.is_dir() {
+            return Err(FsError::FailedPrecondition(format!("{dir_path} is a file")));
+        }
+        Ok((dir, name))
     }
 
     /// Resolves the parent of `path`, creating missing directories when

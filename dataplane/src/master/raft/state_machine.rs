@@ -58,9 +58,11 @@ impl SnapshotOp {
             Op::PutMount(m) => Some(Self::Mount(m)),
             Op::PutMeta(k, v) => Some(Self::Meta(k, v)),
             Op::PutJob(j) => Some(Self::Job(j)),
-            Op::DeleteInode(_) | Op::DeleteEdge { .. } | Op::DeleteMount(_) | Op::DeleteJob(_) => {
-                None
-            }
+            Op::DeleteInode(_)
+            | Op::DeleteEdge { .. }
+            | Op::DeleteMount(_)
+            | Op::DeleteMeta(_)
+            | Op::DeleteJob(_) => None,
         }
     }
 

@@ -63,7 +63,8 @@ impl FsApi {
         pb::FileInfo {
             id: inode.id,
             path: path.to_string(),
-            name: inode.name.clone(),
+            // The name asked for: a file with several has one record.
+            name: path.name().unwrap_or_default().to_owned(),
             is_dir: inode.is_dir(),
             length: inode.length,
             block_size: inode.block_size,
@@ -101,6 +102,7 @@ impl FsApi {
             },
             mount_id,
             ufs_relative,
+            nlink: self.namespace.link_count(inode).unwrap_or(1),
         }
     }
 

@@ -89,12 +89,33 @@ impl MetadataSync {
             tracing::info!(%path, recursive, ufs = %at.as_str(), "deleted in the under-storage");
             self.parent_changed(path);
         }
-        match self.proposer.write(cmd).await {
-            Ok(reply) => Ok(reply),
+        let reply = match self.proposer.write(cmd).await {
+            Ok(reply) => reply,
             // A listing noticed the deletion first.
-            Err(e) if e.is_not_found() => Ok(Reply::Deleted { inodes: 0 }),
-            Err(e) => Err(e),
+            Err(e) if e.is_not_found() => Reply::Deleted { inodes: 0 },
+            Err(e) => return Err(e),
+        };
+        if !inode.is_dir() {
+            self.names_left(&inode).await?;
         }
+        Ok(reply)
+    }
+
+    /// After a name of `inode` went: a file with names left changed its
+    /// change time in the under-storage (part of its version), and its
+    /// content is the one Weir holds.
+    async fn names_left(&self, inode: &Inode) -> MasterResult<()> {
+        let Some(path) = self.namespace.path_of(inode.id)? else {
+            return Ok(());
+        };
+        if let Some(mount) = self.ufs_mount_of(&path)?
+            && let Some(now) = self.store(&mount)?.stat(&ufs_path(&mount, &path)?).await?
+            && now.length == inode.length
+        {
+            self.set_version(&path, now.fingerprint().to_string())
+                .await?;
+        }
+        Ok(())
     }
 
     /// `mv`: the under-storage first (S3: a copy of every object, then
@@ -321,23 +342,14 @@ impl MetadataSync {
             NewEntry::Symlink(target) => store.symlink(&at, target).await?,
             NewEntry::Node(kind, rdev) => store.make_node(&at, kind, rdev).await?,
             NewEntry::HardLink(existing) => {
+                let cmd = Command::Link {
+                    src: existing.to_string(),
+                    dst: path.to_string(),
+                };
+                // A directory, another mount, a name taken: refused
+                // before the under-storage is touched.
+                self.namespace.plan(&cmd)?;
                 let file = self.namespace.get(existing)?;
-                if file.is_dir() {
-                    return Err(FsError::FailedPrecondition(format!(
-                        "{existing} is a directory; directories have one name (hard links \
-                         are for files)"
-                    ))
-                    .into());
-                }
-                let same_mount = self
-                    .ufs_mount_of(existing)?
-                    .is_some_and(|m| m.mount_id == mount.mount_id);
-                if !same_mount {
-                    return Err(FsError::InvalidArgument(format!(
-                        "{existing} and {path} are on different mounts"
-                    ))
-                    .into());
-                }
                 if !Self::in_ufs(&file) {
                     return Err(FsError::FailedPrecondition(format!(
                         "{existing} is not in the under-storage yet; a hard link needs it there"
@@ -346,12 +358,14 @@ impl MetadataSync {
                 }
                 let from = ufs_path(&mount, existing)?;
                 store.hard_link(&from, &at).await?;
+                self.parent_changed(path);
+                self.proposer.write(cmd).await?;
                 // The link moved the file's change time, part of its
                 // version; its content is the one Weir holds.
-                if let Some(now) = store.stat(&from).await? {
-                    self.set_version(existing, now.fingerprint().to_string())
-                        .await?;
-                }
+                return match store.stat(&from).await? {
+                    Some(now) => self.set_version(path, now.fingerprint().to_string()).await,
+                    None => Ok(self.namespace.get(path)?),
+                };
             }
         }
         self.parent_changed(path);
