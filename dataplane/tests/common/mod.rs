@@ -243,6 +243,21 @@ impl Proc {
         self.child = Some(ChildGuard::new(child));
     }
 
+    /// The end of this process's log on stderr: a failed test's run shows
+    /// what the processes said, after their files are gone.
+    pub fn print_tail(&self, lines: usize) {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        eprintln!(
+            "--- last lines of {} ({}) ---",
+            self.name,
+            self.log.display()
+        );
+        for line in &all[all.len().saturating_sub(lines)..] {
+            eprintln!("{line}");
+        }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(ChildGuard::id)
     }

@@ -98,6 +98,14 @@ pub struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let procs = std::iter::once(&self.master)
+                .chain(&self.workers)
+                .chain(self.fuses.iter().map(|(f, _)| f));
+            for p in procs {
+                p.print_tail(60);
+            }
+        }
         for (f, mp) in &mut self.fuses {
             f.terminate();
             if is_mounted(mp) {

@@ -67,6 +67,7 @@ pub struct MetadataSync {
     started_ms: u64,
     /// Checks of known paths against the under-storage, by outcome.
     checks: Family<CheckLabels, Counter>,
+    turns: turns::Turns,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -95,6 +96,7 @@ fn fresh(synced_ms: Option<u64>, policy: SyncPolicy, now: u64, since: u64) -> bo
 
 mod count;
 mod through;
+mod turns;
 mod validate;
 
 pub use count::MountCount;
@@ -113,6 +115,7 @@ impl MetadataSync {
             )),
             started_ms: now_ms(),
             checks: Family::default(),
+            turns: turns::Turns::default(),
         }
     }
 

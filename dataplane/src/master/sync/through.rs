@@ -66,7 +66,11 @@ impl MetadataSync {
             recursive,
         };
         self.namespace.plan(&cmd)?;
-        let inode = self.namespace.get(path)?;
+        let mut inode = self.namespace.get(path)?;
+        let _turn = self.turns.of(&inode).await;
+        if _turn.is_some() {
+            inode = self.namespace.get(path)?;
+        }
         if let Some(mount) = self.ufs_mount_of(path)?
             && Self::in_ufs(&inode)
         {
@@ -124,7 +128,8 @@ impl MetadataSync {
     /// cached blocks stay valid. A file replaces a file at `dst`, as
     /// rename(2) says.
     pub async fn rename(&self, src: &WeirPath, dst: &WeirPath, now_ms: u64) -> MasterResult<Inode> {
-        let (moving, replaced) = (self.namespace.get(src)?, self.namespace.lookup(dst)?);
+        let mut moving = self.namespace.get(src)?;
+        let replaced = self.namespace.lookup(dst)?;
         if let Some(old) = replaced
             && !old.is_dir()
             && !moving.is_dir()
@@ -144,6 +149,12 @@ impl MetadataSync {
                 now_ms,
             })?;
             self.delete(dst, false).await?;
+        }
+        // Taken after the replaced file's own turn (in `delete`), so two
+        // renames over each other's files never wait for each other.
+        let _turn = self.turns.of(&moving).await;
+        if _turn.is_some() {
+            moving = self.namespace.get(src)?;
         }
         let cmd = Command::Rename {
             src: src.to_string(),
@@ -409,7 +420,12 @@ impl MetadataSync {
     /// under-storage reports for it now; refused when the under-storage
     /// does not have it.
     pub async fn mark_persisted(&self, path: &WeirPath) -> MasterResult<Inode> {
-        let inode = self.namespace.get(path)?;
+        let mut inode = self.namespace.get(path)?;
+        let _turn = self.turns.of(&inode).await;
+        if _turn.is_some() {
+            // Renamed or deleted while it waited: the caller finds where.
+            inode = self.namespace.get(path)?;
+        }
         let mount = self.namespace.mount_of(path)?;
         let Some(mount) = mount.filter(|_| !inode.is_dir()) else {
             return self
