@@ -36,6 +36,11 @@ lint:
 crds:
 	cargo run -q -p weir-operator --bin crdgen -- crds
 
+# Nodes of the test-bed cluster: the first is this machine, the others live
+# in namespaces of their own (e2e/README.md, "More nodes").
+NODES ?= 1
+export NODES
+
 up: install build
 	$(CLUSTER)/up.sh
 

@@ -17,6 +17,14 @@ stop_pid() { # name pid
   kill -KILL "$pid" 2>/dev/null
 }
 
+# The nodes beyond the first, each with its own namespaces and processes.
+for d in "$WEIR_LAB"/nodes/*/; do
+  [ -d "$d" ] && "$WEIR_CLUSTER_DIR/node.sh" remove "$(basename "$d")"
+done
+for ns in /run/netns/weir-node-*; do
+  [ -e "$ns" ] && "$WEIR_CLUSTER_DIR/node.sh" remove "${ns##*-}"
+done
+
 # Pods first, while the kubelet could still be asked; but a dead or wedged
 # kubelet must not stall teardown, so containers are killed by cgroup below.
 for c in coredns kube-proxy kubelet kube-scheduler kube-controller-manager; do
@@ -86,6 +94,7 @@ for ns in /run/netns/cni-*; do
   ip netns delete "$(basename "$ns")" 2>/dev/null || rm -f "$ns"
 done
 ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE"
+ip link show "$WEIR_NODE_BRIDGE" >/dev/null 2>&1 && ip link delete "$WEIR_NODE_BRIDGE"
 for pair in INPUT:WEIR-FENCE FORWARD:WEIR-EGRESS; do
   chain=${pair#*:}
   while iptables -D "${pair%%:*}" -j "$chain" 2>/dev/null; do :; done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds a container image as a docker-archive tar and imports it into the
-# test bed's containerd (no registry is reachable, pods use
+# containerd of every node of the test bed (no registry is reachable, pods use
 # imagePullPolicy: Never). Unchanged content is not imported again.
 #
 #   image.sh pause|weir|e2e NAME:TAG     build and import
@@ -76,9 +76,16 @@ layer_sha=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
 stamp_dir=$WEIR_CACHE/images
 mkdir -p "$stamp_dir"
 stamp=$stamp_dir/$(echo "$ref" | tr '/:' '__')
-if [ -z "$tar_out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$layer_sha" ] &&
-  ctr --address "$WEIR_LAB/containerd/containerd.sock" -n k8s.io images ls -q 2>/dev/null | grep -qx "$ref"; then
-  exit 0
+# Every node's containerd: the first node's and those of nodes 2..N.
+sockets=("$WEIR_LAB/containerd/containerd.sock")
+for d in "$WEIR_LAB"/nodes/*/; do
+  [ -S "${d}containerd/containerd.sock" ] && sockets+=("${d}containerd/containerd.sock")
+done
+has_ref() { ctr --address "$1" -n k8s.io images ls -q 2>/dev/null | grep -qx "$ref"; }
+if [ -z "$tar_out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$layer_sha" ]; then
+  missing=0
+  for s in "${sockets[@]}"; do has_ref "$s" || missing=1; done
+  [ $missing = 0 ] && exit 0
 fi
 
 cat > "$work/config.json" <<EOF
@@ -99,6 +106,8 @@ if [ -n "$tar_out" ]; then
   log "wrote $ref to $tar_out"
   exit 0
 fi
-ctr --address "$WEIR_LAB/containerd/containerd.sock" -n k8s.io images import "$work/image.tar" >/dev/null
+for s in "${sockets[@]}"; do
+  ctr --address "$s" -n k8s.io images import "$work/image.tar" >/dev/null
+done
 echo "$layer_sha" > "$stamp"
 log "imported $ref ($(du -h "$work/image.tar" | cut -f1))"

@@ -8,7 +8,7 @@ WEIR_CACHE=${WEIR_CACHE:-$HOME/.cache/weir}
 WEIR_BIN=$WEIR_CACHE/bin
 WEIR_LAB=${WEIR_LAB:-/var/lib/weir-lab}
 WEIR_NODE=${WEIR_NODE:-weir-node}
-WEIR_POD_CIDR=${WEIR_POD_CIDR:-10.88.0.0/16}
+WEIR_POD_CIDR=${WEIR_POD_CIDR:-10.88.0.0/24} # the first node's pods
 WEIR_SERVICE_CIDR=${WEIR_SERVICE_CIDR:-10.96.0.0/24}
 WEIR_DNS_IP=${WEIR_DNS_IP:-10.96.0.10}
 WEIR_KUBELET_DIR=${WEIR_KUBELET_DIR:-/var/lib/kubelet}
@@ -24,3 +24,41 @@ export PATH=$WEIR_BIN:$PATH
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+# Nodes beyond the first (which is this machine itself) each live in a
+# network namespace on the node bridge and a mount namespace of their own.
+WEIR_NODE_BRIDGE=weirn0
+WEIR_NODE_NET=${WEIR_NODE_NET:-10.89.0}   # /24: the host is .1, node N is .(10+N)
+WEIR_CLUSTER_CIDR=${WEIR_CLUSTER_CIDR:-10.88.0.0/16} # every node's pods
+node_name() { if [ "$1" = 1 ]; then echo "$WEIR_NODE"; else echo "$WEIR_NODE-$1"; fi; }
+node_ip() { echo "$WEIR_NODE_NET.$((10 + $1))"; }
+node_pod_cidr() { echo "10.88.$(($1 - 1)).0/24"; }
+node_dir() { echo "$WEIR_LAB/nodes/$1"; }
+node_netns() { echo "weir-node-$1"; }
+
+# start NAME COMMAND ARGS...: a cluster process, started by absolute path
+# (so down can find it), its log and PID file under WEIR_LAB. With IN_NODE
+# set to a node number above 1 it runs in that node's namespaces.
+start() {
+  local name=$1 exe enter=()
+  exe=$(command -v "$2")
+  shift 2
+  if [ -n "${IN_NODE:-}" ]; then
+    enter=(nsenter --net="/run/netns/$(node_netns "$IN_NODE")" --mount="$(node_dir "$IN_NODE")/mntns" --)
+  fi
+  setsid "${enter[@]}" "$exe" "$@" > "$WEIR_LAB/logs/$name.log" 2>&1 < /dev/null &
+  echo $! > "$WEIR_LAB/pids/$name.pid"
+}
+wait_for() { # what seconds command...
+  local what=$1 deadline=$((SECONDS + $2))
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || die "$what not ready after $((deadline - SECONDS + $2))s"
+    sleep 0.2
+  done
+}
+alive() { kill -0 "$(cat "$WEIR_LAB/pids/$1.pid")" 2>/dev/null || die "$1 exited: $(tail -5 "$WEIR_LAB/logs/$1.log")"; }
+node_ready() { # name
+  kubectl --kubeconfig "$KUBECONFIG_ADMIN" get node "$1" \
+    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -qx True
+}

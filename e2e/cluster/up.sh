@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Brings up a single-node Kubernetes on this machine: etcd, kube-apiserver
-# (RBAC + Node authorization), controller-manager, scheduler, containerd,
-# kubelet, kube-proxy (iptables) and CoreDNS, with pods on a CNI bridge.
+# Brings up a Kubernetes on this machine: etcd, kube-apiserver (RBAC + Node
+# authorization), controller-manager, scheduler, containerd, kubelet,
+# kube-proxy (iptables) and CoreDNS, with pods on a CNI bridge. The first
+# node is this machine; with NODES=N, nodes 2..N are added in namespaces of
+# their own (`node.sh`).
 #
 # A second `up` while the cluster is healthy does nothing. A port already in
 # use makes `up` fail before it starts anything. A failure half way tears
@@ -23,7 +25,11 @@ healthy() {
   kubectl --kubeconfig "$KUBECONFIG_ADMIN" get --raw /readyz >/dev/null 2>&1
 }
 
+NODES=${NODES:-1}
 if healthy; then
+  for n in $(seq 2 "$NODES"); do
+    node_ready "$(node_name "$n")" || "$WEIR_CLUSTER_DIR/node.sh" add "$n"
+  done
   log "cluster already up (kubeconfig $KUBECONFIG_ADMIN)"
   exit 0
 fi
@@ -126,23 +132,6 @@ for id in admin controller-manager scheduler kubelet kube-proxy coredns; do
   kubeconfig "$id" "$WEIR_LAB/$id.kubeconfig"
 done
 
-start() { # name command args... (started by absolute path, so down can find it)
-  local name=$1 exe
-  exe=$(command -v "$2")
-  shift 2
-  setsid "$exe" "$@" > "$WEIR_LAB/logs/$name.log" 2>&1 < /dev/null &
-  echo $! > "$WEIR_LAB/pids/$name.pid"
-}
-wait_for() { # what seconds command...
-  local what=$1 deadline=$((SECONDS + $2))
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || die "$what not ready after $((deadline - SECONDS + $2))s"
-    sleep 0.2
-  done
-}
-alive() { kill -0 "$(cat "$WEIR_LAB/pids/$1.pid")" 2>/dev/null || die "$1 exited: $(tail -5 "$WEIR_LAB/logs/$1.log")"; }
-
 # --- host networking: the pod bridge, forwarding, and a fence ----------------
 # The bridge exists before the apiserver so that it can advertise an address
 # pods can reach; the fence keeps cluster ports off every other interface.
@@ -151,17 +140,27 @@ sysctl -qw net.bridge.bridge-nf-call-iptables=1
 ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
 ip addr replace "$BRIDGE_IP/${WEIR_POD_CIDR#*/}" dev "$BRIDGE"
 ip link set "$BRIDGE" up
+# The node bridge: the other nodes' links, and the host on it as the
+# router between nodes (each node's pod range is routed to its address).
+ip link show "$WEIR_NODE_BRIDGE" >/dev/null 2>&1 || ip link add "$WEIR_NODE_BRIDGE" type bridge
+ip addr replace "$WEIR_NODE_NET.1/24" dev "$WEIR_NODE_BRIDGE"
+ip link set "$WEIR_NODE_BRIDGE" up
 iptables -N WEIR-FENCE 2>/dev/null || iptables -F WEIR-FENCE
 iptables -A WEIR-FENCE -i lo -j RETURN
 iptables -A WEIR-FENCE -i "$BRIDGE" -j RETURN
+iptables -A WEIR-FENCE -i "$WEIR_NODE_BRIDGE" -j RETURN
 iptables -A WEIR-FENCE -p tcp -m multiport --dports 2379,2380,6443,10250 -j DROP
 iptables -A WEIR-FENCE -p udp --dport 53 -j DROP
 iptables -C INPUT -j WEIR-FENCE 2>/dev/null || iptables -I INPUT -j WEIR-FENCE
 # Pod traffic stays on the bridge and loopback: nothing is forwarded out of
 # any other interface.
 iptables -N WEIR-EGRESS 2>/dev/null || iptables -F WEIR-EGRESS
-iptables -A WEIR-EGRESS -i "$BRIDGE" -o "$BRIDGE" -j RETURN
-iptables -A WEIR-EGRESS -i "$BRIDGE" -j DROP
+for from in "$BRIDGE" "$WEIR_NODE_BRIDGE"; do
+  for to in "$BRIDGE" "$WEIR_NODE_BRIDGE"; do
+    iptables -A WEIR-EGRESS -i "$from" -o "$to" -j RETURN
+  done
+  iptables -A WEIR-EGRESS -i "$from" -j DROP
+done
 iptables -C FORWARD -j WEIR-EGRESS 2>/dev/null || iptables -I FORWARD -j WEIR-EGRESS
 
 # --- control plane -----------------------------------------------------------
@@ -323,7 +322,7 @@ kind: KubeProxyConfiguration
 mode: iptables
 clientConnection: {kubeconfig: "$WEIR_LAB/kube-proxy.kubeconfig"}
 hostnameOverride: "$WEIR_NODE"
-clusterCIDR: "$WEIR_POD_CIDR"
+clusterCIDR: "$WEIR_CLUSTER_CIDR"
 bindAddress: 127.0.0.1
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
@@ -349,4 +348,7 @@ start coredns coredns -conf "$WEIR_LAB/Corefile"
 wait_for "node $WEIR_NODE" 60 sh -c "kubectl --kubeconfig '$KUBECONFIG_ADMIN' get node '$WEIR_NODE' -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
 for c in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns; do alive "$c"; done
 wait_for "default service account" 30 k get serviceaccount default -n default
-log "cluster up in ${SECONDS}s: export KUBECONFIG=$KUBECONFIG_ADMIN"
+for n in $(seq 2 "$NODES"); do
+  "$WEIR_CLUSTER_DIR/node.sh" add "$n"
+done
+log "cluster up in ${SECONDS}s ($NODES node(s)): export KUBECONFIG=$KUBECONFIG_ADMIN"

@@ -3,6 +3,7 @@
 //! its own, waits on conditions with deadlines, and when a test fails dumps
 //! the pods' logs, the events and the objects of its namespace.
 
+pub mod nodes;
 pub mod weir;
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -476,11 +477,16 @@ pub fn leftovers(bed: &Bed) -> Vec<String> {
         .into_iter()
         .flatten()
         .flatten();
-    for ns in netns.filter(|e| e.file_name().to_string_lossy().starts_with("cni-")) {
+    for ns in netns.filter(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name.starts_with("cni-") || name.starts_with("weir-node-")
+    }) {
         found.push(format!("network namespace {}", ns.path().display()));
     }
-    if Path::new("/sys/class/net/weir0").exists() {
-        found.push("bridge weir0".into());
+    for bridge in ["weir0", "weirn0"] {
+        if Path::new("/sys/class/net").join(bridge).exists() {
+            found.push(format!("bridge {bridge}"));
+        }
     }
     for dir in [
         bed.lab.as_path(),
@@ -496,8 +502,11 @@ pub fn leftovers(bed: &Bed) -> Vec<String> {
         .flatten()
         .flatten()
     {
-        if sub.path().join("kubepods").exists() {
-            found.push(format!("cgroup {}/kubepods", sub.path().display()));
+        for entry in std::fs::read_dir(sub.path()).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == "kubepods" || name.starts_with("weir-node-") {
+                found.push(format!("cgroup {}", entry.path().display()));
+            }
         }
     }
     found

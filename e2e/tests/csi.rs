@@ -15,6 +15,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::time::{Duration, Instant};
 use weir_e2e::weir::{BridgeS3, HelmRelease, PodReader, TimedRead, bytes, http_get};
+use weir_e2e::nodes::FIRST_NODE;
 use weir_e2e::{TestNamespace, in_namespace, install_crd, wait_for};
 use weir_operator::crd::dataset::DatasetPhase;
 use weir_operator::crd::{CacheRuntime, Dataset};
@@ -24,7 +25,8 @@ fn sha256_hex(data: &[u8]) -> String {
     format!("{:x}", sha2::Sha256::digest(data))
 }
 
-/// The CSI node plugin's pod reports itself registered with the kubelet.
+/// The CSI node plugin's pod reports itself registered with the first
+/// node's kubelet (the readers').
 async fn wait_registered(ns: &TestNamespace) -> anyhow::Result<()> {
     let nodes: Api<k8s_openapi::api::storage::v1::CSINode> = Api::all(ns.client.clone());
     wait_for(
@@ -35,6 +37,7 @@ async fn wait_registered(ns: &TestNamespace) -> anyhow::Result<()> {
             let registered = all
                 .items
                 .iter()
+                .filter(|n| n.name_any() == FIRST_NODE)
                 .any(|n| n.spec.drivers.iter().any(|d| d.name == "csi.weir.io"));
             Ok(registered.then_some(()))
         },
@@ -43,10 +46,14 @@ async fn wait_registered(ns: &TestNamespace) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A reader of the volume. Every reader is on the first node: the test
+/// restarts that node's plugin and FUSE pods under them and counts the
+/// FUSE pods serving them.
 fn app_pod(name: &str, claim: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": "reader"}},
         "spec": {
+            "nodeName": FIRST_NODE,
             "containers": [{"name": "app", "image": "weir.io/e2e:dev", "imagePullPolicy": "Never",
                 "command": ["sleep", "3600"],
                 // Mounts the plugin repairs on the host reach the container.
@@ -56,6 +63,11 @@ fn app_pod(name: &str, claim: &str) -> Pod {
         }
     }))
     .expect("pod literal")
+}
+
+/// Whether `pod` runs (or is to run) on the first node, the readers'.
+fn on_first_node(pod: &Pod) -> bool {
+    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(FIRST_NODE)
 }
 
 async fn wait_running(ns: &TestNamespace, pod: &str) -> anyhow::Result<()> {
@@ -88,7 +100,7 @@ async fn restart_plugin_while_reading(
         Ok::<_, weir_e2e::Error>(
             list.items
                 .into_iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| p.metadata.deletion_timestamp.is_none() && on_first_node(p))
                 .collect::<Vec<_>>(),
         )
     };
@@ -186,7 +198,7 @@ async fn pods_read_datasets_through_csi_and_survive_fuse_restarts() -> anyhow::R
         }
         let fuse_pods = || async {
             let list = pods.list(&ListParams::default().labels("app.kubernetes.io/component=fuse")).await?;
-            Ok::<_, weir_e2e::Error>(list.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect::<Vec<_>>())
+            Ok::<_, weir_e2e::Error>(list.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none() && on_first_node(p)).collect::<Vec<_>>())
         };
         assert_eq!(fuse_pods().await?.len(), 1, "one FUSE pod serves both");
         let write = ns.kubectl(&["exec", "app-1", "--", "sh", "-c", "echo x > /data/data/new.txt"]);
@@ -247,13 +259,13 @@ async fn pods_read_datasets_through_csi_and_survive_fuse_restarts() -> anyhow::R
         .await;
         if let Err(e) = recovered {
             let logs = ns.kubectl(&["logs", "-l", "app.kubernetes.io/component=csi", "-c", "plugin", "--tail=40"]).unwrap_or_default();
-            let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let table = ns.bed.node_mounts(FIRST_NODE);
             let ours: Vec<&str> = table.lines().filter(|l| l.contains(&format!("{}-{name}", ns.name)) || l.contains("csi.weir.io/")).collect();
             panic!("{e}\nplugin log:\n{logs}\nmounts:\n{}", ours.join("\n"));
         }
         let plugin_pods = || async {
             let list = pods.list(&ListParams::default().labels("app.kubernetes.io/component=csi")).await?;
-            Ok::<_, weir_e2e::Error>(list.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect::<Vec<_>>())
+            Ok::<_, weir_e2e::Error>(list.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none() && on_first_node(p)).collect::<Vec<_>>())
         };
         let plugin = plugin_pods().await?.remove(0);
         let plugin_ip = plugin.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();

@@ -38,8 +38,9 @@ async fn the_demo_journey_upgrade_and_uninstall() -> anyhow::Result<()> {
         let _s3 = S3Pid(dir.path().to_path_buf());
         let port = free_port(NODE_IP);
         HelmRelease::clear_leftovers(&ns.bed)?;
+        // Mounts and staged volumes are looked for on every node.
         let plugin_mounts = || -> anyhow::Result<usize> {
-            let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+            let table = ns.bed.all_node_mounts()?;
             Ok(table.lines().filter(|l| l.contains("csi.weir.io")).count())
         };
         let mounts_before = plugin_mounts()?;
@@ -170,11 +171,13 @@ async fn the_demo_journey_upgrade_and_uninstall() -> anyhow::Result<()> {
         ns.kubectl(&["delete", "pod", "-l", "app.kubernetes.io/name!=weir", "--wait", "--timeout=120s"])?;
         let handle = format!("\"{}-demo\"", ns.name);
         wait_for("the kubelet to unstage the volume", Duration::from_secs(120), || async {
-            let staged = std::fs::read_dir("/var/lib/kubelet/plugins/kubernetes.io/csi/csi.weir.io")
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|d| std::fs::read_to_string(d.path().join("vol_data.json")).is_ok_and(|v| v.contains(&handle)));
+            let staged = ns.bed.node_names()?.iter().any(|node| {
+                std::fs::read_dir(ns.bed.on_node(node, "/var/lib/kubelet/plugins/kubernetes.io/csi/csi.weir.io"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|d| std::fs::read_to_string(d.path().join("vol_data.json")).is_ok_and(|v| v.contains(&handle)))
+            });
             Ok((!staged).then_some(()))
         })
         .await?;
@@ -211,10 +214,10 @@ async fn the_demo_journey_upgrade_and_uninstall() -> anyhow::Result<()> {
         let pvs: Api<PersistentVolume> = Api::all(ns.client.clone());
         let ours = format!("{}-demo", ns.name);
         assert!(pvs.get_opt(&ours).await?.is_none(), "PV {ours} left");
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let mounts = ns.bed.all_node_mounts()?;
         let mount_dir = format!("/var/lib/weir/mnt/{}/", ns.name);
         let stale: Vec<&str> = mounts.lines().filter(|l| l.contains(&mount_dir)).collect();
-        assert!(stale.is_empty(), "mounts left on the host: {stale:?}");
+        assert!(stale.is_empty(), "mounts left on a node: {stale:?}");
         assert!(plugin_mounts()? <= mounts_before, "the plugin left mounts in the kubelet's directories");
         Ok(())
     })

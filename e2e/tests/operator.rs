@@ -12,6 +12,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::time::{Duration, SystemTime};
 use weir_e2e::weir::{BridgeS3, OperatorProcess, bytes};
+use weir_e2e::nodes::FIRST_NODE;
 use weir_e2e::{TestNamespace, in_namespace, install_crd, wait_for};
 use weir_operator::crd::dataload::LoadPhase;
 use weir_operator::crd::dataset::DatasetPhase;
@@ -139,17 +140,14 @@ async fn wait_load(
     )
 }
 
-async fn node_name(ns: &TestNamespace) -> anyhow::Result<String> {
-    let nodes: Api<Node> = Api::all(ns.client.clone());
-    Ok(nodes.list(&ListParams::default()).await?.items[0].name_any())
-}
 
 async fn label_node(ns: &TestNamespace, label: &str, value: Option<&str>) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(ns.client.clone());
     let patch = json!({"metadata": {"labels": {label: value}}});
     nodes
         .patch(
-            &node_name(ns).await?,
+            // The first node: this machine, whose mounts this test reads.
+            FIRST_NODE,
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )

@@ -1,6 +1,7 @@
 //! Proves the test bed is a real Kubernetes: CRDs with a status subresource,
 //! StatefulSets with logs and exec, privileged FUSE mounts that propagate to
-//! the host, ClusterIP Services and Service DNS.
+//! their node (and only there), ClusterIP Services and Service DNS, and
+//! pods on different nodes talking over the nodes' links.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
@@ -116,47 +117,65 @@ async fn statefulset_runs_with_logs_and_exec() -> anyhow::Result<()> {
     .await
 }
 
+/// A FUSE mount made in a pod (Bidirectional propagation) reaches its node,
+/// and only its node: every node has a mount namespace of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fuse_mount_in_a_pod_propagates_to_the_host() -> anyhow::Result<()> {
+async fn fuse_mount_in_a_pod_propagates_to_its_node_only() -> anyhow::Result<()> {
     in_namespace("fuse", async |ns| {
     let host_dir = format!("/var/lib/weir/e2e/{}", ns.name);
     let token = format!("weir-fuse-{}", std::process::id());
-    let pod: Pod = from_json(json!({
-        "metadata": {"name": "fuse"},
-        "spec": {
-            "terminationGracePeriodSeconds": 10,
-            "containers": [{
-                "name": "fuse", "image": E2E_IMAGE, "imagePullPolicy": "Never",
-                "command": ["weir-e2e-fuse-probe", "/host/fuse", "--content", token],
-                "securityContext": {"privileged": true},
-                "volumeMounts": [{"name": "host", "mountPath": "/host", "mountPropagation": "Bidirectional"}]
-            }],
-            "volumes": [{"name": "host", "hostPath": {"path": host_dir, "type": "DirectoryOrCreate"}}]
-        }
-    }));
-    let pods: Api<Pod> = ns.api();
-    pods.create(&PostParams::default(), &pod).await?;
-    let hello = std::path::PathBuf::from(&host_dir).join("fuse/hello");
-    let seen = wait_for(
-        "the FUSE file on the host",
-        Duration::from_secs(90),
-        || async { Ok(std::fs::read_to_string(&hello).ok().filter(|c| c == &token)) },
-    )
-    .await?;
-    assert_eq!(seen, token);
-
-    ns.kubectl(&["delete", "pod", "fuse", "--wait=true", "--timeout=60s"])?;
+    let nodes = ns.bed.node_names()?;
+    let mut mounted = Vec::new();
+    // One pod on each node (at most three), each with its own token.
+    for (i, node) in nodes.iter().take(3).enumerate() {
+        let pod: Pod = from_json(json!({
+            "metadata": {"name": format!("fuse-{i}")},
+            "spec": {
+                "nodeName": node,
+                "terminationGracePeriodSeconds": 10,
+                "containers": [{
+                    "name": "fuse", "image": E2E_IMAGE, "imagePullPolicy": "Never",
+                    "command": ["weir-e2e-fuse-probe", "/host/fuse", "--content", format!("{token}-{i}")],
+                    "securityContext": {"privileged": true},
+                    "volumeMounts": [{"name": "host", "mountPath": "/host", "mountPropagation": "Bidirectional"}]
+                }],
+                "volumes": [{"name": "host", "hostPath": {"path": host_dir, "type": "DirectoryOrCreate"}}]
+            }
+        }));
+        let pods: Api<Pod> = ns.api();
+        pods.create(&PostParams::default(), &pod).await?;
+        mounted.push((node.clone(), format!("{token}-{i}")));
+    }
     let mount_point = format!("{host_dir}/fuse");
-    wait_for(
-        "the FUSE mount to go from the host",
-        Duration::from_secs(30),
-        || async {
-            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            Ok((!mounts.contains(&mount_point)).then_some(()))
-        },
-    )
-    .await?;
-    let _ = std::fs::remove_dir_all(&host_dir);
+    for (node, want) in &mounted {
+        let hello = ns.bed.on_node(node, &format!("{mount_point}/hello"));
+        let seen = wait_for(
+            &format!("the FUSE file on {node}"),
+            Duration::from_secs(90),
+            || async { Ok(std::fs::read_to_string(&hello).ok().filter(|c| c == want)) },
+        )
+        .await?;
+        assert_eq!(&seen, want, "{node} sees its own pod's mount");
+    }
+    // Each node's mount table holds one mount there: its own.
+    for (node, _) in &mounted {
+        let table = ns.bed.node_mounts(node);
+        let here = table.lines().filter(|l| l.contains(&format!(" {mount_point} "))).count();
+        assert_eq!(here, 1, "{node}: one FUSE mount at {mount_point}");
+    }
+
+    for i in 0..mounted.len() {
+        ns.kubectl(&["delete", "pod", &format!("fuse-{i}"), "--wait=true", "--timeout=60s"])?;
+    }
+    for (node, _) in &mounted {
+        wait_for(
+            &format!("the FUSE mount to go from {node}"),
+            Duration::from_secs(30),
+            || async { Ok((!ns.bed.node_mounts(node).contains(&mount_point)).then_some(())) },
+        )
+        .await?;
+        let _ = std::fs::remove_dir_all(ns.bed.on_node(node, &host_dir));
+    }
     Ok(())
     })
     .await
@@ -166,9 +185,14 @@ async fn fuse_mount_in_a_pod_propagates_to_the_host() -> anyhow::Result<()> {
 async fn cluster_ip_service_and_headless_dns_work_from_a_pod() -> anyhow::Result<()> {
     in_namespace("svc", async |ns| {
     let token = format!("served-{}", std::process::id());
+    // The server on the last node and the client on the first: on a bed
+    // of several nodes the request crosses the nodes' links.
+    let nodes = ns.bed.node_names()?;
+    let (client_node, server_node) = (&nodes[0], nodes.last().expect("a node"));
     let server: Pod = from_json(json!({
         "metadata": {"name": "web", "labels": {"app": "web"}},
         "spec": {
+            "nodeName": server_node,
             "terminationGracePeriodSeconds": 1,
             "containers": [{
                 "name": "web", "image": E2E_IMAGE, "imagePullPolicy": "Never",
@@ -218,6 +242,7 @@ async fn cluster_ip_service_and_headless_dns_work_from_a_pod() -> anyhow::Result
     let client: Pod = from_json(json!({
         "metadata": {"name": "client"},
         "spec": {
+            "nodeName": client_node,
             "restartPolicy": "Never",
             "containers": [{"name": "client", "image": E2E_IMAGE, "imagePullPolicy": "Never",
                             "command": ["sh", "-c", script]}]
