@@ -64,7 +64,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
     if let Some(process) = args.mount_namespace_of.clone() {
-        weir_csi::mounts::use_mount_namespace_of(process);
+        weir_csi::mounts::use_mount_namespace_of(process, args.kubelet_root.clone());
     }
     let api: Option<Arc<dyn NodeApi>> = if args.no_node_labels {
         None

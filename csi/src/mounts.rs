@@ -16,32 +16,57 @@ use std::sync::OnceLock;
 /// order, so only the kubelet's view (which is the pods') tells what a pod
 /// sees: checks read it through `/proc/<pid>/root` and
 /// `/proc/<pid>/mountinfo`, and mounts are made there with `nsenter`.
-static HOST_PROCESS: OnceLock<String> = OnceLock::new();
+static HOST_PROCESS: OnceLock<(String, PathBuf)> = OnceLock::new();
 static HOST_PID: std::sync::Mutex<Option<u32>> = std::sync::Mutex::new(None);
 
-/// Works in the mount namespace of the host process named `comm` from now on.
-pub fn use_mount_namespace_of(comm: String) {
-    let _ = HOST_PROCESS.set(comm);
+/// Works in the mount namespace of the host process named `comm` from now
+/// on: of the one that sees `anchor` (a host directory this plugin has
+/// mounted at the same path, the kubelet's root) as this plugin does, when
+/// the PID namespace shows several (nodes sharing a machine).
+pub fn use_mount_namespace_of(comm: String, anchor: PathBuf) {
+    let _ = HOST_PROCESS.set((comm, anchor));
+}
+
+/// Whether `a` and `b` are the same file (device and inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
 }
 
 /// The pid of the host process whose namespace is used, found again when
 /// it restarted.
 fn host_pid() -> Option<u32> {
-    let comm = HOST_PROCESS.get()?;
-    let is_it = |pid: u32| {
+    let (comm, anchor) = HOST_PROCESS.get()?;
+    let named = |pid: u32| {
         std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+    };
+    let ours = |pid: u32| {
+        let theirs =
+            Path::new(&format!("/proc/{pid}/root")).join(anchor.strip_prefix("/").unwrap_or(anchor));
+        same_file(&theirs, anchor)
     };
     let mut cached = HOST_PID.lock().expect("host pid");
     if let Some(pid) = *cached
-        && is_it(pid)
+        && named(pid)
+        && ours(pid)
     {
         return Some(pid);
     }
-    let found = std::fs::read_dir("/proc")
+    let candidates: Vec<u32> = std::fs::read_dir("/proc")
         .ok()?
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| is_it(*pid));
+        .filter(|pid| named(*pid))
+        .collect();
+    // Ours when one sees the anchor as we do; else the only (or first) one.
+    let found = candidates
+        .iter()
+        .copied()
+        .find(|pid| ours(*pid))
+        .or_else(|| candidates.first().copied());
     if found.is_none() {
         tracing::warn!(process = %comm, "no such host process: mounts are checked in the plugin's own namespace");
     }
