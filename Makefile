@@ -71,7 +71,9 @@ bench:
 	bench/suite.sh
 
 # The life-cycle test stops and restarts the shared cluster, so it runs alone
-# and first; every other test then reuses the cluster it leaves up.
+# and first; every other test then reuses the cluster it leaves up: three
+# nodes, so pods, workers and mounts are spread as on a real cluster.
+test: NODES = 3
 test: install build lint
 	cargo test --locked -p weir-e2e --test lifecycle -- --ignored
 	cargo test --workspace --locked

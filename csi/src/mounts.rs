@@ -44,8 +44,8 @@ fn host_pid() -> Option<u32> {
         std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
     };
     let ours = |pid: u32| {
-        let theirs =
-            Path::new(&format!("/proc/{pid}/root")).join(anchor.strip_prefix("/").unwrap_or(anchor));
+        let theirs = Path::new(&format!("/proc/{pid}/root"))
+            .join(anchor.strip_prefix("/").unwrap_or(anchor));
         same_file(&theirs, anchor)
     };
     let mut cached = HOST_PID.lock().expect("host pid");

@@ -502,7 +502,11 @@ pub fn leftovers(bed: &Bed) -> Vec<String> {
         .flatten()
         .flatten()
     {
-        for entry in std::fs::read_dir(sub.path()).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(sub.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name == "kubepods" || name.starts_with("weir-node-") {
                 found.push(format!("cgroup {}", entry.path().display()));

@@ -11,8 +11,8 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::time::{Duration, SystemTime};
-use weir_e2e::weir::{BridgeS3, OperatorProcess, bytes};
 use weir_e2e::nodes::FIRST_NODE;
+use weir_e2e::weir::{BridgeS3, OperatorProcess, bytes};
 use weir_e2e::{TestNamespace, in_namespace, install_crd, wait_for};
 use weir_operator::crd::dataload::LoadPhase;
 use weir_operator::crd::dataset::DatasetPhase;
@@ -139,7 +139,6 @@ async fn wait_load(
         .await?,
     )
 }
-
 
 async fn label_node(ns: &TestNamespace, label: &str, value: Option<&str>) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(ns.client.clone());
@@ -520,6 +519,21 @@ async fn three_masters_survive_a_leader_loss_and_workers_scale() -> anyhow::Resu
         let runtimes: Api<CacheRuntime> = ns.api();
         ns.kubectl(&["scale", &format!("cacheruntime/{name}"), "--replicas=3"])?;
         wait_ready(ns, "scale-worker", 3, Duration::from_secs(120)).await?;
+        // One worker of a runtime per node.
+        let workers = pods
+            .list(
+                &ListParams::default()
+                    .labels("app.kubernetes.io/instance=scale,app.kubernetes.io/component=worker"),
+            )
+            .await?;
+        let mut nodes: Vec<String> = workers
+            .items
+            .iter()
+            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        assert_eq!(nodes.len(), 3, "three workers on three nodes: {nodes:?}");
         wait_for(
             "status: 3 workers ready",
             Duration::from_secs(60),

@@ -232,6 +232,13 @@ fn placement_keeps_exclusive_caches_apart_and_owner_reaches_fuse() {
     let exclusive = text(&ds);
     assert!(exclusive.contains(r#""weir.io/placement":"Exclusive""#));
     assert!(exclusive.contains(r#""operator":"NotIn","values":["imagenet"]"#));
+    let terms = &serde_json::to_value(worker_statefulset(&ds, &rt, &cfg).unwrap()).unwrap()["spec"]
+        ["template"]["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
+    assert_eq!(
+        terms[0]["labelSelector"]["matchLabels"]["app.kubernetes.io/instance"], "imagenet",
+        "one worker of the runtime per node: {terms}"
+    );
+    assert_eq!(terms[0]["topologyKey"], "kubernetes.io/hostname");
     ds.spec.placement = Placement::Shared;
     let shared = text(&ds);
     assert!(shared.contains(r#""key":"weir.io/placement","operator":"In","values":["Exclusive"]"#));

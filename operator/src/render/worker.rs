@@ -83,10 +83,15 @@ fn placement_name(ds: &Dataset) -> &'static str {
     }
 }
 
-/// Fluid's placement: an `Exclusive` dataset's workers share no node with
-/// another runtime's workers; `Shared` ones share nodes, except with an
-/// exclusive dataset's.
+/// Fluid's placement: a runtime's workers are one per node (a second one
+/// on a node would only split its memory and disks); an `Exclusive`
+/// dataset's workers share no node with another runtime's workers;
+/// `Shared` ones share nodes, except with an exclusive dataset's.
 fn placement(ds: &Dataset, names: &RuntimeNames) -> Value {
+    let own = json!({
+        "labelSelector": {"matchLabels": names.labels("worker")},
+        "topologyKey": "kubernetes.io/hostname",
+    });
     let mut expressions = vec![
         json!({"key": "app.kubernetes.io/name", "operator": "In", "values": ["weir"]}),
         json!({"key": "app.kubernetes.io/component", "operator": "In", "values": ["worker"]}),
@@ -96,7 +101,7 @@ fn placement(ds: &Dataset, names: &RuntimeNames) -> Value {
         expressions
             .push(json!({"key": PLACEMENT_LABEL, "operator": "In", "values": ["Exclusive"]}));
     }
-    json!({"requiredDuringSchedulingIgnoredDuringExecution": [{
+    json!({"requiredDuringSchedulingIgnoredDuringExecution": [own, {
         "labelSelector": {"matchExpressions": expressions},
         "namespaceSelector": {},
         "topologyKey": "kubernetes.io/hostname",
