@@ -52,6 +52,7 @@ fn a_client_miss_and_a_load_job_pick_the_same_worker() {
                 last_heartbeat: Instant::now(),
                 block_count: 0,
                 draining: false,
+                node: format!("node-{id}"),
             })
             .collect();
         let live: Vec<LiveWorker> = workers

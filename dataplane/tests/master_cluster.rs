@@ -550,6 +550,7 @@ async fn t50_workers_report_blocks_and_are_lost_when_silent() {
         block_ids: vec![block],
         block_tiers: vec!["MEM".into()],
         previous_id: 0,
+        node: "node-a".into(),
     };
     let worker = rpc!(client, register_worker, register)
         .await
@@ -573,6 +574,7 @@ async fn t50_workers_report_blocks_and_are_lost_when_silent() {
         (info.capacity_bytes, info.used_bytes, info.workers.len()),
         (1 << 30, 10, 1)
     );
+    assert_eq!(info.workers[0].node, "node-a", "the node it registered on");
 
     // Heartbeats keep the worker; silence loses it and its blocks.
     let beat = pb::HeartbeatRequest {

@@ -534,6 +534,32 @@ async fn three_masters_survive_a_leader_loss_and_workers_scale() -> anyhow::Resu
         nodes.sort();
         nodes.dedup();
         assert_eq!(nodes.len(), 3, "three workers on three nodes: {nodes:?}");
+        // The admin report names each worker's node.
+        wait_for(
+            "the admin report naming the workers' nodes",
+            Duration::from_secs(30),
+            || async {
+                let report = ns.kubectl(&[
+                    "exec",
+                    "scale-master-0",
+                    "--",
+                    "weir",
+                    "admin",
+                    "report",
+                    "--json",
+                ])?;
+                let report: serde_json::Value = serde_json::from_str(&report).unwrap_or_default();
+                let mut reported: Vec<String> = report["workers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|w| w["node"].as_str().map(str::to_owned))
+                    .collect();
+                reported.sort();
+                Ok((reported == nodes).then_some(()))
+            },
+        )
+        .await?;
         wait_for(
             "status: 3 workers ready",
             Duration::from_secs(60),

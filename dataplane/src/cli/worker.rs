@@ -85,6 +85,10 @@ pub struct WorkerArgs {
     /// Host clients reach this worker at [default: 127.0.0.1].
     #[arg(long, env = "WEIR_WORKER_HOST")]
     pub host: Option<String>,
+    /// The node this worker runs on, as reports show it (in Kubernetes,
+    /// the pod's `spec.nodeName`) [default: this machine's host name].
+    #[arg(long, env = "WEIR_NODE_NAME")]
+    pub node: Option<String>,
     /// [default: 0.0.0.0:19300]
     #[arg(long, env = "WEIR_WORKER_DATA_LISTEN")]
     pub data_listen: Option<SocketAddr>,
@@ -112,6 +116,7 @@ pub struct WorkerFile {
     #[serde(default)]
     pub masters: Vec<String>,
     pub host: Option<String>,
+    pub node: Option<String>,
     pub data_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
     #[serde(default)]
@@ -165,6 +170,12 @@ impl WorkerArgs {
                 .clone()
                 .or(file.host)
                 .unwrap_or_else(|| "127.0.0.1".into()),
+            node: match self.node.clone().or(file.node) {
+                Some(node) => node,
+                None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_default(),
+            },
             data_listen: self
                 .data_listen
                 .or(file.data_listen)

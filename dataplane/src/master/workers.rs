@@ -34,6 +34,8 @@ pub struct WorkerState {
     pub block_count: u64,
     /// Leaving: gets no new blocks, still serves what it has.
     pub draining: bool,
+    /// The node it runs on.
+    pub node: String,
 }
 
 /// A draining worker and what only it holds.
@@ -98,6 +100,7 @@ impl WorkerRegistry {
     pub fn register(
         &self,
         addr: WorkerAddr,
+        node: String,
         tiers: Vec<TierUsage>,
         blocks: Vec<(u64, String)>,
         previous_id: Option<WorkerId>,
@@ -132,6 +135,7 @@ impl WorkerRegistry {
                 last_heartbeat: Instant::now(),
                 block_count,
                 draining,
+                node,
             },
         );
         id
@@ -406,9 +410,10 @@ mod tests {
     #[test]
     fn locations_follow_reports_and_heartbeats() {
         let r = WorkerRegistry::new(Duration::from_secs(10));
-        let a = r.register(addr(1), vec![], vec![(10, "MEM".into())], None);
+        let a = r.register(addr(1), "n".into(), vec![], vec![(10, "MEM".into())], None);
         let b = r.register(
             addr(3),
+            "n".into(),
             vec![],
             vec![(10, "SSD".into()), (11, "MEM".into())],
             None,
@@ -438,12 +443,14 @@ mod tests {
         };
         let a = r.register(
             host("10.0.0.1"),
+            "n".into(),
             vec![],
             vec![(1, "MEM".into()), (2, "MEM".into())],
             None,
         );
         let b = r.register(
             host("10.0.0.2"),
+            "n".into(),
             vec![],
             vec![(2, "MEM".into()), (3, "MEM".into())],
             None,
@@ -460,7 +467,13 @@ mod tests {
             vec![b]
         );
         // A draining worker that registers again is still draining.
-        let a2 = r.register(host("10.0.0.1"), vec![], vec![(1, "MEM".into())], Some(a));
+        let a2 = r.register(
+            host("10.0.0.1"),
+            "n".into(),
+            vec![],
+            vec![(1, "MEM".into())],
+            Some(a),
+        );
         assert_eq!(a2, a);
         assert_eq!(r.serving().len(), 1);
         assert!(r.set_draining(Default::default()).is_empty());
@@ -470,7 +483,7 @@ mod tests {
     #[test]
     fn silent_workers_are_lost_with_their_blocks() {
         let r = WorkerRegistry::new(Duration::from_millis(20));
-        let a = r.register(addr(1), vec![], vec![(10, "MEM".into())], None);
+        let a = r.register(addr(1), "n".into(), vec![], vec![(10, "MEM".into())], None);
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(r.expire(), vec![a]);
         assert!(r.locations(10).is_empty());
@@ -480,8 +493,14 @@ mod tests {
     #[test]
     fn re_registration_keeps_the_id_and_replaces_the_report() {
         let r = WorkerRegistry::new(Duration::from_secs(10));
-        let a = r.register(addr(1), vec![], vec![(10, "MEM".into())], None);
-        let again = r.register(addr(1), vec![], vec![(11, "MEM".into())], Some(a));
+        let a = r.register(addr(1), "n".into(), vec![], vec![(10, "MEM".into())], None);
+        let again = r.register(
+            addr(1),
+            "n".into(),
+            vec![],
+            vec![(11, "MEM".into())],
+            Some(a),
+        );
         assert_eq!(again, a);
         assert!(r.locations(10).is_empty());
         assert_eq!(r.locations(11).len(), 1);

@@ -57,6 +57,8 @@ pub struct WorkerConfig {
     pub masters: Vec<String>,
     /// The host clients and the master reach this worker at.
     pub host: String,
+    /// The node it runs on, for reports and locality.
+    pub node: String,
     /// Raw block data.
     pub data_listen: SocketAddr,
     /// `/metrics`, `/healthz`.
@@ -225,6 +227,7 @@ impl Worker {
             block_ids,
             block_tiers,
             previous_id,
+            node: self.config.node.clone(),
         };
         let resp = self
             .master

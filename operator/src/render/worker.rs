@@ -29,6 +29,7 @@ pub fn worker_statefulset(
     mounts.push(json!({"name": "state", "mountPath": "/var/lib/weir/worker"}));
     let mut env = vec![
         json!({"name": "WEIR_WORKER_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+        json!({"name": "WEIR_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}),
         json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
         json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
     ];

@@ -14,7 +14,7 @@ pub async fn report(client: &MasterClient, as_json: bool) -> Result<(), CliError
             "masters": info.masters.iter().map(|m| json!({"id": m.id, "address": m.address, "role": m.role})).collect::<Vec<_>>(),
             "workers": info.workers.iter().map(|w| {
                 let a = w.address.clone().unwrap_or_default();
-                json!({"id": a.worker_id, "host": a.host, "rpcPort": a.rpc_port, "blocks": w.block_count,
+                json!({"id": a.worker_id, "host": a.host, "node": w.node, "rpcPort": a.rpc_port, "blocks": w.block_count,
                        "tiers": w.tiers.iter().map(|t| json!({"tier": t.tier, "capacity": t.capacity_bytes, "used": t.used_bytes})).collect::<Vec<_>>()})
             }).collect::<Vec<_>>(),
             "capacityBytes": info.capacity_bytes, "usedBytes": info.used_bytes,
@@ -43,8 +43,9 @@ pub async fn report(client: &MasterClient, as_json: bool) -> Result<(), CliError
             .map(|t| format!("{} {}/{} B", t.tier, t.used_bytes, t.capacity_bytes))
             .collect();
         println!(
-            "  {:>3} {}:{} (data {}) blocks {}  {}{}",
+            "  {:>3} on {} at {}:{} (data {}) blocks {}  {}{}",
             a.worker_id,
+            w.node,
             a.host,
             a.rpc_port,
             a.data_port,

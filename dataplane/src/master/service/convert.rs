@@ -191,5 +191,6 @@ pub fn worker_to_pb(w: WorkerState) -> pb::WorkerInfo {
         last_heartbeat_ms_ago: w.last_heartbeat.elapsed().as_millis() as u64,
         lost: false,
         draining: w.draining,
+        node: w.node,
     }
 }

@@ -33,6 +33,7 @@ impl WorkerApi {
                 rpc_port: r.rpc_port,
                 data_port: r.data_port,
             },
+            r.node,
             r.tiers.into_iter().map(tier_from_pb).collect(),
             r.block_ids.into_iter().zip(r.block_tiers).collect(),
             (r.previous_id != 0).then_some(r.previous_id),
