@@ -3,6 +3,7 @@
 //! its own, waits on conditions with deadlines, and when a test fails dumps
 //! the pods' logs, the events and the objects of its namespace.
 
+pub mod cache;
 pub mod nodes;
 pub mod weir;
 

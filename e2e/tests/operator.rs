@@ -5,25 +5,21 @@
 //! nothing behind. A second test runs three masters through a leader loss
 //! and scales the workers.
 
-use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::time::{Duration, SystemTime};
+use weir_e2e::cache::{
+    create_secret, dataset, install_crds, runtime, wait_bound, wait_ready, worker_nodes,
+};
 use weir_e2e::nodes::FIRST_NODE;
 use weir_e2e::weir::{BridgeS3, OperatorProcess, bytes};
-use weir_e2e::{TestNamespace, in_namespace, install_crd, wait_for};
+use weir_e2e::{TestNamespace, in_namespace, wait_for};
 use weir_operator::crd::dataload::LoadPhase;
 use weir_operator::crd::dataset::DatasetPhase;
 use weir_operator::crd::{CacheRuntime, DataLoad, Dataset};
-
-async fn install_crds(ns: &TestNamespace) -> anyhow::Result<()> {
-    for crd in weir_operator::crd::all() {
-        install_crd(&ns.client, &crd).await?;
-    }
-    Ok(())
-}
 
 fn unique() -> String {
     let nanos = SystemTime::now()
@@ -33,38 +29,6 @@ fn unique() -> String {
     format!("{:x}{:x}", nanos, std::process::id())
 }
 
-fn dataset(name: &str, s3: &BridgeS3) -> Dataset {
-    let secret = |key: &str| json!({"secretKeyRef": {"name": "s3-creds", "key": key}});
-    serde_json::from_value(json!({
-        "apiVersion": "data.weir.io/v1alpha1", "kind": "Dataset",
-        "metadata": {"name": name},
-        // Tests run side by side on one node: their caches share it.
-        "spec": {"placement": "Shared", "mounts": [{
-            "mountPoint": format!("s3://{}/data", s3.bucket),
-            "name": "data",
-            "options": {"endpoint": s3.endpoint},
-            "encryptOptions": [
-                {"name": "accessKeyId", "valueFrom": secret("accessKeyId")},
-                {"name": "secretAccessKey", "valueFrom": secret("secretAccessKey")},
-            ],
-        }]},
-    }))
-    .expect("dataset literal")
-}
-
-fn runtime(name: &str, masters: i32, workers: i32) -> CacheRuntime {
-    serde_json::from_value(json!({
-        "apiVersion": "data.weir.io/v1alpha1", "kind": "CacheRuntime",
-        "metadata": {"name": name},
-        "spec": {
-            "master": {"replicas": masters, "options": {"worker_timeout_ms": "4000"}},
-            "replicas": workers,
-            "tieredstore": {"levels": [{"mediumtype": "MEM", "quota": "256Mi", "high": 0.95, "low": 0.8}]},
-        },
-    }))
-    .expect("runtime literal")
-}
-
 fn load(name: &str, dataset: &str, path: &str) -> DataLoad {
     serde_json::from_value(json!({
         "apiVersion": "data.weir.io/v1alpha1", "kind": "DataLoad",
@@ -72,55 +36,6 @@ fn load(name: &str, dataset: &str, path: &str) -> DataLoad {
         "spec": {"dataset": {"name": dataset}, "target": [{"path": path}]},
     }))
     .expect("dataload literal")
-}
-
-async fn create_secret(ns: &TestNamespace, key: &str, secret: &str) -> anyhow::Result<()> {
-    ns.kubectl(&[
-        "create",
-        "secret",
-        "generic",
-        "s3-creds",
-        &format!("--from-literal=accessKeyId={key}"),
-        &format!("--from-literal=secretAccessKey={secret}"),
-    ])?;
-    Ok(())
-}
-
-async fn wait_bound(ns: &TestNamespace, name: &str, timeout: Duration) -> anyhow::Result<Dataset> {
-    let datasets: Api<Dataset> = ns.api();
-    Ok(
-        wait_for(&format!("Dataset {name} Bound"), timeout, || async {
-            let ds = datasets.get(name).await?;
-            let bound = ds
-                .status
-                .as_ref()
-                .is_some_and(|s| s.phase == DatasetPhase::Bound);
-            Ok(bound.then_some(ds))
-        })
-        .await?,
-    )
-}
-
-async fn wait_ready(
-    ns: &TestNamespace,
-    sts: &str,
-    replicas: i32,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let api: Api<StatefulSet> = ns.api();
-    wait_for(
-        &format!("StatefulSet {sts} {replicas} ready"),
-        timeout,
-        || async {
-            let s = api.get_opt(sts).await?;
-            let ready = s.and_then(|s| s.status).is_some_and(|st| {
-                st.ready_replicas.unwrap_or(0) == replicas && st.replicas == replicas
-            });
-            Ok(ready.then_some(()))
-        },
-    )
-    .await?;
-    Ok(())
 }
 
 async fn wait_load(
@@ -520,19 +435,7 @@ async fn three_masters_survive_a_leader_loss_and_workers_scale() -> anyhow::Resu
         ns.kubectl(&["scale", &format!("cacheruntime/{name}"), "--replicas=3"])?;
         wait_ready(ns, "scale-worker", 3, Duration::from_secs(120)).await?;
         // One worker of a runtime per node.
-        let workers = pods
-            .list(
-                &ListParams::default()
-                    .labels("app.kubernetes.io/instance=scale,app.kubernetes.io/component=worker"),
-            )
-            .await?;
-        let mut nodes: Vec<String> = workers
-            .items
-            .iter()
-            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
-            .collect();
-        nodes.sort();
-        nodes.dedup();
+        let nodes = worker_nodes(ns, "scale").await?;
         assert_eq!(nodes.len(), 3, "three workers on three nodes: {nodes:?}");
         // The admin report names each worker's node.
         wait_for(

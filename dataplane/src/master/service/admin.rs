@@ -42,6 +42,9 @@ impl AdminApi {
     }
 
     pub async fn get_cluster_info(&self, _request: pb::Empty) -> Result<pb::ClusterInfo, Status> {
+        // Workers register with the leader alone: a follower's registry is
+        // empty or stale, so the report is the leader's (clients follow).
+        self.proposer.require_leader()?;
         let metrics = self.proposer.metrics();
         let leader = metrics.current_leader;
         let applied = metrics.last_applied.map(|l| l.index()).unwrap_or(0);
