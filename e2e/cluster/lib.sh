@@ -62,3 +62,21 @@ node_ready() { # name
   kubectl --kubeconfig "$KUBECONFIG_ADMIN" get node "$1" \
     -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -qx True
 }
+
+# write_cni_conf FILE BRIDGE SUBNET GATEWAY IPAM_DIR: a node's pod network,
+# a bridge its pods hang off with addresses from SUBNET.
+write_cni_conf() {
+  cat > "$1" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "weir-pods",
+  "plugins": [
+    {"type": "bridge", "bridge": "$2", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+     "ipam": {"type": "host-local", "ranges": [[{"subnet": "$3", "gateway": "$4"}]],
+              "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$5"}},
+    {"type": "portmap", "capabilities": {"portMappings": true}},
+    {"type": "loopback"}
+  ]
+}
+EOF
+}

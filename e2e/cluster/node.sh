@@ -156,19 +156,7 @@ kubeconfig "$dir/kubelet.kubeconfig" "$dir/kubelet-client"
 kubeconfig "$dir/kube-proxy.kubeconfig" "$dir/kube-proxy-client"
 
 # --- containerd, with the first node's images ------------------------------------
-cat > "$dir/cni/net.d/10-weir.conflist" <<EOF
-{
-  "cniVersion": "1.0.0",
-  "name": "weir-pods",
-  "plugins": [
-    {"type": "bridge", "bridge": "weir0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-     "ipam": {"type": "host-local", "ranges": [[{"subnet": "$pod_cidr", "gateway": "$pod_gw"}]],
-              "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$dir/cni/networks"}},
-    {"type": "portmap", "capabilities": {"portMappings": true}},
-    {"type": "loopback"}
-  ]
-}
-EOF
+write_cni_conf "$dir/cni/net.d/10-weir.conflist" weir0 "$pod_cidr" "$pod_gw" "$dir/cni/networks"
 sed -e "s#$WEIR_LAB/containerd/#$dir/containerd/#g" -e "s#$WEIR_LAB/cni/#$dir/cni/#g" \
   "$WEIR_LAB/containerd/config.toml" > "$dir/containerd/config.toml"
 IN_NODE=$n start "$name-containerd" containerd --config "$dir/containerd/config.toml"

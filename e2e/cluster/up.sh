@@ -228,19 +228,7 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:kube-
 EOF
 
 # --- node: containerd, CNI, kubelet, kube-proxy, CoreDNS -----------------------
-cat > "$WEIR_LAB/cni/net.d/10-weir.conflist" <<EOF
-{
-  "cniVersion": "1.0.0",
-  "name": "weir-pods",
-  "plugins": [
-    {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-     "ipam": {"type": "host-local", "ranges": [[{"subnet": "$WEIR_POD_CIDR", "gateway": "$BRIDGE_IP"}]],
-              "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$WEIR_LAB/cni/networks"}},
-    {"type": "portmap", "capabilities": {"portMappings": true}},
-    {"type": "loopback"}
-  ]
-}
-EOF
+write_cni_conf "$WEIR_LAB/cni/net.d/10-weir.conflist" "$BRIDGE" "$WEIR_POD_CIDR" "$BRIDGE_IP" "$WEIR_LAB/cni/networks"
 cat > "$WEIR_LAB/containerd/config.toml" <<EOF
 version = 2
 root = "$WEIR_LAB/containerd/root"

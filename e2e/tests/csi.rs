@@ -50,10 +50,14 @@ async fn wait_registered(ns: &TestNamespace) -> anyhow::Result<()> {
 /// restarts that node's plugin and FUSE pods under them and counts the
 /// FUSE pods serving them.
 fn app_pod(name: &str, claim: &str) -> Pod {
+    app_pod_on(name, claim, FIRST_NODE)
+}
+
+fn app_pod_on(name: &str, claim: &str, node: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": "reader"}},
         "spec": {
-            "nodeName": FIRST_NODE,
+            "nodeName": node,
             "containers": [{"name": "app", "image": "weir.io/e2e:dev", "imagePullPolicy": "Never",
                 "command": ["sleep", "3600"],
                 // Mounts the plugin repairs on the host reach the container.
@@ -195,6 +199,15 @@ async fn pods_read_datasets_through_csi_and_survive_fuse_restarts() -> anyhow::R
             let listing = ns.kubectl(&["exec", pod, "--", "ls", "-lR", "/data"]);
             let read = ns.kubectl(&["exec", pod, "--", "sha256sum", "/data/data/a.bin"]);
             assert_eq!(sha_in(ns, pod, "/data/data/a.bin").as_deref(), Some(want.as_str()), "{pod} reads the bytes in S3: {listing:?} {read:?}");
+        }
+        // A reader on another node gets its own FUSE pod, and that node's
+        // plugin mounts in that node's kubelet namespace, not the first's.
+        let nodes = ns.bed.node_names()?;
+        if let Some(far) = nodes.last().filter(|n| *n != FIRST_NODE) {
+            pods.create(&pp, &app_pod_on("far", name, far)).await?;
+            wait_running(ns, "far").await?;
+            assert_eq!(sha_in(ns, "far", "/data/data/a.bin").as_deref(), Some(want.as_str()), "the reader on {far}");
+            ns.kubectl(&["delete", "pod", "far", "--wait=true", "--timeout=60s"])?;
         }
         let fuse_pods = || async {
             let list = pods.list(&ListParams::default().labels("app.kubernetes.io/component=fuse")).await?;
