@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod nodes;
+pub mod pods;
 pub mod weir;
 
 use k8s_openapi::api::core::v1::Namespace;

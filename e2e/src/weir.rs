@@ -249,7 +249,12 @@ impl HelmRelease {
     /// The cluster-wide objects a release in a namespace deleted since
     /// (a failed test) left behind.
     pub fn clear_leftovers(bed: &Bed) -> anyhow::Result<()> {
-        for kind in ["csidriver", "clusterrole", "clusterrolebinding"] {
+        for kind in [
+            "csidriver",
+            "clusterrole",
+            "clusterrolebinding",
+            "mutatingwebhookconfiguration",
+        ] {
             bed.kubectl(&[
                 "delete",
                 kind,

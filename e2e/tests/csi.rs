@@ -15,6 +15,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::time::{Duration, Instant};
 use weir_e2e::nodes::FIRST_NODE;
+use weir_e2e::pods::{reader_pod, sha_in, wait_running};
 use weir_e2e::weir::{BridgeS3, HelmRelease, PodReader, TimedRead, bytes, http_get};
 use weir_e2e::{TestNamespace, in_namespace, install_crd, wait_for};
 use weir_operator::crd::dataset::DatasetPhase;
@@ -50,43 +51,12 @@ async fn wait_registered(ns: &TestNamespace) -> anyhow::Result<()> {
 /// restarts that node's plugin and FUSE pods under them and counts the
 /// FUSE pods serving them.
 fn app_pod(name: &str, claim: &str) -> Pod {
-    app_pod_on(name, claim, FIRST_NODE)
-}
-
-fn app_pod_on(name: &str, claim: &str, node: &str) -> Pod {
-    serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"app": "reader"}},
-        "spec": {
-            "nodeName": node,
-            "containers": [{"name": "app", "image": "weir.io/e2e:dev", "imagePullPolicy": "Never",
-                "command": ["sleep", "3600"],
-                // Mounts the plugin repairs on the host reach the container.
-                "volumeMounts": [{"name": "data", "mountPath": "/data", "mountPropagation": "HostToContainer"}]}],
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}],
-            "terminationGracePeriodSeconds": 0,
-        }
-    }))
-    .expect("pod literal")
+    reader_pod(name, claim, Some(FIRST_NODE))
 }
 
 /// Whether `pod` runs (or is to run) on the first node, the readers'.
 fn on_first_node(pod: &Pod) -> bool {
     pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(FIRST_NODE)
-}
-
-async fn wait_running(ns: &TestNamespace, pod: &str) -> anyhow::Result<()> {
-    let pods: Api<Pod> = ns.api();
-    wait_for(
-        &format!("pod {pod} running"),
-        Duration::from_secs(180),
-        || async {
-            let p = pods.get(pod).await?;
-            let running = p.status.and_then(|s| s.phase).as_deref() == Some("Running");
-            Ok(running.then_some(()))
-        },
-    )
-    .await?;
-    Ok(())
 }
 
 /// Deletes the CSI plugin's pod while app-1 reads its volume in a loop;
@@ -146,11 +116,6 @@ async fn restart_plugin_while_reading(
     Ok(reads)
 }
 
-fn sha_in(ns: &TestNamespace, pod: &str, path: &str) -> Option<String> {
-    let out = ns.kubectl(&["exec", pod, "--", "sha256sum", path]).ok()?;
-    out.split_whitespace().next().map(str::to_owned)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_read_datasets_through_csi_and_survive_fuse_restarts() -> anyhow::Result<()> {
     in_namespace("csi", async |ns| {
@@ -204,7 +169,7 @@ async fn pods_read_datasets_through_csi_and_survive_fuse_restarts() -> anyhow::R
         // plugin mounts in that node's kubelet namespace, not the first's.
         let nodes = ns.bed.node_names()?;
         if let Some(far) = nodes.last().filter(|n| *n != FIRST_NODE) {
-            pods.create(&pp, &app_pod_on("far", name, far)).await?;
+            pods.create(&pp, &reader_pod("far", name, Some(far))).await?;
             wait_running(ns, "far").await?;
             assert_eq!(sha_in(ns, "far", "/data/data/a.bin").as_deref(), Some(want.as_str()), "the reader on {far}");
             ns.kubectl(&["delete", "pod", "far", "--wait=true", "--timeout=60s"])?;

@@ -8,6 +8,7 @@ pub mod leader;
 pub mod names;
 pub mod quantity;
 pub mod render;
+pub mod webhook;
 
 pub use context::{Context, OperatorConfig};
 pub use controller::run;
@@ -48,6 +49,9 @@ pub enum Error {
     Lease(String),
     #[error(transparent)]
     Metrics(weir_api::ApiError),
+    /// The scheduling webhook's certificate or server.
+    #[error("webhook: {0}")]
+    Webhook(String),
 }
 
 impl From<kube::runtime::finalizer::Error<Error>> for Error {

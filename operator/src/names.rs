@@ -12,6 +12,8 @@ pub const CSI_DRIVER: &str = "csi.weir.io";
 pub const MASTER_PORT: i32 = 19200;
 pub const WORKER_DATA_PORT: i32 = 19300;
 pub const WORKER_HTTP_PORT: i32 = 19301;
+/// A FUSE client's `/metrics` (which way its reads came).
+pub const FUSE_METRICS_PORT: i32 = 19302;
 /// Where Secret-backed options appear in master and worker pods.
 pub const SECRETS_DIR: &str = "/etc/weir/secrets";
 /// Where `local://` and `pvc://` mounts appear in master and worker pods.

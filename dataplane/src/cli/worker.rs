@@ -210,6 +210,11 @@ pub struct DataArgs {
     /// Read local workers' blocks over the data port like remote ones.
     #[arg(long, env = "WEIR_NO_SHORT_CIRCUIT", global = true)]
     pub no_short_circuit: bool,
+    /// The node this client runs on (in Kubernetes, the pod's
+    /// `spec.nodeName`): workers registered with the same node are read
+    /// first, and their reads counted as local.
+    #[arg(long = "node", env = "WEIR_NODE_NAME", global = true)]
+    pub node: Option<String>,
 }
 
 impl DataArgs {
@@ -217,6 +222,7 @@ impl DataArgs {
         let mut c = ClientConfig::new(masters);
         c.timeout = timeout;
         c.local_host = self.client_host.clone();
+        c.node = self.node.clone();
         c.short_circuit = !self.no_short_circuit;
         c
     }
@@ -259,6 +265,10 @@ pub struct FuseArgs {
     /// wait through the restart instead of failing.
     #[arg(long, env = "WEIR_FUSE_FD_HOLDER")]
     pub fd_holder: Option<PathBuf>,
+    /// Serve `/metrics` (which way reads came: short-circuit, local,
+    /// remote, ufs) and `/healthz` here [default: not served].
+    #[arg(long, env = "WEIR_FUSE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl FuseArgs {
@@ -278,6 +288,7 @@ impl FuseArgs {
             uid: self.uid,
             gid: self.gid,
             fd_holder: self.fd_holder.clone(),
+            metrics_listen: self.metrics_listen,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use super::error::{ClientError, FsResult};
 use super::leases::Leases;
+use super::read_paths::ReadCounters;
 use super::workers::Workers;
 use crate::block::BlockId;
 use crate::proto::master as pb;
@@ -25,6 +26,10 @@ pub struct ClientConfig {
     /// The host workers on this machine register with; `None` treats
     /// loopback workers as local.
     pub local_host: Option<String>,
+    /// The node this client runs on (`spec.nodeName`): workers that
+    /// registered the same node are preferred and their reads counted
+    /// as local.
+    pub node: Option<String>,
     /// Read blocks of local workers from their files directly.
     pub short_circuit: bool,
     /// How long file metadata and block locations are trusted.
@@ -38,6 +43,7 @@ impl ClientConfig {
             masters,
             timeout: Duration::from_secs(15),
             local_host: None,
+            node: None,
             short_circuit: true,
             metadata_ttl: Duration::from_secs(1),
             metadata_entries: 10_000,
@@ -56,6 +62,7 @@ pub struct FileSystem {
     mounts: Mutex<Option<(Instant, Arc<pb::MountTable>)>>,
     workers: Workers,
     leases: Leases,
+    read_paths: ReadCounters,
 }
 
 impl FileSystem {
@@ -69,6 +76,7 @@ impl FileSystem {
             mounts: Mutex::new(None),
             workers: Workers::default(),
             leases: Leases::default(),
+            read_paths: ReadCounters::default(),
         }))
     }
 
@@ -88,6 +96,22 @@ impl FileSystem {
         &self.leases
     }
 
+    /// Which way this client's reads came, so far.
+    pub fn read_paths(&self) -> &ReadCounters {
+        &self.read_paths
+    }
+
+    /// Whether `w` runs where this client does: on its node when both
+    /// know theirs, else on this machine.
+    pub(crate) fn same_node(&self, w: &pb::WorkerAddress) -> bool {
+        match &self.cfg.node {
+            Some(node) if !w.node.is_empty() => *node == w.node,
+            _ => self.is_local(&w.host),
+        }
+    }
+
+    /// Whether a worker registered as `host` runs on this machine, its
+    /// data files readable here (short-circuit).
     pub(crate) fn is_local(&self, host: &str) -> bool {
         match &self.cfg.local_host {
             Some(h) => h == host,

@@ -9,10 +9,12 @@
 //! - [`leases`]: the read leases that keep those files in place
 //! - [`workers`]: live workers, failures, connections, miss placement
 //! - [`stream`]: receiving a block stream
+//! - [`read_paths`]: counting which way read bytes came
 
 pub mod error;
 pub mod fs;
 mod leases;
+pub mod read_paths;
 pub mod reader;
 pub mod short_circuit;
 pub mod stream;
@@ -21,6 +23,7 @@ pub mod writer;
 
 pub use error::{ClientError, FsResult};
 pub use fs::{ClientConfig, FileSystem};
+pub use read_paths::{ReadCounters, ReadPath};
 pub use reader::FileReader;
 pub use short_circuit::{LocalBlock, LocalBlocks, LocalFile};
 pub use writer::{FileWriter, Maker};

@@ -7,6 +7,7 @@
 
 use super::error::{ClientError, FsResult};
 use super::fs::FileSystem;
+use super::read_paths::ReadPath;
 use super::short_circuit::LocalBlocks;
 use super::stream::{BlockStream, read_exact_woken_late};
 use super::workers::data_addr;
@@ -51,11 +52,21 @@ pub struct FileReader {
     /// This file's blocks held by a worker on this machine.
     local: Arc<LocalBlocks>,
     last_end: u64,
-    /// Bytes read past on a stream to reach a later read: `(block, offset
-    /// in block, bytes)`, at most `SKIP_AHEAD` in all.
-    skipped: std::collections::VecDeque<(u64, u64, Vec<u8>)>,
+    /// Bytes read past on a stream to reach a later read, at most
+    /// `SKIP_AHEAD` in all.
+    skipped: std::collections::VecDeque<Skipped>,
     /// Blocks up to this index have been asked for ahead of the reader.
     prefetched: usize,
+}
+
+/// Bytes of `block` from `start` that a stream brought ahead of the read
+/// that wants them, and the way they came.
+#[derive(Debug)]
+struct Skipped {
+    block: u64,
+    start: u64,
+    bytes: Vec<u8>,
+    path: ReadPath,
 }
 
 enum Attempt {
@@ -255,13 +266,14 @@ impl FileReader {
         off: u64,
         out: &mut [u8],
     ) -> Option<Attempt> {
-        if let Some((_, start, bytes)) = self.skipped.iter().find(|(b, start, bytes)| {
-            *b == block.block_id
-                && *start <= off
-                && off + out.len() as u64 <= start + bytes.len() as u64
+        if let Some(kept) = self.skipped.iter().find(|k| {
+            k.block == block.block_id
+                && k.start <= off
+                && off + out.len() as u64 <= k.start + k.bytes.len() as u64
         }) {
-            let from = (off - start) as usize;
-            out.copy_from_slice(&bytes[from..from + out.len()]);
+            let from = (off - kept.start) as usize;
+            out.copy_from_slice(&kept.bytes[from..from + out.len()]);
+            self.fs.read_paths().count(kept.path, out.len());
             return Some(Attempt::Done);
         }
         if let Some(s) = self.stream.as_mut()
@@ -279,14 +291,18 @@ impl FileReader {
             }
             s.pos += gap.len() as u64;
             s.remaining -= gap.len() as u64;
-            let mut kept: u64 = self.skipped.iter().map(|(_, _, b)| b.len() as u64).sum();
+            let mut kept: u64 = self.skipped.iter().map(|k| k.bytes.len() as u64).sum();
             while kept + gap.len() as u64 > SKIP_AHEAD
-                && let Some((_, _, old)) = self.skipped.pop_front()
+                && let Some(old) = self.skipped.pop_front()
             {
-                kept -= old.len() as u64;
+                kept -= old.bytes.len() as u64;
             }
-            self.skipped
-                .push_back((block.block_id, off - gap.len() as u64, gap));
+            self.skipped.push_back(Skipped {
+                block: block.block_id,
+                start: off - gap.len() as u64,
+                bytes: gap,
+                path: s.path,
+            });
         }
         if let Some(s) = self.stream.take()
             && s.block == block.block_id
@@ -298,28 +314,23 @@ impl FileReader {
         None
     }
 
-    /// The worker to stream `block` from: a holder (a local one first),
-    /// else the worker the placement rule names for a miss. `Err` is the
-    /// reason there is none.
+    /// The worker to stream `block` from: a holder (one on this node
+    /// first), else the worker the placement rule names for a miss; and the
+    /// way the bytes will come. `Err` is the reason there is none.
     async fn source_worker(
         &self,
         block: &pb::BlockInfo,
         has_source: bool,
-    ) -> FsResult<Result<(String, bool), String>> {
-        let holders: Vec<String> = {
-            let mut h: Vec<&pb::WorkerAddress> = block
-                .locations
-                .iter()
-                .filter_map(|l| l.worker.as_ref())
-                .collect();
-            h.sort_by_key(|w| !self.fs.is_local(&w.host));
-            h.into_iter()
-                .map(data_addr)
-                .filter(|a| !self.fs.workers().failed_recently(a))
-                .collect()
-        };
-        if let Some(a) = holders.first() {
-            return Ok(Ok((a.clone(), true)));
+    ) -> FsResult<Result<(String, ReadPath), String>> {
+        let holder = block
+            .locations
+            .iter()
+            .filter_map(|l| l.worker.as_ref())
+            .map(|w| (data_addr(w), self.fs.same_node(w)))
+            .filter(|(a, _)| !self.fs.workers().failed_recently(a))
+            .min_by_key(|(_, same_node)| !same_node);
+        if let Some((addr, same_node)) = holder {
+            return Ok(Ok((addr, ReadPath::of_stream(true, same_node))));
         }
         if !has_source {
             return Ok(Err(format!(
@@ -329,7 +340,7 @@ impl FileReader {
         }
         Ok(
             match self.fs.miss_worker(block.block_id, block.length).await? {
-                Some(a) => Ok((a, false)),
+                Some(a) => Ok((a, ReadPath::Ufs)),
                 None => Err("no live worker".into()),
             },
         )
@@ -344,7 +355,7 @@ impl FileReader {
         sequential: bool,
     ) -> FsResult<Attempt> {
         let source = self.source(block);
-        let (addr, held) = match self.source_worker(block, source.is_some()).await? {
+        let (addr, path) = match self.source_worker(block, source.is_some()).await? {
             Ok(found) => found,
             Err(why) => return Ok(Attempt::Retry(why)),
         };
@@ -394,6 +405,7 @@ impl FileReader {
                     remaining: got,
                     addr,
                     conn,
+                    path,
                 };
                 Ok(self.read_stream(s, out).await)
             }
@@ -409,7 +421,7 @@ impl FileReader {
                 self.fs.workers().give_back(&addr, conn);
                 match kind {
                     // Evicted or lost since the master last heard: retry.
-                    ErrorKind::NotFound if held => Ok(Attempt::Retry(message)),
+                    ErrorKind::NotFound if path != ReadPath::Ufs => Ok(Attempt::Retry(message)),
                     // The file changed in the under-storage since it was
                     // opened: none of the new bytes may follow the old.
                     ErrorKind::Stale => Err(ClientError::Stale {
@@ -488,6 +500,7 @@ impl FileReader {
         let read = read_exact_woken_late(&mut s.conn, out).await;
         match read {
             Ok(_) => {
+                self.fs.read_paths().count(s.path, out.len());
                 s.pos += out.len() as u64;
                 s.remaining -= out.len() as u64;
                 if s.remaining == 0 {

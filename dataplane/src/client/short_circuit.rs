@@ -117,6 +117,7 @@ impl FileSystem {
             .take_file(self.workers(), &data_addr(holder), ranges, length)
             .await?;
         let file = std::fs::File::open(path).ok()?;
+        self.read_paths().count_passthrough_open();
         Some(LocalFile {
             file,
             _lease: lease,
@@ -227,7 +228,13 @@ pub fn read_leased(
         return false;
     }
     match local.read_exact_at(out, within) {
-        Ok(()) => true,
+        Ok(()) => {
+            table
+                .fs
+                .read_paths()
+                .count(super::read_paths::ReadPath::ShortCircuit, out.len());
+            true
+        }
         Err(e) => {
             tracing::debug!(block = local.block, error = %e, "short-circuit read failed");
             table.forget(index);

@@ -14,6 +14,8 @@ pub(crate) struct BlockStream {
     pub remaining: u64,
     pub addr: String,
     pub conn: TcpStream,
+    /// The way its bytes come.
+    pub path: super::read_paths::ReadPath,
 }
 
 /// The most a block stream's reader waits to have before it is woken.

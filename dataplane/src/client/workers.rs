@@ -19,6 +19,10 @@ const FAILED_WORKER_PAUSE: Duration = Duration::from_secs(10);
 const LIVE_LIST_TTL: Duration = Duration::from_secs(3);
 /// Idle data connections kept per worker.
 const POOL_PER_WORKER: usize = 8;
+/// Inside a cluster a connection is made in a millisecond or two; a worker
+/// whose pod is gone (its address unanswered, not refused) must not hold
+/// a read longer than this before another worker is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A worker that takes new blocks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,7 +161,7 @@ impl Workers {
         };
         // A full block in flight per connection.
         let _ = socket.set_recv_buffer_size(8 << 20);
-        let s = tokio::time::timeout(Duration::from_secs(3), socket.connect(target))
+        let s = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(target))
             .await
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")

@@ -46,6 +46,12 @@ pub enum FuseError {
         #[source]
         source: std::io::Error,
     },
+    #[error("serving metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +74,8 @@ pub struct FuseConfig {
     pub gid: Option<u32>,
     /// The fd holder's socket (see `weir_handover`).
     pub fd_holder: Option<PathBuf>,
+    /// Where `/metrics` (the client's read paths) is served, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Entries fetched per listing page.

@@ -93,6 +93,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), FuseError> {
     let fs = FileSystem::new(config.client.clone())?;
+    let _metrics = match config.metrics_listen {
+        Some(addr) => Some(serve_metrics(addr, &fs).await?),
+        None => None,
+    };
     let root = crate::path::WeirPath::parse(&config.sub_path)
         .map_err(|e| ClientError::Invalid(e.to_string()))?
         .to_string();
@@ -141,6 +145,34 @@ pub async fn run(
         return Ok(());
     }
     unmount(served, &config).await
+}
+
+/// The client's `/metrics` server, stopped when the mount ends.
+struct MetricsServer(tokio::task::JoinHandle<()>);
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves the client's `/metrics` on `addr`; a port taken fails the mount
+/// with its reason rather than leaving it unobserved.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    fs: &FileSystem,
+) -> Result<MetricsServer, FuseError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| FuseError::Metrics { addr, source })?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    fs.read_paths().register(&mut registry);
+    tracing::info!(%addr, "serving /metrics");
+    Ok(MetricsServer(tokio::spawn(async move {
+        if let Err(e) = weir_api::metrics::serve(listener, registry).await {
+            tracing::warn!(error = %e, "metrics server ended");
+        }
+    })))
 }
 
 fn mount_err(config: &FuseConfig, source: std::io::Error) -> FuseError {

@@ -38,6 +38,15 @@ pub struct WorkerState {
     pub node: String,
 }
 
+/// A worker holding a block, and where it keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub worker: WorkerId,
+    pub addr: WorkerAddr,
+    pub node: String,
+    pub tier: String,
+}
+
 /// A draining worker and what only it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Draining {
@@ -317,6 +326,16 @@ impl WorkerRegistry {
             .unwrap_or(0)
     }
 
+    /// A worker shutting down: forgotten at once with its blocks, not
+    /// after the heartbeat timeout, so clients stop being sent to it.
+    pub fn leave(&self, id: WorkerId) {
+        let mut inner = self.lock();
+        if let Some(w) = inner.workers.get(&id) {
+            tracing::info!(worker = id, host = %w.addr.host, node = %w.node, "worker left");
+            Self::drop_worker(&mut inner, id);
+        }
+    }
+
     fn drop_worker(inner: &mut Inner, id: WorkerId) {
         inner.workers.remove(&id);
         inner.pending_free.remove(&id);
@@ -350,8 +369,8 @@ impl WorkerRegistry {
         dead
     }
 
-    /// Workers holding `block`, with their addresses and tiers.
-    pub fn locations(&self, block: u64) -> Vec<(WorkerId, WorkerAddr, String)> {
+    /// Workers holding `block`, with their addresses, nodes and tiers.
+    pub fn locations(&self, block: u64) -> Vec<Location> {
         let inner = self.lock();
         inner
             .locations
@@ -360,10 +379,12 @@ impl WorkerRegistry {
                 holders
                     .iter()
                     .filter_map(|(id, tier)| {
-                        inner
-                            .workers
-                            .get(id)
-                            .map(|w| (*id, w.addr.clone(), tier.clone()))
+                        inner.workers.get(id).map(|w| Location {
+                            worker: *id,
+                            addr: w.addr.clone(),
+                            node: w.node.clone(),
+                            tier: tier.clone(),
+                        })
                     })
                     .collect()
             })
@@ -408,6 +429,25 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_that_leaves_is_forgotten_at_once_with_its_blocks() {
+        let r = WorkerRegistry::new(Duration::from_secs(10));
+        let a = r.register(addr(1), "n1".into(), vec![], vec![(10, "MEM".into())], None);
+        let b = r.register(addr(3), "n2".into(), vec![], vec![(10, "MEM".into())], None);
+        assert_eq!(r.locations(10)[0].node, "n1");
+        r.leave(a);
+        assert_eq!(
+            r.locations(10)
+                .iter()
+                .map(|l| (l.worker, l.node.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(b, "n2")]
+        );
+        assert_eq!(r.workers().len(), 1);
+        // Its next heartbeat (a restart under the same id) registers anew.
+        assert!(r.heartbeat(a, vec![], vec![], vec![], 0, 0).reregister);
+    }
+
+    #[test]
     fn locations_follow_reports_and_heartbeats() {
         let r = WorkerRegistry::new(Duration::from_secs(10));
         let a = r.register(addr(1), "n".into(), vec![], vec![(10, "MEM".into())], None);
@@ -422,10 +462,10 @@ mod tests {
         assert_eq!(r.locations(10).len(), 2);
         r.heartbeat(a, vec![], vec![(12, "MEM".into())], vec![10], 3, 1);
         assert_eq!(
-            r.locations(10).iter().map(|l| l.0).collect::<Vec<_>>(),
+            r.locations(10).iter().map(|l| l.worker).collect::<Vec<_>>(),
             vec![b]
         );
-        assert_eq!(r.locations(12)[0].0, a);
+        assert_eq!(r.locations(12)[0].worker, a);
         assert_eq!(r.hit_ratio(), 0.75);
         assert!(
             r.heartbeat(99, vec![], vec![], vec![], 0, 0).reregister,

@@ -273,6 +273,33 @@ impl Worker {
             .set(self.persister.pending() as i64);
     }
 
+    /// Tells the master this worker is going, before it stops serving:
+    /// clients then stop being sent here at once rather than after the
+    /// heartbeat timeout. Best effort: a master that does not hear it
+    /// times the worker out as before.
+    async fn leave(&self) {
+        let req = pb::HeartbeatRequest {
+            worker_id: self.id(),
+            leaving: true,
+            ..Default::default()
+        };
+        let told = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.master.call(|mut c| {
+                let req = req.clone();
+                async move { c.worker_heartbeat(req).await }
+            }),
+        )
+        .await;
+        match told {
+            Ok(Ok(_)) => tracing::info!(worker = self.id(), "told the master this worker leaves"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not tell the master this worker leaves")
+            }
+            Err(_) => tracing::warn!("the master did not hear this worker leave within 2s"),
+        }
+    }
+
     async fn heartbeat(&self) -> WorkerResult<()> {
         if let Err(e) = self.store.enforce_watermarks() {
             tracing::warn!(error = %e, "eviction failed");
@@ -286,6 +313,7 @@ impl Worker {
             removed_blocks: removed.clone(),
             cache_hits: self.hits.swap(0, Ordering::Relaxed),
             cache_misses: self.misses.swap(0, Ordering::Relaxed),
+            leaving: false,
         };
         let resp = self
             .master
@@ -399,22 +427,23 @@ pub async fn run(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(data::serve(
-        worker.clone(),
-        data,
-        stop_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(data::async_cacher(
-        worker.clone(),
-        cache_rx,
-        stop_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(persist::run(worker.clone(), stop_rx.clone())));
-    {
+    let tasks = vec![
+        tokio::spawn(data::serve(worker.clone(), data, stop_rx.clone())),
+        tokio::spawn(data::async_cacher(
+            worker.clone(),
+            cache_rx,
+            stop_rx.clone(),
+        )),
+        tokio::spawn(persist::run(worker.clone(), stop_rx.clone())),
+    ];
+    // The heartbeat stops first on shutdown, so the last word the master
+    // hears is that this worker leaves (a heartbeat after it would have
+    // it registered again).
+    let (beat_stop_tx, beat_stop_rx) = watch::channel(false);
+    let beating = {
         let worker = worker.clone();
-        let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
+        let mut stop = beat_stop_rx;
+        tokio::spawn(async move {
             let mut tick = tokio::time::interval(worker.config.heartbeat);
             loop {
                 tokio::select! {
@@ -425,8 +454,8 @@ pub async fn run(
                     tracing::warn!(error = %e, "heartbeat failed");
                 }
             }
-        }));
-    }
+        })
+    };
     let app = weir_api::metrics::routes(registry);
     tracing::info!(
         host = %worker.config.host,
@@ -437,6 +466,9 @@ pub async fn run(
     let served = axum::serve(http, app)
         .with_graceful_shutdown(shutdown)
         .await;
+    let _ = beat_stop_tx.send(true);
+    let _ = beating.await;
+    worker.leave().await;
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;

@@ -6,6 +6,8 @@ use std::time::Duration;
 use weir_api::telemetry::{self, LogFormat};
 use weir_operator::OperatorConfig;
 use weir_operator::render::RenderConfig;
+use weir_operator::webhook::WebhookConfig;
+use weir_operator::webhook::cert::CertSettings;
 
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -49,6 +51,23 @@ struct Args {
     /// a clean-up step that keeps failing, before it lets go.
     #[arg(long, default_value_t = 600)]
     cleanup_timeout_seconds: u64,
+    /// Serve the scheduling webhook here (HTTPS) [default: not served].
+    #[arg(long, env = "WEIR_WEBHOOK_LISTEN")]
+    webhook_listen: Option<SocketAddr>,
+    /// The Service the apiserver reaches the webhook through (in the
+    /// operator's namespace): the certificate names it.
+    #[arg(long, default_value = "weir-webhook")]
+    webhook_service: String,
+    /// The Secret (in the operator's namespace) holding the webhook's CA
+    /// and certificate; the operator fills it.
+    #[arg(long, default_value = "weir-webhook-tls")]
+    webhook_secret: String,
+    /// The MutatingWebhookConfiguration whose caBundle the operator keeps.
+    #[arg(long, default_value = "weir-scheduling")]
+    webhook_configuration: String,
+    /// Life of a serving certificate; a new one is made after two thirds.
+    #[arg(long, default_value_t = 365)]
+    webhook_cert_days: i64,
     /// Kubeconfig to use instead of the in-cluster service account.
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<std::path::PathBuf>,
@@ -98,6 +117,29 @@ async fn main() -> anyhow::Result<()> {
         cleanup_timeout: Duration::from_secs(args.cleanup_timeout_seconds),
     };
     let client = client(args.kubeconfig.as_deref()).await?;
-    weir_operator::run(config, client).await?;
+    let Some(listen) = args.webhook_listen else {
+        weir_operator::run(config, client).await?;
+        return Ok(());
+    };
+    let namespace = config.lease_namespace.clone();
+    let service = format!("{}.{namespace}.svc", args.webhook_service);
+    let webhook = WebhookConfig {
+        listen,
+        cert: CertSettings {
+            dns_names: vec![
+                service.clone(),
+                format!("{service}.{}", config.render.cluster_domain),
+            ],
+            namespace,
+            secret: args.webhook_secret,
+            configuration: args.webhook_configuration,
+            life: time::Duration::days(args.webhook_cert_days.max(1)),
+        },
+    };
+    // Every replica serves the webhook, the leader and the ones waiting.
+    tokio::select! {
+        r = weir_operator::run(config, client.clone()) => r?,
+        r = weir_operator::webhook::run(webhook, client) => r?,
+    }
     Ok(())
 }

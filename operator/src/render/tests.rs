@@ -203,6 +203,13 @@ fn fuse_runs_on_labelled_nodes_and_the_pv_names_the_host_mount() {
         "the chart's CSI plugin holds it"
     );
     assert!(FUSE_FD_HOLDER.starts_with(FUSE_FD_HOLDER_DIR));
+    let metrics = args.iter().position(|a| a == "--metrics-listen").unwrap();
+    assert_eq!(args[metrics + 1], "0.0.0.0:19302");
+    let env = pod.containers[0].env.clone().unwrap();
+    assert!(
+        env.iter().any(|e| e.name == "WEIR_NODE_NAME"),
+        "the client knows its node: {env:?}"
+    );
     let host_dirs: Vec<String> = pod
         .volumes
         .unwrap()

@@ -30,6 +30,12 @@ pub enum FsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show which workers, on which nodes, hold each block of a file.
+    Locate {
+        path: String,
+        #[arg(long)]
+        json: bool,
+    },
     Mkdir {
         path: String,
         /// Create missing parents; an existing directory is not an error.
@@ -222,6 +228,7 @@ pub async fn run(conn: &ConnArgs, data: &DataArgs, command: FsCommand) -> Result
         }
         FsCommand::Ls { path, json } => namespace::ls(client, path, json).await,
         FsCommand::Stat { path, json } => namespace::stat(client, path, json).await,
+        FsCommand::Locate { path, json } => namespace::locate(client, path, json).await,
         FsCommand::Mkdir { path, parents } => namespace::mkdir(client, path, parents).await,
         FsCommand::Touch { path } => namespace::touch(client, path).await,
         FsCommand::Rm { path, recursive } => namespace::rm(client, path, recursive).await,

@@ -80,6 +80,52 @@ pub async fn stat(client: &MasterClient, path: String, json: bool) -> Result<(),
     Ok(())
 }
 
+/// Each block of a file and the workers holding it.
+pub async fn locate(client: &MasterClient, path: String, json: bool) -> Result<(), CliError> {
+    let req = pb::PathRequest { path };
+    let info = client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.get_file_block_info(r).await }
+        })
+        .await?;
+    let holders = |b: &pb::BlockInfo| -> Vec<(pb::WorkerAddress, String)> {
+        b.locations
+            .iter()
+            .filter_map(|l| Some((l.worker.clone()?, l.tier.clone())))
+            .collect()
+    };
+    if json {
+        let blocks: Vec<serde_json::Value> = info
+            .blocks
+            .iter()
+            .map(|b| {
+                json!({
+                    "block": b.block_id, "offset": b.offset, "length": b.length,
+                    "holders": holders(b).iter().map(|(w, tier)| json!({
+                        "worker": w.worker_id, "host": w.host, "node": w.node, "tier": tier,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", json!({"blocks": blocks}));
+        return Ok(());
+    }
+    for b in &info.blocks {
+        let held: Vec<String> = holders(b)
+            .iter()
+            .map(|(w, tier)| format!("worker {} {} node {} {tier}", w.worker_id, w.host, w.node))
+            .collect();
+        let held = if held.is_empty() {
+            "not cached".to_owned()
+        } else {
+            held.join("; ")
+        };
+        println!("block {} @{} +{}: {held}", b.block_id, b.offset, b.length);
+    }
+    Ok(())
+}
+
 pub async fn mkdir(client: &MasterClient, path: String, parents: bool) -> Result<(), CliError> {
     let req = pb::CreateRequest {
         path,

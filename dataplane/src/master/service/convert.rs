@@ -176,6 +176,7 @@ pub fn worker_to_pb(w: WorkerState) -> pb::WorkerInfo {
             host: w.addr.host,
             rpc_port: w.addr.rpc_port,
             data_port: w.addr.data_port,
+            node: w.node.clone(),
         }),
         tiers: w
             .tiers

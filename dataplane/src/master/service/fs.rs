@@ -342,14 +342,15 @@ impl FsApi {
                     .workers
                     .locations(b.id)
                     .into_iter()
-                    .map(|(id, addr, tier)| pb::BlockLocation {
+                    .map(|l| pb::BlockLocation {
                         worker: Some(pb::WorkerAddress {
-                            worker_id: id,
-                            host: addr.host,
-                            rpc_port: addr.rpc_port,
-                            data_port: addr.data_port,
+                            worker_id: l.worker,
+                            host: l.addr.host,
+                            rpc_port: l.addr.rpc_port,
+                            data_port: l.addr.data_port,
+                            node: l.node,
                         }),
-                        tier,
+                        tier: l.tier,
                     })
                     .collect(),
             })

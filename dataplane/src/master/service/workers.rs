@@ -52,6 +52,10 @@ impl WorkerApi {
                 "added_blocks and added_tiers differ in length",
             ));
         }
+        if r.leaving {
+            self.workers.leave(r.worker_id);
+            return Ok(pb::HeartbeatResponse::default());
+        }
         let answer = self.workers.heartbeat(
             r.worker_id,
             r.tiers.into_iter().map(tier_from_pb).collect(),

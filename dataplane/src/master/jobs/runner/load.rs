@@ -252,7 +252,7 @@ impl JobRunner {
         let holders = self.workers.locations(task.block);
         let serving_holders = holders
             .iter()
-            .filter(|h| live.iter().any(|w| w.id == h.0))
+            .filter(|h| live.iter().any(|w| w.id == h.worker))
             .count();
         let want = task.replicas.min(live.len().max(1));
         if serving_holders >= want {
@@ -268,7 +268,7 @@ impl JobRunner {
         }
         let mut candidates: Vec<&WorkerState> = live
             .iter()
-            .filter(|w| !excluded.contains(&w.id) && !holders.iter().any(|h| h.0 == w.id))
+            .filter(|w| !excluded.contains(&w.id) && !holders.iter().any(|h| h.worker == w.id))
             .collect();
         if candidates.is_empty() {
             return Next::NoCandidate;
@@ -281,8 +281,13 @@ impl JobRunner {
                 from: None,
             };
         }
+        // A second copy on a node that already has one does not survive
+        // that node's loss: other nodes first.
+        let held_on =
+            |w: &WorkerState| !w.node.is_empty() && holders.iter().any(|h| h.node == w.node);
         candidates.sort_by_key(|w| {
             (
+                held_on(w),
                 self.room(w.id) < task.len,
                 self.busy(w.id),
                 std::cmp::Reverse(block::score(task.block, w.id)),
@@ -290,8 +295,8 @@ impl JobRunner {
         });
         let from = holders
             .iter()
-            .max_by_key(|h| block::score(task.block, h.0))
-            .map(|h| peer(&h.1));
+            .max_by_key(|h| block::score(task.block, h.worker))
+            .map(|h| peer(&h.addr));
         if serving_holders == 0 {
             candidates.retain(|w| self.room(w.id) >= task.len);
             if candidates.is_empty() {

@@ -85,9 +85,9 @@ impl JobRunner {
                 ));
             };
             for h in &holders {
-                *held.entry(h.0).or_default() += 1;
+                *held.entry(h.worker).or_default() += 1;
             }
-            blocks.push((block, len, Some(peer(&first.1))));
+            blocks.push((block, len, Some(peer(&first.addr))));
         }
         let live = self.workers.workers();
         let worker = live
