@@ -148,7 +148,6 @@ small_round() { # MODE -> files/s and checks per file of one round
   after=$(checks)
   echo "$rate $(awk -v a="$after" -v b="$before" -v n="$SMALL_FILES" 'BEGIN { printf "%.2f", (a - b) / n }')"
 }
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 : > "$work/small-interval.txt"; : > "$work/small-always.txt"
 read_small "$work/mnt/small-interval" > /dev/null; read_small "$work/mnt/small-always" > /dev/null
 for r in $(seq "$ROUNDS"); do

@@ -17,6 +17,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 max() { awk -v a="$1" -v b="$2" 'BEGIN { print (a > b) ? a : b }'; }
 mibs() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / 1048576 / s }'; }
 now() { date +%s.%N; }
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
 # s3s-fs, not moto, for throughput: moto reads a whole object for every
@@ -53,9 +54,10 @@ print(json.dumps({"bench": bench, "measurement": name, "weir": float(weir), "bas
 PY
 }
 
-# One master on a free port, its files under $work; sets MASTERS.
+# One master on a free port (of MASTER_HOST, loopback by default), its
+# files under $work; sets MASTERS.
 start_master() {
-  MASTERS=127.0.0.1:$(free_port)
+  MASTERS=${MASTER_HOST:-127.0.0.1}:$(free_port)
   RUST_LOG=warn "$WEIR" master --id 1 --peers "1=$MASTERS" --listen "$MASTERS" --data-dir "$work/master" \
     > "$work/master.log" 2>&1 &
   pids+=($!)

@@ -122,3 +122,16 @@ pub async fn worker_nodes(ns: &TestNamespace, name: &str) -> anyhow::Result<Vec<
     nodes.dedup();
     Ok(nodes)
 }
+
+/// The Events of objects named `name`, one per line: kind, reason, message.
+pub fn events_of(ns: &TestNamespace, name: &str) -> String {
+    ns.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={name}"),
+        "-o",
+        "custom-columns=KIND:.involvedObject.kind,REASON:.reason,MESSAGE:.message",
+    ])
+    .unwrap_or_default()
+}

@@ -3,7 +3,9 @@
 //! worker holds, and the reading node's FUSE client counts it as a remote
 //! read (not one byte from S3); a block no worker holds counts as a UFS
 //! read; a worker pod deleted under a reader costs no read more than a
-//! few seconds; and the scheduling webhook puts pods that mount a dataset
+//! few seconds; a node cut off under a reader costs no read, shows in the
+//! Dataset's status and Events, and counts again when it is back; and the
+//! scheduling webhook puts pods that mount a dataset
 //! on the node of its worker, leaves a pod with its own affinity alone, and
 //! never stands in the way of a pod when it is down.
 
@@ -18,16 +20,21 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use weir_e2e::cache::{
-    create_secret, dataset, install_crds, runtime, wait_bound, wait_ready, worker_nodes,
+    create_secret, dataset, events_of, install_crds, runtime, wait_bound, wait_ready, worker_nodes,
 };
+use weir_e2e::nodes::FIRST_NODE;
 use weir_e2e::pods::{reader_pod, wait_running};
 use weir_e2e::weir::{BridgeS3, HelmRelease, bytes, http_get};
 use weir_e2e::{TestNamespace, in_namespace, wait_for};
-use weir_operator::crd::{CacheRuntime, Dataset};
+use weir_operator::crd::dataload::LoadPhase;
+use weir_operator::crd::{CacheRuntime, DataLoad, Dataset};
 use weir_operator::names::{FUSE_METRICS_PORT, RuntimeNames};
 
 const NAME: &str = "far";
 const LOOP_FILES: usize = 6;
+/// Files loaded with two copies of each block; one of them is read while
+/// a node holding a copy is cut off.
+const REP_FILES: usize = 12;
 
 fn sha256_hex(data: &[u8]) -> String {
     format!("{:x}", sha2::Sha256::digest(data))
@@ -142,6 +149,58 @@ fn timed_pass(file: &Path) -> std::io::Result<(Duration, String)> {
     Ok((slowest, format!("{:x}", hash.finalize())))
 }
 
+/// One pass of a [`ReadLoop`]: when it began, and its slowest read and
+/// SHA-256, or why it failed.
+type Pass = (Instant, Result<(Duration, String), String>);
+
+/// Passes over one file through a node's mount, one after another on a
+/// thread of its own, until stopped.
+struct ReadLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Pass>>,
+}
+
+impl ReadLoop {
+    fn start(file: PathBuf) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut passes = Vec::new();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let at = Instant::now();
+                passes.push((at, timed_pass(&file).map_err(|e| e.to_string())));
+            }
+            passes
+        });
+        ReadLoop { stop, thread }
+    }
+
+    fn stop(self) -> Vec<Pass> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("reader thread")
+    }
+}
+
+/// The passes that failed or read other bytes than `want`, and the slowest
+/// read of all.
+fn judge(passes: &[Pass], want: &str) -> (Vec<String>, Duration) {
+    let failed = passes
+        .iter()
+        .filter_map(|(_, r)| match r {
+            Ok((_, sha)) if sha == want => None,
+            Ok((_, sha)) => Some(format!("wrong bytes: {sha}")),
+            Err(e) => Some(e.clone()),
+        })
+        .collect();
+    let slowest = passes
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .map(|(s, _)| *s)
+        .max()
+        .unwrap_or_default();
+    (failed, slowest)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_cross_nodes_and_outlive_a_worker() -> anyhow::Result<()> {
     in_namespace("across", async |ns| {
@@ -158,6 +217,10 @@ async fn reads_cross_nodes_and_outlive_a_worker() -> anyhow::Result<()> {
         // Several copies, so one lands on a worker off the reader's node.
         for i in 0..LOOP_FILES {
             s3.put(&format!("data/loop-{i}.bin"), &looped)?;
+        }
+        let replicated = bytes(8 << 20, 6);
+        for i in 0..REP_FILES {
+            s3.put(&format!("data/rep-{i}.bin"), &replicated)?;
         }
         create_secret(ns, "unused-key", "unused-secret").await?;
         let pp = PostParams::default();
@@ -229,21 +292,7 @@ async fn reads_cross_nodes_and_outlive_a_worker() -> anyhow::Result<()> {
             .bed
             .on_node(&reader_node, &format!("{}/data/{loop_file}", names.host_mount_path()));
         let want = sha256_hex(&looped);
-        let (stop, stopped) = (
-            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let reading = {
-            let (stop, file) = (stop.clone(), file.clone());
-            std::thread::spawn(move || {
-                let mut passes = Vec::new();
-                while !stop.load(stopped) {
-                    let at = Instant::now();
-                    passes.push((at, timed_pass(&file).map_err(|e| e.to_string())));
-                }
-                passes
-            })
-        };
+        let reading = ReadLoop::start(file);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let victim = pods
             .list(&ListParams::default().labels(&format!(
@@ -276,11 +325,9 @@ async fn reads_cross_nodes_and_outlive_a_worker() -> anyhow::Result<()> {
         // Past the master's worker timeout (10 s), so reads also see what
         // happens when a silent worker would have been declared lost.
         tokio::time::sleep(Duration::from_secs(12)).await;
-        stop.store(true, stopped);
-        let passes = reading.join().expect("reader thread");
+        let passes = reading.stop();
         let after_delete: Vec<_> = passes.iter().filter(|(at, _)| *at + Duration::from_secs(1) >= deleted).collect();
-        let failed: Vec<_> = passes.iter().filter(|(_, r)| r.as_ref().map_or(true, |(_, sha)| *sha != want)).collect();
-        let slowest = passes.iter().filter_map(|(_, r)| r.as_ref().ok()).map(|(s, _)| *s).max().unwrap_or_default();
+        let (failed, slowest) = judge(&passes, &want);
         eprintln!(
             "{} passes over {loop_file} ({} from a second before the delete), read on {reader_node}; worker {} on {loop_holder} replaced and Ready {replaced_after:?} after its delete; slowest read {slowest:?}",
             passes.len(),
@@ -292,9 +339,219 @@ async fn reads_cross_nodes_and_outlive_a_worker() -> anyhow::Result<()> {
         assert!(slowest < Duration::from_secs(3), "a read took {slowest:?} with a worker gone");
         drop(pods.delete("reader", &DeleteParams::default()).await);
 
+        a_lost_node_costs_no_read(ns, &replicated).await?;
         pods_are_steered_to_their_cache(ns, &s3).await
     })
     .await
+}
+
+/// A node's link to the others cut (its end of the veth on the node
+/// bridge down): its kubelet, pods and worker go on running but nothing
+/// reaches them, and they reach nothing. Restored when dropped.
+struct LinkCut(String);
+
+impl LinkCut {
+    fn cut(node: &str) -> anyhow::Result<Self> {
+        let n = node
+            .rsplit('-')
+            .next()
+            .filter(|n| n.parse::<u32>().is_ok())
+            .ok_or_else(|| anyhow::anyhow!("{node} is not a node of its own (weir-node-N)"))?;
+        let link = format!("wn{n}");
+        let done = std::process::Command::new("ip")
+            .args(["link", "set", &link, "down"])
+            .status()?;
+        anyhow::ensure!(done.success(), "ip link set {link} down: {done}");
+        Ok(LinkCut(link))
+    }
+}
+
+impl Drop for LinkCut {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "set", &self.0, "up"])
+            .status();
+    }
+}
+
+/// The Dataset's `WorkersAvailable` condition, as (status, message).
+async fn workers_available(ns: &TestNamespace) -> weir_e2e::Result<Option<(String, String)>> {
+    let ds = ns.api::<Dataset>().get(NAME).await?;
+    Ok(ds
+        .status
+        .unwrap_or_default()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "WorkersAvailable")
+        .map(|c| (c.status, c.message)))
+}
+
+/// Each block of the rep files has two copies on two nodes (a DataLoad
+/// with `replicas: 2`). A node holding a copy of one, neither the reader's
+/// nor the master's, is cut off while a pod on the first node reads that
+/// file in a loop: no read fails and no byte comes from S3 (the other copy
+/// serves), the Dataset's status and an Event name the node; with the link
+/// back, the node's worker registers again and its copies count again.
+async fn a_lost_node_costs_no_read(ns: &TestNamespace, replicated: &[u8]) -> anyhow::Result<()> {
+    let pp = PostParams::default();
+    let load: DataLoad = serde_json::from_value(json!({
+        "apiVersion": "data.weir.io/v1alpha1", "kind": "DataLoad", "metadata": {"name": "two-copies"},
+        "spec": {"dataset": {"name": NAME}, "target": [{"path": "/data/rep-*.bin", "replicas": 2}]},
+    }))?;
+    ns.api::<DataLoad>().create(&pp, &load).await?;
+    let loads: Api<DataLoad> = ns.api();
+    wait_for(
+        "DataLoad two-copies Complete",
+        Duration::from_secs(180),
+        || async {
+            let phase = loads.get("two-copies").await?.status.map(|s| s.phase);
+            assert_ne!(phase, Some(LoadPhase::Failed), "the load failed");
+            Ok((phase == Some(LoadPhase::Complete)).then_some(()))
+        },
+    )
+    .await?;
+    let pods: Api<Pod> = ns.api();
+    let master_node = pods
+        .get(&format!("{NAME}-master-0"))
+        .await?
+        .spec
+        .and_then(|s| s.node_name)
+        .unwrap_or_default();
+    let mut choice = None;
+    for i in 0..REP_FILES {
+        let path = format!("/data/rep-{i}.bin");
+        let held = holder_nodes(ns, &path)?;
+        for copies in &held {
+            assert_eq!(
+                copies.len(),
+                2,
+                "{path}: two copies of each block: {held:?}"
+            );
+            assert_ne!(copies[0], copies[1], "{path}: on two nodes: {held:?}");
+        }
+        // Both copies off the reader's node, so it reads over the network,
+        // and the one it reads first (the first listed) on the node cut.
+        if choice.is_none() && !held[0].iter().any(|n| n == FIRST_NODE) && held[0][0] != master_node
+        {
+            choice = Some((format!("rep-{i}.bin"), held[0][0].clone()));
+        }
+    }
+    let (file, lost_node) = choice
+        .expect("a file with both copies off the reader's node, the first not on the master's");
+    pods.create(&pp, &reader_pod("steady", NAME, Some(FIRST_NODE)))
+        .await?;
+    wait_running(ns, "steady").await?;
+    let fuse = fuse_pod_on(ns, FIRST_NODE).await?;
+    let names = RuntimeNames::new(&ns.name, NAME);
+    let path = ns.bed.on_node(
+        FIRST_NODE,
+        &format!("{}/data/{file}", names.host_mount_path()),
+    );
+    let want = sha256_hex(replicated);
+    let before = scrape(&fuse)?;
+    let reading = ReadLoop::start(path);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cut = LinkCut::cut(&lost_node)?;
+    let cut_at = Instant::now();
+    let message = wait_for(
+        &format!("WorkersAvailable False naming {lost_node}"),
+        Duration::from_secs(90),
+        || async {
+            Ok(workers_available(ns)
+                .await?
+                .filter(|(status, message)| status == "False" && message.contains(&lost_node))
+                .map(|(_, m)| m))
+        },
+    )
+    .await?;
+    let noticed = cut_at.elapsed();
+    wait_for(
+        &format!("a WorkerLost Event naming {lost_node}"),
+        Duration::from_secs(30),
+        || async {
+            let events = events_of(ns, NAME);
+            Ok(events
+                .lines()
+                .any(|l| {
+                    l.starts_with("Dataset") && l.contains("WorkerLost") && l.contains(&lost_node)
+                })
+                .then_some(()))
+        },
+    )
+    .await?;
+    // Read on a while with the node gone for good, past the master's
+    // worker timeout.
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(cut_at.elapsed())).await;
+    let passes = reading.stop();
+    let after = scrape(&fuse)?;
+    let cut_for = cut_at.elapsed();
+    drop(cut);
+    let during: Vec<_> = passes.iter().filter(|(at, _)| *at >= cut_at).collect();
+    let (failed, slowest) = judge(&passes, &want);
+    eprintln!(
+        "{lost_node} cut off for {cut_for:.1?}: {} passes over {file} ({} after the cut), slowest read {slowest:?}; the Dataset said so after {noticed:.1?}: {message}; read paths {before:?} -> {after:?}",
+        passes.len(),
+        during.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "reads failed with {lost_node} cut off: {failed:?}"
+    );
+    assert!(
+        during.len() >= 3,
+        "the reader kept reading: {} passes",
+        during.len()
+    );
+    assert_eq!(
+        after.ufs, before.ufs,
+        "every block came from its other copy, none from S3"
+    );
+    // The node back: its worker registers again, with its copies.
+    let back = Instant::now();
+    wait_for(
+        "WorkersAvailable True again",
+        Duration::from_secs(120),
+        || async {
+            Ok(workers_available(ns)
+                .await?
+                .filter(|(status, _)| status == "True")
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    let master = format!("{NAME}-master-0");
+    wait_for(
+        &format!("{lost_node}'s worker in the report and its copies counted"),
+        Duration::from_secs(60),
+        || async {
+            // No answer yet (the worker registering again) is "not yet".
+            let report = ns
+                .kubectl(&["exec", &master, "--", "weir", "admin", "report", "--json"])
+                .unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(report.trim()).unwrap_or_default();
+            let listed = v["workers"]
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w["node"] == lost_node.as_str()));
+            let held = holder_nodes(ns, &format!("/data/{file}")).unwrap_or_default();
+            let counted = held.iter().all(|copies| copies.len() == 2)
+                && held.iter().any(|c| c.contains(&lost_node));
+            Ok((listed && counted).then_some(()))
+        },
+    )
+    .await?;
+    eprintln!(
+        "{lost_node} back: its worker counted again after {:.1?}",
+        back.elapsed()
+    );
+    wait_for("a WorkersBack Event", Duration::from_secs(30), || async {
+        Ok(events_of(ns, NAME)
+            .lines()
+            .any(|l| l.contains("WorkersBack"))
+            .then_some(()))
+    })
+    .await?;
+    drop(pods.delete("steady", &DeleteParams::default()).await);
+    Ok(())
 }
 
 /// The node the scheduler put `pod` on, once it has.

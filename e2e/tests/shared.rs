@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use weir_e2e::cache::events_of;
 use weir_e2e::weir::{BridgeS3, HelmRelease, bytes};
 use weir_e2e::{TestNamespace, in_namespace_of_length, install_crd, wait_for};
 use weir_operator::crd::dataset::DatasetPhase;
@@ -113,18 +114,6 @@ impl Drop for LocalSource {
 fn sh(ns: &TestNamespace, pod: &str, script: &str) -> Result<String, String> {
     ns.kubectl(&["exec", pod, "--", "sh", "-c", script])
         .map_err(|e| e.to_string())
-}
-
-fn events_of(ns: &TestNamespace, name: &str) -> String {
-    ns.kubectl(&[
-        "get",
-        "events",
-        "--field-selector",
-        &format!("involvedObject.name={name}"),
-        "-o",
-        "custom-columns=KIND:.involvedObject.kind,REASON:.reason,MESSAGE:.message",
-    ])
-    .unwrap_or_default()
 }
 
 /// `local:///etc` is refused before any pod exists, on the objects the

@@ -2,6 +2,7 @@
 //! `main` only parses, starts telemetry and calls [`run`].
 
 mod bench;
+mod ceilings;
 mod databench;
 mod fs;
 mod fsbench;
@@ -100,7 +101,16 @@ pub enum BenchCommand {
     Load(databench::LoadBenchArgs),
     /// Send a file over one loopback TCP connection with no Weir code in
     /// between (the transport's ceiling for a remote read); prints MiB/s.
-    TcpLoopback(databench::TcpLoopbackArgs),
+    TcpLoopback(ceilings::TcpLoopbackArgs),
+    /// Serve a file once over TCP as a worker sends a block (the sending
+    /// half of the ceiling between two hosts).
+    TcpSend(ceilings::TcpSendArgs),
+    /// Receive what `tcp-send` serves as the client receives a block;
+    /// prints MiB/s.
+    TcpRecv(ceilings::TcpRecvArgs),
+    /// Read a file with pread (the ceiling of a short-circuit read);
+    /// prints MiB/s.
+    Pread(ceilings::PreadArgs),
     /// Sequential and random reads and writes and small files against any
     /// mounted directory: throughput, ops/s and latency percentiles.
     Fs(fsbench::FsBenchArgs),
@@ -393,14 +403,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             BenchCommand::UfsRead(args) => databench::ufs_read(args).await,
             BenchCommand::UfsParallelRead(args) => databench::ufs_parallel_read(args).await,
             BenchCommand::Load(args) => databench::load(&conn, args).await,
-            BenchCommand::TcpLoopback(args) => {
-                tokio::task::spawn_blocking(move || databench::tcp_loopback(args))
-                    .await
-                    .map_err(|e| CliError::Usage(format!("loopback bench: {e}")))?
-            }
-            BenchCommand::Fs(args) => tokio::task::spawn_blocking(move || fsbench::fs(args))
-                .await
-                .map_err(|e| CliError::Usage(format!("the benchmark stopped: {e}")))?,
+            BenchCommand::TcpLoopback(args) => blocking(move || ceilings::tcp_loopback(args)).await,
+            BenchCommand::TcpSend(args) => blocking(move || ceilings::tcp_send(args)).await,
+            BenchCommand::TcpRecv(args) => blocking(move || ceilings::tcp_recv(args)).await,
+            BenchCommand::Pread(args) => blocking(move || ceilings::pread(args)).await,
+            BenchCommand::Fs(args) => blocking(move || fsbench::fs(args)).await,
         },
         Command::CheckPath { paths } => {
             let mut bad = 0;
@@ -420,6 +427,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
     }
+}
+
+/// Runs a blocking benchmark off the runtime's threads.
+async fn blocking(
+    f: impl FnOnce() -> Result<(), CliError> + Send + 'static,
+) -> Result<(), CliError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CliError::Usage(format!("benchmark thread: {e}")))?
 }
 
 #[cfg(test)]

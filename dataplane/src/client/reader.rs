@@ -28,6 +28,25 @@ const READ_RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// the bytes skipped are kept for the read that comes late.
 const SKIP_AHEAD: u64 = 8 << 20;
 
+/// How long a worker may take to bring the bytes a read waits for before
+/// it counts as failed and the read goes elsewhere. A worker whose node is
+/// cut off sends neither bytes nor a reset: only this ends the wait. A
+/// cached block comes at memory or disk speed; a miss first waits on the
+/// under-storage.
+fn stall_limit(path: ReadPath) -> Duration {
+    match path {
+        ReadPath::Ufs => Duration::from_secs(30),
+        _ => Duration::from_secs(5),
+    }
+}
+
+fn stalled(path: ReadPath) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("nothing for {:?}", stall_limit(path)),
+    )
+}
+
 impl FileSystem {
     /// Opens a file for positional reads.
     pub async fn open(self: &Arc<Self>, path: &str) -> FsResult<FileReader> {
@@ -283,7 +302,8 @@ impl FileReader {
             && s.remaining >= off - s.pos + out.len() as u64
         {
             let mut gap = vec![0u8; (off - s.pos) as usize];
-            if s.conn.read_exact(&mut gap).await.is_err() {
+            let read = tokio::time::timeout(stall_limit(s.path), s.conn.read_exact(&mut gap)).await;
+            if !matches!(read, Ok(Ok(_))) {
                 let addr = s.addr.clone();
                 self.stream = None;
                 self.fs.workers().mark_failed(&addr);
@@ -390,6 +410,11 @@ impl FileReader {
                 wire::recv(&mut conn).await.map_err(std::io::Error::other)?;
             Ok::<_, std::io::Error>((conn, resp))
         };
+        let opened = async {
+            tokio::time::timeout(stall_limit(path), opened)
+                .await
+                .unwrap_or_else(|_| Err(stalled(path)))
+        };
         let (conn, resp) = match opened.await {
             Ok(x) => x,
             Err(e) => {
@@ -491,13 +516,19 @@ impl FileReader {
                 _ => None,
             }
         };
-        if let Some(conn) = asked.await {
-            self.fs.workers().give_back(&addr, conn);
+        // Readahead is a hint: a worker slow to take it is not waited for.
+        match tokio::time::timeout(stall_limit(ReadPath::Local), asked).await {
+            Ok(Some(conn)) => self.fs.workers().give_back(&addr, conn),
+            Ok(None) => {}
+            Err(_) => self.fs.workers().mark_failed(&addr),
         }
     }
 
     async fn read_stream(&mut self, mut s: BlockStream, out: &mut [u8]) -> Attempt {
-        let read = read_exact_woken_late(&mut s.conn, out).await;
+        let read =
+            tokio::time::timeout(stall_limit(s.path), read_exact_woken_late(&mut s.conn, out))
+                .await
+                .unwrap_or_else(|_| Err(stalled(s.path)));
         match read {
             Ok(_) => {
                 self.fs.read_paths().count(s.path, out.len());

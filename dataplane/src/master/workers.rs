@@ -47,6 +47,20 @@ pub struct Location {
     pub tier: String,
 }
 
+/// A worker that stopped answering, remembered until a worker registers
+/// from its node (or its host) again: what the status shows as lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostWorker {
+    pub id: WorkerId,
+    pub host: String,
+    pub node: String,
+    pub capacity: u64,
+    pub at: Instant,
+}
+
+/// Lost workers remembered at most (the oldest are forgotten first).
+const LOST_KEPT: usize = 64;
+
 /// A draining worker and what only it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Draining {
@@ -71,6 +85,8 @@ struct Inner {
     pinned: HashMap<WorkerId, (BTreeSet<u64>, bool)>,
     /// Hosts whose workers are leaving (also when they register again).
     draining: BTreeSet<String>,
+    /// Workers lost and not back, oldest first.
+    lost_workers: Vec<LostWorker>,
 }
 
 /// Registry of live workers and block locations.
@@ -116,6 +132,15 @@ impl WorkerRegistry {
     ) -> WorkerId {
         let mut inner = self.lock();
         let draining = inner.draining.contains(&addr.host);
+        // A worker on a lost worker's node (or at its address) is that
+        // capacity back.
+        inner.lost_workers.retain(|l| {
+            let back = (!node.is_empty() && l.node == node) || l.host == addr.host;
+            if back {
+                tracing::info!(worker = l.id, node = %l.node, host = %l.host, "lost worker's node is back");
+            }
+            !back
+        });
         // The same address re-registering replaces its old entry.
         let stale: Vec<WorkerId> = inner
             .workers
@@ -358,15 +383,34 @@ impl WorkerRegistry {
             .map(|w| w.id)
             .collect();
         for id in &dead {
-            tracing::warn!(
-                worker = id,
-                "worker lost: no heartbeat within {:?}",
-                self.timeout
-            );
+            if let Some(w) = inner.workers.get(id) {
+                tracing::warn!(
+                    worker = id,
+                    node = %w.node,
+                    host = %w.addr.host,
+                    "worker lost: no heartbeat within {:?}",
+                    self.timeout
+                );
+                let lost = LostWorker {
+                    id: *id,
+                    host: w.addr.host.clone(),
+                    node: w.node.clone(),
+                    capacity: w.tiers.iter().map(|t| t.capacity).sum(),
+                    at: now,
+                };
+                inner.lost_workers.push(lost);
+                let over = inner.lost_workers.len().saturating_sub(LOST_KEPT);
+                inner.lost_workers.drain(..over);
+            }
             Self::drop_worker(&mut inner, *id);
             inner.lost += 1;
         }
         dead
+    }
+
+    /// Workers lost whose node has not brought a worker back.
+    pub fn lost_workers(&self) -> Vec<LostWorker> {
+        self.lock().lost_workers.clone()
     }
 
     /// Workers holding `block`, with their addresses, nodes and tiers.
@@ -528,6 +572,16 @@ mod tests {
         assert_eq!(r.expire(), vec![a]);
         assert!(r.locations(10).is_empty());
         assert!(!r.is_cached(10));
+        let lost = r.lost_workers();
+        assert_eq!((lost.len(), lost[0].id, lost[0].node.as_str()), (1, a, "n"));
+        // A worker that leaves is not lost; one registering on the lost
+        // worker's node brings it back.
+        let b = r.register(addr(5), "m".into(), vec![], vec![], None);
+        r.leave(b);
+        assert_eq!(r.lost_workers().len(), 1);
+        r.register(addr(7), "n".into(), vec![], vec![(10, "MEM".into())], None);
+        assert!(r.lost_workers().is_empty());
+        assert!(r.is_cached(10), "its blocks count again");
     }
 
     #[test]

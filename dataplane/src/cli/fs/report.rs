@@ -19,6 +19,7 @@ pub async fn report(client: &MasterClient, as_json: bool) -> Result<(), CliError
             }).collect::<Vec<_>>(),
             "capacityBytes": info.capacity_bytes, "usedBytes": info.used_bytes,
             "inodes": info.inode_count, "hitRatio": info.hit_ratio,
+            "lostWorkers": info.lost_workers.iter().map(|l| json!({"id": l.worker_id, "host": l.host, "node": l.node, "capacityBytes": l.capacity_bytes, "lostMsAgo": l.lost_ms_ago})).collect::<Vec<_>>(),
             "mounts": info.mounts.iter().map(|m| json!({"path": m.path, "ufsUri": m.ufs_uri, "cachedBytes": m.cached_bytes, "ufsTotalBytes": m.ufs_total_bytes, "files": m.file_count, "countComplete": m.count_complete})).collect::<Vec<_>>(),
         });
         println!("{v}");
@@ -52,6 +53,16 @@ pub async fn report(client: &MasterClient, as_json: bool) -> Result<(), CliError
             w.block_count,
             tiers.join(", "),
             if w.lost { "  LOST" } else { "" }
+        );
+    }
+    for l in &info.lost_workers {
+        println!(
+            "  {:>3} on {} at {} LOST {} s ago ({} B of capacity)",
+            l.worker_id,
+            l.node,
+            l.host,
+            l.lost_ms_ago / 1000,
+            l.capacity_bytes
         );
     }
     println!("inodes: {}", info.inode_count);

@@ -106,6 +106,18 @@ impl AdminApi {
             used_bytes: used,
             inode_count: self.namespace.inode_count().map_err(MasterError::from)?,
             hit_ratio: self.workers.hit_ratio(),
+            lost_workers: self
+                .workers
+                .lost_workers()
+                .into_iter()
+                .map(|l| pb::LostWorker {
+                    worker_id: l.id,
+                    host: l.host,
+                    node: l.node,
+                    capacity_bytes: l.capacity,
+                    lost_ms_ago: l.at.elapsed().as_millis() as u64,
+                })
+                .collect(),
         })
     }
 }

@@ -1,10 +1,10 @@
-//! The Dataset's status while its runtime exists: phase, conditions and
-//! cache states from the leader's admin report.
+//! The Dataset's status while its runtime exists: phase, conditions, cache
+//! states and lost workers from the leader's admin report.
 
 use super::super::patch_status;
 use crate::Result;
-use crate::context::{Context, set_condition, short};
-use crate::crd::dataset::{CacheStates, DatasetPhase, MountStatus};
+use crate::context::{Context, condition, set_condition, short};
+use crate::crd::dataset::{CacheStates, DatasetPhase, DatasetStatus, MountStatus};
 use crate::crd::{CacheRuntime, Dataset};
 use crate::quantity::human;
 use kube::{Api, ResourceExt};
@@ -57,10 +57,11 @@ pub(super) async fn update_dataset(
     }
     if bound {
         match cache_states(ctx, &ns, &name, mounts).await {
-            Ok(Some((states, total, files))) => {
+            Ok(Some((states, total, files, lost))) => {
                 status.cache_states = Some(states);
                 status.ufs_total = Some(total);
                 status.file_num = Some(files);
+                workers_available(ctx, ds, &mut status, &lost).await;
                 set_condition(
                     &mut status.conditions,
                     "StatusCurrent",
@@ -94,12 +95,70 @@ pub(super) async fn update_dataset(
     Ok(())
 }
 
+/// The `WorkersAvailable` condition: false, naming each lost worker's node
+/// and the capacity gone with it, while the master counts workers lost
+/// (no heartbeat) whose node has not brought one back; an Event when a
+/// worker is lost and when the last one is back.
+async fn workers_available(
+    ctx: &Context,
+    ds: &Dataset,
+    status: &mut DatasetStatus,
+    lost: &[pb::LostWorker],
+) {
+    let was_lost =
+        condition(&status.conditions, "WorkersAvailable").is_some_and(|c| c.status == "False");
+    let (ok, reason, message) = if lost.is_empty() {
+        (true, "AllLive", "every worker answers".to_owned())
+    } else {
+        let each: Vec<String> = lost
+            .iter()
+            .map(|l| {
+                format!(
+                    "worker on node {} ({}) with {} of cache capacity",
+                    l.node,
+                    l.host,
+                    human(l.capacity_bytes)
+                )
+            })
+            .collect();
+        (
+            false,
+            "WorkerLost",
+            format!(
+                "lost (no heartbeat): {}; reads of its blocks go to other copies or the under-storage",
+                each.join("; ")
+            ),
+        )
+    };
+    let changed = set_condition(
+        &mut status.conditions,
+        "WorkersAvailable",
+        ok,
+        reason,
+        message.clone(),
+        ds.metadata.generation,
+    );
+    if changed && !ok {
+        ctx.event(ds, true, "WorkerLost", message).await;
+    } else if changed && was_lost {
+        ctx.event(
+            ds,
+            false,
+            "WorkersBack",
+            "every lost worker's node has a live worker again".into(),
+        )
+        .await;
+    }
+}
+
+type CacheStatus = (CacheStates, String, String, Vec<pb::LostWorker>);
+
 async fn cache_states(
     ctx: &Context,
     ns: &str,
     name: &str,
     mounts: &[MountSpec],
-) -> Result<Option<(CacheStates, String, String)>> {
+) -> Result<Option<CacheStatus>> {
     let Some(master) = ctx.masters(ns, name).await? else {
         return Ok(None);
     };
@@ -132,5 +191,6 @@ async fn cache_states(
         },
         format!("{}{suffix}", human(total)),
         format!("{files}{suffix}"),
+        info.lost_workers,
     )))
 }
