@@ -25,7 +25,10 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  for n in a b; do ip netns delete "weir-bench-$n" 2>/dev/null || true; done
+  for n in a b; do
+    ip link delete "wbn$n" 2>/dev/null || true
+    ip netns delete "weir-bench-$n" 2>/dev/null || true
+  done
   ip link delete "$bridge" 2>/dev/null || true
   rm -rf "$work" "$tier"
 }
@@ -59,7 +62,7 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 
-head -c "$(numfmt --from=iec "${SIZE%B}")" /dev/urandom > "$work/src"
+"$WEIR" bench ufs-write --root "local://$work" --path src --bytes "$SIZE" > /dev/null
 bytes=$(stat -c %s "$work/src")
 on a "$WEIR" fs --masters "$masters" cp --write-type MUST_CACHE "file:$work/src" /bench/f 2> /dev/null
 rm "$work/src"

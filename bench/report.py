@@ -147,6 +147,7 @@ def main():
     ]
     for bench, title in (
         ("data", "Data path"),
+        ("nodes", "Across two nodes"),
         ("load", "Load job"),
         ("juicefs", "Weir and JuiceFS through FUSE"),
         ("meta", "Master metadata"),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole benchmark report in one command (`make bench`): the data-path,
-# load-job and master benchmarks and Weir next to JuiceFS, every figure
+# cross-node, load-job and master benchmarks and Weir next to JuiceFS, every figure
 # beside a baseline measured in the same run. Writes bench/report/
 # (report.md, reads.png, metadata.png, results.jsonl) and warns about every
 # ratio that fell against the results recorded there before. Needs root.
@@ -18,6 +18,7 @@ export RESULTS
 trap 'rm -f "$RESULTS"' EXIT
 
 SIZE=2GiB S3_SIZE=1GiB TRIALS=3 bench/data.sh
+SIZE=1GiB ROUNDS=7 bench/nodes.sh
 SIZE_MIB=2048 TRIALS=2 bench/load.sh
 CLIENTS=1,4,16,64 bench/master.sh 3
 bench/fs.sh

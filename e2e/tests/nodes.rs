@@ -1,7 +1,8 @@
 //! Weir across the test bed's three nodes: two datasets whose runtimes
-//! share every node run side by side (no port or placement conflict), each
-//! Bound, each runtime's workers one per node, and each readable through
-//! its own cache.
+//! share every node run side by side, each Bound, each runtime's workers
+//! one per node, and each readable through its own cache. Both run on the
+//! host's network, where the same ports on one node would clash: each
+//! gets a block of host ports of its own.
 
 use kube::api::PostParams;
 use sha2::Digest;
@@ -11,6 +12,7 @@ use weir_e2e::cache::{
 };
 use weir_e2e::in_namespace;
 use weir_e2e::weir::{BridgeS3, OperatorProcess, bytes};
+use weir_operator::crd::runtime::NetworkMode;
 use weir_operator::crd::{CacheRuntime, Dataset};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,9 +33,9 @@ async fn two_datasets_share_three_nodes() -> anyhow::Result<()> {
         let names = ["alpha", "beta"];
         for name in names {
             ns.api::<Dataset>().create(&pp, &dataset(name, &s3)).await?;
-            ns.api::<CacheRuntime>()
-                .create(&pp, &runtime(name, 1, 3))
-                .await?;
+            let mut rt = runtime(name, 1, 3);
+            rt.spec.network_mode = NetworkMode::HostNetwork;
+            ns.api::<CacheRuntime>().create(&pp, &rt).await?;
         }
         let want = format!("{:x}", sha2::Sha256::digest(&file));
         for name in names {
@@ -49,13 +51,25 @@ async fn two_datasets_share_three_nodes() -> anyhow::Result<()> {
                 "--",
                 "sh",
                 "-c",
-                "weir fs cat /data/shared.bin | sha256sum",
+                "set -o pipefail; weir fs cat /data/shared.bin | sha256sum",
             ])?;
             assert!(
                 read.starts_with(&want),
                 "{name} reads the bytes in S3: {read}"
             );
         }
+        let bases: Vec<Option<i32>> = {
+            let mut b = Vec::new();
+            for name in names {
+                let rt = ns.api::<CacheRuntime>().get(name).await?;
+                b.push(rt.status.and_then(|s| s.host_port_base));
+            }
+            b
+        };
+        assert!(
+            bases.iter().all(Option::is_some) && bases[0] != bases[1],
+            "each runtime has host ports of its own: {bases:?}"
+        );
         drop(op);
         Ok(())
     })

@@ -111,6 +111,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     masters: Mutex<HashMap<RuntimeKey, MasterConnection>>,
+    /// Held while a host-network runtime chooses its ports.
+    pub port_choice: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Context {
@@ -136,6 +138,7 @@ impl Context {
             recorder,
             metrics,
             masters: Mutex::new(HashMap::new()),
+            port_choice: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -152,8 +155,22 @@ impl Context {
             .items
             .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
-            .map(|ip| format!("{ip}:{}", self.config.master_port))
+            .filter_map(|p| {
+                let ip = p.status.as_ref()?.pod_ip.clone()?;
+                // The port the pod was made with (a host-network runtime's
+                // own), else the default.
+                let port = p
+                    .spec
+                    .as_ref()?
+                    .containers
+                    .iter()
+                    .flat_map(|c| c.ports.iter().flatten())
+                    .find(|port| port.name.as_deref() == Some("rpc"))
+                    .map_or(i32::from(self.config.master_port), |port| {
+                        port.container_port
+                    });
+                Some(format!("{ip}:{port}"))
+            })
             .collect();
         if addrs.is_empty() {
             return Ok(None);

@@ -157,8 +157,9 @@ pub struct MasterArgs {
     /// This master's id (unique in the group, never reused after removal).
     #[arg(long, env = "WEIR_MASTER_ID")]
     pub id: Option<u64>,
-    /// Take the id from the trailing ordinal of the host name (StatefulSet
-    /// pods `<name>-master-<n>`).
+    /// Take the id from the trailing ordinal of the pod's name (`POD_NAME`;
+    /// a host-network pod's host name is its node's), else of the host
+    /// name (StatefulSet pods `<name>-master-<n>`).
     #[arg(long, env = "WEIR_MASTER_ID_FROM_HOSTNAME")]
     pub id_from_hostname: bool,
     /// Every master as id=host:port, comma separated (this one included).
@@ -287,12 +288,15 @@ impl MasterArgs {
             (Some(id), _) => id,
             (None, true) => {
                 let host =
-                    std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(|source| {
-                        CliError::Io {
-                            what: "reading the host name".into(),
-                            source,
-                        }
-                    })?;
+                    match std::env::var("POD_NAME") {
+                        Ok(pod) if !pod.is_empty() => pod,
+                        _ => std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(
+                            |source| CliError::Io {
+                                what: "reading the host name".into(),
+                                source,
+                            },
+                        )?,
+                    };
                 host.trim()
                     .rsplit('-')
                     .next()

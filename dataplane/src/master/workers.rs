@@ -135,7 +135,11 @@ impl WorkerRegistry {
         // A worker on a lost worker's node (or at its address) is that
         // capacity back.
         inner.lost_workers.retain(|l| {
-            let back = (!node.is_empty() && l.node == node) || l.host == addr.host;
+            let back = if node.is_empty() || l.node.is_empty() {
+                l.host == addr.host
+            } else {
+                l.node == node
+            };
             if back {
                 tracing::info!(worker = l.id, node = %l.node, host = %l.host, "lost worker's node is back");
             }

@@ -100,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
             image: args.image,
             image_pull_policy: args.image_pull_policy,
             cluster_domain: args.cluster_domain,
+            ports: Default::default(),
             allowed_host_paths: args
                 .allowed_host_paths
                 .into_iter()

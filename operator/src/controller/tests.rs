@@ -24,6 +24,7 @@ fn context() -> (Arc<Context>, ApiHandle) {
             image: "weir.io/weir:dev".into(),
             image_pull_policy: "Never".into(),
             cluster_domain: "cluster.local".into(),
+            ports: crate::render::Ports::default(),
             allowed_host_paths: vec!["/srv".into()],
         },
         master_port: 19200,

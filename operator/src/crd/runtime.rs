@@ -284,6 +284,11 @@ pub struct CacheRuntimeStatus {
     /// The image the runtime's pods run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// With `networkMode: HostNetwork`, the first of the four host ports
+    /// its pods listen on (master, worker data, worker HTTP, FUSE metrics),
+    /// chosen once and held by no other runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port_base: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]

@@ -6,7 +6,6 @@ use super::tiers::tiers;
 use super::{RenderConfig, master_addresses, meta, names_of, typed};
 use crate::Result;
 use crate::crd::{CacheRuntime, Dataset};
-use crate::names::*;
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -36,18 +35,21 @@ pub fn config_map(ds: &Dataset, rt: &CacheRuntime, cfg: &RenderConfig) -> Result
         .collect();
     let mut master = option_values(&rt.spec.master.component.options);
     master.insert("peers".into(), json!(peers));
-    master.insert("listen".into(), json!(format!("0.0.0.0:{MASTER_PORT}")));
+    master.insert(
+        "listen".into(),
+        json!(format!("0.0.0.0:{}", cfg.ports.master)),
+    );
     master.insert("data_dir".into(), json!("/var/lib/weir/master"));
     let (tier_specs, ..) = tiers(rt)?;
     let mut worker = option_values(&rt.spec.worker.options);
     worker.insert("masters".into(), json!(master_addresses(rt, cfg)));
     worker.insert(
         "data_listen".into(),
-        json!(format!("0.0.0.0:{WORKER_DATA_PORT}")),
+        json!(format!("0.0.0.0:{}", cfg.ports.worker_data)),
     );
     worker.insert(
         "http_listen".into(),
-        json!(format!("0.0.0.0:{WORKER_HTTP_PORT}")),
+        json!(format!("0.0.0.0:{}", cfg.ports.worker_http)),
     );
     worker.insert("state_dir".into(), json!("/var/lib/weir/worker"));
     worker.insert("tiers".into(), json!(tier_specs));

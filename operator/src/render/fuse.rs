@@ -2,9 +2,7 @@
 //! its runtime, its mount on the host for the CSI plugin to bind.
 
 use super::{RenderConfig, master_addresses, merge, meta, names_of, network, scheduling, typed};
-use crate::crd::runtime::NetworkMode;
 use crate::crd::{CacheRuntime, Dataset};
-use crate::names::FUSE_METRICS_PORT;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use serde_json::json;
 
@@ -45,16 +43,10 @@ pub fn fuse_daemonset(ds: &Dataset, rt: &CacheRuntime, cfg: &RenderConfig) -> Da
             owner.gid.to_string(),
         ]);
     }
-    // On the pod network each FUSE pod has its own port space; with the
-    // host's network, two datasets' FUSE pods on one node would take the
-    // same port, so their metrics are not served.
-    let pod_network = rt.spec.network_mode != NetworkMode::HostNetwork;
-    if pod_network {
-        args.extend([
-            "--metrics-listen".to_owned(),
-            format!("0.0.0.0:{FUSE_METRICS_PORT}"),
-        ]);
-    }
+    args.extend([
+        "--metrics-listen".to_owned(),
+        format!("0.0.0.0:{}", cfg.ports.fuse_metrics),
+    ]);
     args.extend(spec.args.iter().cloned());
     let mut pod = json!({
         "containers": [{
@@ -83,10 +75,8 @@ pub fn fuse_daemonset(ds: &Dataset, rt: &CacheRuntime, cfg: &RenderConfig) -> Da
         ],
         "terminationGracePeriodSeconds": 30,
     });
-    if pod_network {
-        pod["containers"][0]["ports"] =
-            json!([{"name": "metrics", "containerPort": FUSE_METRICS_PORT}]);
-    }
+    pod["containers"][0]["ports"] =
+        json!([{"name": "metrics", "containerPort": cfg.ports.fuse_metrics}]);
     merge(&mut pod, scheduling(ds, &node_selector, &[]));
     network(rt, &mut pod);
     typed(json!({

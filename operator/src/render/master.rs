@@ -6,14 +6,13 @@ use super::mounts::data_volumes;
 use super::{RenderConfig, merge, meta, names_of, network, scheduling, typed};
 use crate::Result;
 use crate::crd::{CacheRuntime, Dataset};
-use crate::names::*;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use serde_json::json;
 
 /// The headless Service that gives masters stable names for Raft (also
 /// before they are ready: a new group must find its peers to elect).
-pub fn master_service(rt: &CacheRuntime) -> Service {
+pub fn master_service(rt: &CacheRuntime, cfg: &RenderConfig) -> Service {
     let names = names_of(rt);
     typed(json!({
         "apiVersion": "v1",
@@ -23,13 +22,13 @@ pub fn master_service(rt: &CacheRuntime) -> Service {
             "clusterIP": "None",
             "publishNotReadyAddresses": true,
             "selector": names.labels("master"),
-            "ports": [{"name": "rpc", "port": MASTER_PORT, "targetPort": MASTER_PORT}],
+            "ports": [{"name": "rpc", "port": cfg.ports.master, "targetPort": cfg.ports.master}],
         }
     }))
 }
 
 /// The Service clients use; any ready master redirects to the leader.
-pub fn client_service(rt: &CacheRuntime) -> Service {
+pub fn client_service(rt: &CacheRuntime, cfg: &RenderConfig) -> Service {
     let names = names_of(rt);
     typed(json!({
         "apiVersion": "v1",
@@ -37,7 +36,7 @@ pub fn client_service(rt: &CacheRuntime) -> Service {
         "metadata": meta(&names, names.master_client(), "master", rt),
         "spec": {
             "selector": names.labels("master"),
-            "ports": [{"name": "rpc", "port": MASTER_PORT, "targetPort": MASTER_PORT}],
+            "ports": [{"name": "rpc", "port": cfg.ports.master, "targetPort": cfg.ports.master}],
         }
     }))
 }
@@ -54,16 +53,24 @@ pub fn master_statefulset(
     volumes.push(json!({"name": "meta", "emptyDir": {}}));
     mounts.push(json!({"name": "config", "mountPath": "/etc/weir/config", "readOnly": true}));
     mounts.push(json!({"name": "meta", "mountPath": "/var/lib/weir/master"}));
+    // The Raft id comes from the pod's name: with the host's network the
+    // host name is the node's. `kubectl exec ... weir fs|admin` in the pod
+    // finds its master on whatever port the runtime has.
+    let mut env = vec![
+        json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        json!({"name": "WEIR_MASTERS", "value": format!("127.0.0.1:{}", cfg.ports.master)}),
+    ];
+    env.extend(spec.component.env.iter().map(|e| json!(e)));
     let mut pod = json!({
         "containers": [{
             "name": "master",
             "image": cfg.image,
             "imagePullPolicy": cfg.image_pull_policy,
             "args": ["master", "--config", "/etc/weir/config/master.yaml", "--id-from-hostname"],
-            "env": spec.component.env,
-            "ports": [{"name": "rpc", "containerPort": MASTER_PORT}],
-            "readinessProbe": {"httpGet": {"path": "/readyz", "port": MASTER_PORT}, "periodSeconds": 2, "failureThreshold": 2},
-            "livenessProbe": {"httpGet": {"path": "/healthz", "port": MASTER_PORT}, "periodSeconds": 10, "failureThreshold": 6},
+            "env": env,
+            "ports": [{"name": "rpc", "containerPort": cfg.ports.master}],
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": cfg.ports.master}, "periodSeconds": 2, "failureThreshold": 2},
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": cfg.ports.master}, "periodSeconds": 10, "failureThreshold": 6},
             "resources": spec.component.resources.clone().unwrap_or_default(),
             "volumeMounts": mounts,
         }],

@@ -8,12 +8,15 @@
 //! - [`tiers`]: a worker's tiered store and the volumes behind it
 //! - [`master`], [`worker`], [`fuse`]: each component's objects
 //! - [`volume`]: the dataset's PV and PVC
+//! - [`ports`]: the ports the pods listen on, a block of their own on the
+//!   host's network
 
 mod config;
 mod fuse;
 mod host_paths;
 mod master;
 mod mounts;
+pub mod ports;
 #[cfg(test)]
 mod tests;
 mod tiers;
@@ -25,12 +28,13 @@ pub use fuse::fuse_daemonset;
 pub use host_paths::{HostPathUse, check_host_paths, host_paths};
 pub use master::{client_service, master_service, master_statefulset};
 pub use mounts::{desired_mounts, mount_name};
+pub use ports::Ports;
 pub use volume::{persistent_volume, persistent_volume_claim};
 pub use worker::worker_statefulset;
 
 use crate::crd::runtime::NetworkMode;
 use crate::crd::{CacheRuntime, Dataset};
-use crate::names::{MASTER_PORT, RuntimeNames};
+use crate::names::RuntimeNames;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -44,6 +48,8 @@ pub struct RenderConfig {
     pub cluster_domain: String,
     /// Host path prefixes the cluster admin lets runtimes mount.
     pub allowed_host_paths: Vec<String>,
+    /// The ports of the runtime being rendered.
+    pub ports: Ports,
 }
 
 pub(super) fn owner(rt: &CacheRuntime) -> OwnerReference {
@@ -106,8 +112,9 @@ pub fn master_addresses(rt: &CacheRuntime, cfg: &RenderConfig) -> Vec<String> {
     (0..rt.spec.master.replicas.max(1))
         .map(|i| {
             format!(
-                "{}:{MASTER_PORT}",
-                names.master_host(i, &cfg.cluster_domain)
+                "{}:{}",
+                names.master_host(i, &cfg.cluster_domain),
+                cfg.ports.master
             )
         })
         .collect()

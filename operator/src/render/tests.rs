@@ -5,6 +5,7 @@ use super::*;
 use crate::crd::dataset::{DatasetSpec, EncryptValueSource, SecretKeyRef};
 use crate::crd::dataset::{EncryptOption, Mount, Placement};
 use crate::crd::runtime::{CacheRuntimeSpec, Level, TieredStore};
+use k8s_openapi::api::apps::v1::StatefulSet;
 use weir_api::WriteType;
 
 pub fn pair() -> (Dataset, CacheRuntime, RenderConfig) {
@@ -58,6 +59,7 @@ pub fn pair() -> (Dataset, CacheRuntime, RenderConfig) {
         image: "weir.io/weir:dev".into(),
         image_pull_policy: "Never".into(),
         cluster_domain: "cluster.local".into(),
+        ports: crate::render::Ports::default(),
         allowed_host_paths: vec!["/srv".into()],
     };
     (ds, rt, cfg)
@@ -297,4 +299,55 @@ fn the_config_digest_is_pinned_for_a_fixed_config() {
     let shifted: BTreeMap<String, String> = [("ab".to_owned(), "c".to_owned())].into();
     let other: BTreeMap<String, String> = [("a".to_owned(), "bc".to_owned())].into();
     assert_ne!(config_hash(Some(&shifted)), config_hash(Some(&other)));
+}
+
+#[test]
+fn a_host_network_runtime_listens_on_its_own_block_everywhere() {
+    let (ds, mut rt, mut cfg) = pair();
+    rt.spec.network_mode = crate::crd::runtime::NetworkMode::HostNetwork;
+    cfg.ports = Ports::from_base(20400);
+    let data = config_map(&ds, &rt, &cfg).unwrap().data.unwrap();
+    assert!(
+        data["master.yaml"].contains("0.0.0.0:20400"),
+        "{}",
+        data["master.yaml"]
+    );
+    assert!(data["master.yaml"].contains("svc.cluster.local:20400"));
+    assert!(
+        data["worker.yaml"].contains("0.0.0.0:20401")
+            && data["worker.yaml"].contains("0.0.0.0:20402")
+    );
+    let ports_of = |pod: k8s_openapi::api::core::v1::PodSpec| -> Vec<i32> {
+        assert_eq!(pod.host_network, Some(true));
+        pod.containers[0]
+            .ports
+            .clone()
+            .unwrap()
+            .iter()
+            .map(|p| p.container_port)
+            .collect()
+    };
+    let template = |sts: StatefulSet| sts.spec.unwrap().template.spec.unwrap();
+    let master = template(master_statefulset(&ds, &rt, &cfg).unwrap());
+    let env = master.containers[0].env.clone().unwrap();
+    assert!(
+        env.iter().any(|e| e.name == "POD_NAME"),
+        "the Raft id is not the node's host name"
+    );
+    assert!(
+        env.iter()
+            .any(|e| e.name == "WEIR_MASTERS" && e.value.as_deref() == Some("127.0.0.1:20400"))
+    );
+    assert_eq!(ports_of(master), vec![20400]);
+    let worker = template(worker_statefulset(&ds, &rt, &cfg).unwrap());
+    assert_eq!(ports_of(worker), vec![20401, 20402]);
+    let fuse = fuse_daemonset(&ds, &rt, &cfg)
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    assert_eq!(ports_of(fuse), vec![20403]);
+    let svc = master_service(&rt, &cfg).spec.unwrap();
+    assert_eq!(svc.ports.unwrap()[0].port, 20400);
 }

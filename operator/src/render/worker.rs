@@ -42,10 +42,10 @@ pub fn worker_statefulset(
             "args": ["worker", "--config", "/etc/weir/config/worker.yaml"],
             "env": env,
             "ports": [
-                {"name": "data", "containerPort": WORKER_DATA_PORT},
-                {"name": "http", "containerPort": WORKER_HTTP_PORT},
+                {"name": "data", "containerPort": cfg.ports.worker_data},
+                {"name": "http", "containerPort": cfg.ports.worker_http},
             ],
-            "readinessProbe": {"httpGet": {"path": "/healthz", "port": WORKER_HTTP_PORT}, "periodSeconds": 2},
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": cfg.ports.worker_http}, "periodSeconds": 2},
             "resources": spec.resources.clone().unwrap_or_default(),
             "volumeMounts": mounts,
         }],

@@ -16,10 +16,11 @@ mod status;
 use super::{apply, patch_status};
 use crate::context::{Context, condition, set_condition, short};
 use crate::crd::dataset::DatasetPhase;
-use crate::crd::runtime::{CacheRuntimeStatus, RuntimePhase};
+use crate::crd::runtime::{CacheRuntimeStatus, NetworkMode, RuntimePhase};
 use crate::crd::{CacheRuntime, Dataset};
 use crate::names::{FINALIZER_RUNTIME, MANAGER, RuntimeNames};
-use crate::render::{self, RenderConfig};
+use crate::render::ports::{HOST_PORTS, choose_base};
+use crate::render::{self, Ports, RenderConfig};
 use crate::{Error, Result};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, Pod};
@@ -28,6 +29,7 @@ use kube::api::{ListParams, Patch};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use weir_api::MountSpec;
@@ -61,6 +63,8 @@ fn phase(ready: i32, desired: i32) -> RuntimePhase {
 /// What a runtime renders to before anything is applied.
 struct Rendered {
     config: ConfigMap,
+    master_service: k8s_openapi::api::core::v1::Service,
+    client_service: k8s_openapi::api::core::v1::Service,
     masters: StatefulSet,
     workers: StatefulSet,
     mounts: Vec<MountSpec>,
@@ -110,8 +114,10 @@ async fn apply_runtime(rt: Arc<CacheRuntime>, ctx: &Context) -> Result<Action> {
         .or_else(|| step.status.image.clone())
         .unwrap_or_else(|| ctx.config.render.image.clone());
     step.status.image = Some(image.clone());
+    let ports = step.ports().await?;
     let cfg = &RenderConfig {
         image,
+        ports,
         ..ctx.config.render.clone()
     };
     let Some(rendered) = step.render(&ds, cfg).await? else {
@@ -159,6 +165,41 @@ async fn apply_runtime(rt: Arc<CacheRuntime>, ctx: &Context) -> Result<Action> {
 }
 
 impl Step<'_> {
+    /// The runtime's ports: the defaults on the pod network; on the host's,
+    /// its own block, chosen on first use among the blocks no other
+    /// runtime holds and saved in its status before anything listens.
+    async fn ports(&mut self) -> Result<Ports> {
+        if self.rt.spec.network_mode != NetworkMode::HostNetwork {
+            return Ok(Ports::default());
+        }
+        if let Some(base) = self.status.host_port_base {
+            return Ok(Ports::from_base(base));
+        }
+        // One choice at a time: two runtimes reconciled side by side must
+        // not both take the same free block.
+        let _turn = self.ctx.port_choice.lock().await;
+        let all: Api<CacheRuntime> = Api::all(self.ctx.client.clone());
+        let key = format!("{}/{}", self.names.namespace, self.names.name);
+        let taken: BTreeSet<i32> = all
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|r| format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any()) != key)
+            .filter_map(|r| r.status.as_ref()?.host_port_base)
+            .collect();
+        let base = choose_base(&key, &taken).ok_or_else(|| {
+            Error::Invalid(format!(
+                "spec.networkMode: HostNetwork: every block of host ports in {:?} is taken by another runtime",
+                HOST_PORTS
+            ))
+        })?;
+        self.status.host_port_base = Some(base);
+        self.save().await?;
+        tracing::info!(base, "host ports chosen");
+        Ok(Ports::from_base(base))
+    }
+
     fn condition(
         &mut self,
         kind: &str,
@@ -193,6 +234,8 @@ impl Step<'_> {
             render::check_host_paths(ds, rt, &cfg.allowed_host_paths)?;
             Ok::<_, Error>(Rendered {
                 config: render::config_map(ds, rt, cfg)?,
+                master_service: render::master_service(rt, cfg),
+                client_service: render::client_service(rt, cfg),
                 masters: render::master_statefulset(ds, rt, cfg)?,
                 workers: render::worker_statefulset(ds, rt, cfg)?,
                 mounts: render::desired_mounts(ds, rt)?,
@@ -245,8 +288,8 @@ impl Step<'_> {
     async fn masters_and_mounts(&mut self, rendered: &Rendered) -> Result<bool> {
         let (ctx, rt, ns) = (self.ctx, self.rt, self.names.namespace.clone());
         apply(&ctx.client, &ns, &rendered.config).await?;
-        apply(&ctx.client, &ns, &render::master_service(rt)).await?;
-        apply(&ctx.client, &ns, &render::client_service(rt)).await?;
+        apply(&ctx.client, &ns, &rendered.master_service).await?;
+        apply(&ctx.client, &ns, &rendered.client_service).await?;
         let masters = apply(&ctx.client, &ns, &rendered.masters).await?;
         let want = rt.spec.master.replicas.max(1);
         self.status.master_number_ready = ready_replicas(&masters);
