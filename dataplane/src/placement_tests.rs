@@ -60,6 +60,7 @@ fn a_client_miss_and_a_load_job_pick_the_same_worker() {
             .map(|&(id, room)| LiveWorker {
                 id,
                 host: format!("10.0.0.{id}"),
+                node: format!("n{id}"),
                 data_addr: format!("10.0.0.{id}:2"),
                 room,
             })

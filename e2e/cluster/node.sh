@@ -183,6 +183,10 @@ sed -e "s#^clientConnection: .*#clientConnection: {kubeconfig: \"$dir/kube-proxy
   "$WEIR_LAB/kube-proxy.yaml" > "$dir/kube-proxy.yaml"
 IN_NODE=$n start "$name-kube-proxy" kube-proxy --config="$dir/kube-proxy.yaml"
 
-wait_for "node $name" 90 node_ready "$name"
-for p in "${procs[@]}"; do alive "$name-$p"; done
-log "node $name up at $ip (pods $pod_cidr)"
+# WEIR_NODE_WAIT=0: started, not waited for (up.sh starts every node,
+# then waits for them together).
+if [ "${WEIR_NODE_WAIT:-1}" = 1 ]; then
+  wait_for "node $name" 90 node_ready "$name"
+  for p in "${procs[@]}"; do alive "$name-$p"; done
+fi
+log "node $name started at $ip (pods $pod_cidr)"

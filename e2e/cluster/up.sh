@@ -333,10 +333,16 @@ cat > "$WEIR_LAB/Corefile" <<EOF
 EOF
 start coredns coredns -conf "$WEIR_LAB/Corefile"
 
+# The other nodes start while this one registers; all are waited for
+# together (one after the other, each waiting for Ready, took 10 s a node).
+for n in $(seq 2 "$NODES"); do
+  WEIR_NODE_WAIT=0 "$WEIR_CLUSTER_DIR/node.sh" add "$n"
+done
 wait_for "node $WEIR_NODE" 60 sh -c "kubectl --kubeconfig '$KUBECONFIG_ADMIN' get node '$WEIR_NODE' -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
 for c in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns; do alive "$c"; done
 wait_for "default service account" 30 k get serviceaccount default -n default
 for n in $(seq 2 "$NODES"); do
-  "$WEIR_CLUSTER_DIR/node.sh" add "$n"
+  wait_for "node $(node_name "$n")" 90 node_ready "$(node_name "$n")"
+  for p in containerd kubelet kube-proxy; do alive "$(node_name "$n")-$p"; done
 done
 log "cluster up in ${SECONDS}s ($NODES node(s)): export KUBECONFIG=$KUBECONFIG_ADMIN"

@@ -96,6 +96,8 @@ async fn fuse_pod_on(ns: &TestNamespace, node: &str) -> anyhow::Result<Pod> {
 /// Bytes a FUSE client read by each way, from its `/metrics`.
 #[derive(Debug, Clone, Copy, Default)]
 struct ReadPaths {
+    short_circuit: u64,
+    passthrough_opens: u64,
     remote: u64,
     local: u64,
     ufs: u64,
@@ -109,14 +111,16 @@ fn scrape(fuse: &Pod) -> anyhow::Result<ReadPaths> {
         .ok_or_else(|| anyhow::anyhow!("the FUSE pod has no IP"))?;
     let text = http_get(&format!("{ip}:{FUSE_METRICS_PORT}"), "/metrics")
         .ok_or_else(|| anyhow::anyhow!("no /metrics from the FUSE pod at {ip}"))?;
-    let value = |path: &str| -> anyhow::Result<u64> {
-        let key = format!("weir_client_read_bytes_total{{path=\"{path}\"}} ");
+    let metric = |key: &str| -> anyhow::Result<u64> {
         text.lines()
-            .find_map(|l| l.strip_prefix(&key))
+            .find_map(|l| l.strip_prefix(key))
             .and_then(|v| v.trim().parse().ok())
             .ok_or_else(|| anyhow::anyhow!("no {key} in:\n{text}"))
     };
+    let value = |path: &str| metric(&format!("weir_client_read_bytes_total{{path=\"{path}\"}} "));
     Ok(ReadPaths {
+        short_circuit: value("short-circuit")?,
+        passthrough_opens: metric("weir_client_passthrough_opens_total ")?,
         remote: value("remote")?,
         local: value("local")?,
         ufs: value("ufs")?,
@@ -263,6 +267,29 @@ async fn reads_cross_nodes_and_outlive_a_worker() -> anyhow::Result<()> {
         assert_eq!(after.ufs, before.ufs, "not one byte from S3: {before:?} -> {after:?}");
         assert_eq!(after.local, before.local, "{reader_node}'s worker does not hold it: {before:?} -> {after:?}");
         assert_eq!(holder_nodes(ns, "/data/warm.bin")?, held, "the read left the block where it was");
+
+        // Beside the block: a pod on the holder's node reads it from the
+        // worker's file (short-circuit, or handed to the kernel whole:
+        // passthrough), not over the network.
+        pods.create(&pp, &reader_pod("beside", NAME, Some(&holder))).await?;
+        wait_running(ns, "beside").await?;
+        let near = fuse_pod_on(ns, &holder).await?;
+        let before = scrape(&near)?;
+        let sha = ns.kubectl(&["exec", "beside", "--", "sha256sum", "/data/data/warm.bin"])?;
+        assert!(sha.starts_with(&sha256_hex(&warm)), "right bytes on {holder}: {sha}");
+        let after = scrape(&near)?;
+        eprintln!("warm.bin read on its holder {holder}: {before:?} -> {after:?}");
+        assert!(
+            after.short_circuit - before.short_circuit >= warm.len() as u64
+                || after.passthrough_opens > before.passthrough_opens,
+            "read from the worker's file on {holder}: {before:?} -> {after:?}"
+        );
+        assert_eq!(
+            (after.remote, after.local, after.ufs),
+            (before.remote, before.local, before.ufs),
+            "nothing over the network"
+        );
+        drop(pods.delete("beside", &DeleteParams::default()).await);
 
         // A block no worker holds is read through a worker from S3.
         let sha = ns.kubectl(&["exec", "reader", "--", "sha256sum", "/data/data/cold.bin"])?;

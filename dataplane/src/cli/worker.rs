@@ -108,6 +108,16 @@ pub struct WorkerArgs {
     /// [default: 1000]
     #[arg(long, env = "WEIR_WORKER_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
+    /// A tier directory as the node sees it, DIR=NODE_DIR, when this
+    /// worker runs in a container: short-circuit leases then name the
+    /// node's path, which clients on the node open [default: the paths
+    /// are the node's].
+    #[arg(
+        long = "tier-host-dir",
+        env = "WEIR_WORKER_TIER_HOST_DIRS",
+        value_delimiter = ';'
+    )]
+    pub tier_host_dirs: Vec<String>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -196,6 +206,18 @@ impl WorkerArgs {
             ),
             async_cache_queue: 256,
             async_cache_threads: 4,
+            tier_host_dirs: self
+                .tier_host_dirs
+                .iter()
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| {
+                    s.split_once('=')
+                        .map(|(dir, host)| (PathBuf::from(dir), PathBuf::from(host)))
+                        .ok_or_else(|| {
+                            CliError::Usage(format!("--tier-host-dir {s:?} is not DIR=NODE_DIR"))
+                        })
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -296,6 +318,55 @@ impl FuseArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Worker {
+        #[command(flatten)]
+        args: WorkerArgs,
+    }
+
+    #[test]
+    fn leases_name_the_node_paths_of_mapped_tiers_and_no_others() {
+        use clap::Parser;
+        let parse = |extra: &[&str]| {
+            let mut argv = vec![
+                "w",
+                "--masters",
+                "m:1",
+                "--tier",
+                "MEM:/t0:1GiB",
+                "--node",
+                "n",
+            ];
+            argv.extend(extra);
+            Worker::try_parse_from(argv).unwrap().args.config()
+        };
+        let plain = parse(&[]).unwrap();
+        let p = std::path::Path::new("/t0/7.data");
+        assert_eq!(
+            plain.host_view(p),
+            Some(p.to_path_buf()),
+            "the node's own paths"
+        );
+        let mapped = parse(&[
+            "--tier-host-dir",
+            "/t0=/var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/tier-0",
+        ])
+        .unwrap();
+        assert_eq!(
+            mapped.host_view(p),
+            Some(PathBuf::from(
+                "/var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/tier-0/7.data"
+            ))
+        );
+        assert_eq!(
+            mapped.host_view(std::path::Path::new("/t1/7.data")),
+            None,
+            "an unmapped tier"
+        );
+        let bad = parse(&["--tier-host-dir", "/t0"]).unwrap_err().to_string();
+        assert!(bad.contains("DIR=NODE_DIR"), "{bad}");
+    }
 
     #[test]
     fn sizes_and_tiers_parse_and_bad_ones_are_named() {

@@ -102,17 +102,23 @@ impl FileSystem {
     }
 
     /// Whether `w` runs where this client does: on its node when both
-    /// know theirs, else on this machine.
+    /// know theirs, else on this machine. Its blocks are then read from
+    /// its data files (short-circuit): a worker in a container names them
+    /// as the node sees them.
     pub(crate) fn same_node(&self, w: &pb::WorkerAddress) -> bool {
+        self.runs_here(&w.host, &w.node)
+    }
+
+    /// [`Self::same_node`] of a worker registered as `host` on `node`.
+    pub(crate) fn runs_here(&self, host: &str, node: &str) -> bool {
         match &self.cfg.node {
-            Some(node) if !w.node.is_empty() => *node == w.node,
-            _ => self.is_local(&w.host),
+            Some(mine) if !node.is_empty() => mine == node,
+            _ => self.is_local(host),
         }
     }
 
-    /// Whether a worker registered as `host` runs on this machine, its
-    /// data files readable here (short-circuit).
-    pub(crate) fn is_local(&self, host: &str) -> bool {
+    /// Whether a worker registered as `host` runs on this machine.
+    fn is_local(&self, host: &str) -> bool {
         match &self.cfg.local_host {
             Some(h) => h == host,
             None => host == "localhost" || host.starts_with("127."),

@@ -46,15 +46,15 @@ pub struct LocalFile {
 }
 
 impl FileSystem {
-    /// The holder of `block` on this machine, unless it failed lately.
+    /// The holder of `block` on this node, unless it failed lately.
     fn local_holder(&self, block: &pb::BlockInfo) -> Option<String> {
         block
             .locations
             .iter()
             .filter_map(|l| l.worker.as_ref())
-            .map(data_addr_of)
-            .find(|(host, addr)| self.is_local(host) && !self.workers().failed_recently(addr))
-            .map(|(_, addr)| addr)
+            .filter(|w| self.same_node(w))
+            .map(data_addr)
+            .find(|addr| !self.workers().failed_recently(addr))
     }
 
     /// Takes a read lease on a block of a local worker and opens its file.
@@ -106,7 +106,7 @@ impl FileSystem {
             .locations
             .iter()
             .filter_map(|l| l.worker.as_ref())
-            .filter(|w| self.is_local(&w.host) && !self.workers().failed_recently(&data_addr(w)))
+            .filter(|w| self.same_node(w) && !self.workers().failed_recently(&data_addr(w)))
             .find(|w| holds_all(w))?;
         let ranges: Vec<(u64, u64, u64)> = blocks
             .iter()
@@ -123,10 +123,6 @@ impl FileSystem {
             _lease: lease,
         })
     }
-}
-
-fn data_addr_of(w: &pb::WorkerAddress) -> (&str, String) {
-    (w.host.as_str(), data_addr(w))
 }
 
 /// The blocks of one open file that a worker on this machine holds,

@@ -29,6 +29,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct LiveWorker {
     pub id: block::WorkerId,
     pub host: String,
+    /// The node it registered.
+    pub node: String,
     /// `host:data_port`
     pub data_addr: String,
     /// Bytes it can take before it evicts.
@@ -47,6 +49,7 @@ impl LiveWorker {
             id: addr.worker_id,
             data_addr: data_addr(&addr),
             host: addr.host,
+            node: w.node,
             room: w
                 .tiers
                 .iter()

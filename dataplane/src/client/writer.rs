@@ -123,12 +123,12 @@ impl FileSystem {
             self.set_persist(path, pb::PersistState::ToBePersisted)
                 .await?;
         }
-        // A local worker first (its copy is then read short-circuit), else
+        // A worker on this node first (its copy is then read short-circuit), else
         // the file's own worker by the placement rule's score.
         let workers = self.workers().live(self.master()).await?;
         let mut candidates: Vec<&LiveWorker> = workers.iter().collect();
         block::rank(info.id, &mut candidates, |w| w.id);
-        candidates.sort_by_key(|w| !self.is_local(&w.host));
+        candidates.sort_by_key(|w| !self.runs_here(&w.host, &w.node));
         let header = Request::Write(WriteRequest {
             file_id: info.id,
             block_size: info.block_size,

@@ -71,6 +71,25 @@ pub struct WorkerConfig {
     /// Whole blocks waiting to be cached after partial reads.
     pub async_cache_queue: usize,
     pub async_cache_threads: usize,
+    /// Where the tier directories are on the node, as `(dir, node dir)`,
+    /// when this worker sees them elsewhere (a container): short-circuit
+    /// leases then name the node's path, which a client on the node (a
+    /// FUSE pod) can open. Empty: the paths are the node's own.
+    pub tier_host_dirs: Vec<(PathBuf, PathBuf)>,
+}
+
+impl WorkerConfig {
+    /// `path` (a tier file) as a client on this node opens it; `None` when
+    /// host directories are given and none holds it (a client could not
+    /// open it, or would open another file at the same path).
+    pub fn host_view(&self, path: &std::path::Path) -> Option<PathBuf> {
+        if self.tier_host_dirs.is_empty() {
+            return Some(path.to_path_buf());
+        }
+        self.tier_host_dirs
+            .iter()
+            .find_map(|(dir, host)| path.strip_prefix(dir).ok().map(|rest| host.join(rest)))
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

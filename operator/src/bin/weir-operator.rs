@@ -19,6 +19,14 @@ struct Args {
     image_pull_policy: String,
     #[arg(long, env = "WEIR_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
+    /// The nodes' kubelet directory: FUSE pods read the node's workers'
+    /// cached blocks from the pod volumes under it.
+    #[arg(
+        long,
+        env = "WEIR_KUBELET_ROOT_DIR",
+        default_value = "/var/lib/kubelet"
+    )]
+    kubelet_root_dir: String,
     /// `/metrics` and `/healthz`.
     #[arg(
         long,
@@ -101,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
             image_pull_policy: args.image_pull_policy,
             cluster_domain: args.cluster_domain,
             ports: Default::default(),
+            kubelet_root_dir: args.kubelet_root_dir,
             allowed_host_paths: args
                 .allowed_host_paths
                 .into_iter()

@@ -25,6 +25,7 @@ fn context() -> (Arc<Context>, ApiHandle) {
             image_pull_policy: "Never".into(),
             cluster_domain: "cluster.local".into(),
             ports: crate::render::Ports::default(),
+            kubelet_root_dir: "/var/lib/kubelet".into(),
             allowed_host_paths: vec!["/srv".into()],
         },
         master_port: 19200,

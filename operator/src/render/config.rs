@@ -40,7 +40,7 @@ pub fn config_map(ds: &Dataset, rt: &CacheRuntime, cfg: &RenderConfig) -> Result
         json!(format!("0.0.0.0:{}", cfg.ports.master)),
     );
     master.insert("data_dir".into(), json!("/var/lib/weir/master"));
-    let (tier_specs, ..) = tiers(rt)?;
+    let tier_specs = tiers(rt, &cfg.kubelet_root_dir)?.specs;
     let mut worker = option_values(&rt.spec.worker.options);
     worker.insert("masters".into(), json!(master_addresses(rt, cfg)));
     worker.insert(

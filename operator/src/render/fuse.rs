@@ -48,6 +48,7 @@ pub fn fuse_daemonset(ds: &Dataset, rt: &CacheRuntime, cfg: &RenderConfig) -> Da
         format!("0.0.0.0:{}", cfg.ports.fuse_metrics),
     ]);
     args.extend(spec.args.iter().cloned());
+    let kubelet_pods = format!("{}/pods", cfg.kubelet_root_dir.trim_end_matches('/'));
     let mut pod = json!({
         "containers": [{
             "name": "fuse",
@@ -65,6 +66,14 @@ pub fn fuse_daemonset(ds: &Dataset, rt: &CacheRuntime, cfg: &RenderConfig) -> Da
             }, {
                 "name": "fd-holder",
                 "mountPath": FUSE_FD_HOLDER_DIR,
+            }, {
+                // The node's pod volumes, read-only, where the workers' tier
+                // files are: blocks of this node's worker are read from them
+                // (short-circuit, passthrough) instead of over the network.
+                "name": "kubelet-pods",
+                "mountPath": kubelet_pods,
+                "readOnly": true,
+                "mountPropagation": "HostToContainer",
             }],
             // Ready once the FUSE mount is there, not just its directory.
             "readinessProbe": {"exec": {"command": ["sh", "-c", format!("grep -q ' {} fuse' /proc/self/mounts", names.host_mount_path())]}, "periodSeconds": 2},
@@ -72,6 +81,7 @@ pub fn fuse_daemonset(ds: &Dataset, rt: &CacheRuntime, cfg: &RenderConfig) -> Da
         "volumes": [
             {"name": "mnt", "hostPath": {"path": names.host_mount_dir(), "type": "DirectoryOrCreate"}},
             {"name": "fd-holder", "hostPath": {"path": FUSE_FD_HOLDER_DIR, "type": "DirectoryOrCreate"}},
+            {"name": "kubelet-pods", "hostPath": {"path": kubelet_pods, "type": "Directory"}},
         ],
         "terminationGracePeriodSeconds": 30,
     });

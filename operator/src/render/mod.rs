@@ -50,6 +50,8 @@ pub struct RenderConfig {
     pub allowed_host_paths: Vec<String>,
     /// The ports of the runtime being rendered.
     pub ports: Ports,
+    /// The nodes' kubelet directory (emptyDir volumes live under it).
+    pub kubelet_root_dir: String,
 }
 
 pub(super) fn owner(rt: &CacheRuntime) -> OwnerReference {

@@ -60,6 +60,7 @@ pub fn pair() -> (Dataset, CacheRuntime, RenderConfig) {
         image_pull_policy: "Never".into(),
         cluster_domain: "cluster.local".into(),
         ports: crate::render::Ports::default(),
+        kubelet_root_dir: "/var/lib/kubelet".into(),
         allowed_host_paths: vec!["/srv".into()],
     };
     (ds, rt, cfg)
@@ -301,6 +302,19 @@ fn the_config_digest_is_pinned_for_a_fixed_config() {
     assert_ne!(config_hash(Some(&shifted)), config_hash(Some(&other)));
 }
 
+fn fuse_pod(
+    ds: &Dataset,
+    rt: &CacheRuntime,
+    cfg: &RenderConfig,
+) -> k8s_openapi::api::core::v1::PodSpec {
+    fuse_daemonset(ds, rt, cfg)
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+}
+
 #[test]
 fn a_host_network_runtime_listens_on_its_own_block_everywhere() {
     let (ds, mut rt, mut cfg) = pair();
@@ -341,13 +355,46 @@ fn a_host_network_runtime_listens_on_its_own_block_everywhere() {
     assert_eq!(ports_of(master), vec![20400]);
     let worker = template(worker_statefulset(&ds, &rt, &cfg).unwrap());
     assert_eq!(ports_of(worker), vec![20401, 20402]);
-    let fuse = fuse_daemonset(&ds, &rt, &cfg)
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap();
+    let fuse = fuse_pod(&ds, &rt, &cfg);
     assert_eq!(ports_of(fuse), vec![20403]);
     let svc = master_service(&rt, &cfg).spec.unwrap();
     assert_eq!(svc.ports.unwrap()[0].port, 20400);
+}
+
+#[test]
+fn fuse_pods_see_the_node_paths_the_workers_name_for_their_tiers() {
+    let (ds, mut rt, cfg) = pair();
+    rt.spec.tieredstore.levels.push(Level {
+        quota: "10Gi".into(),
+        high: 0.9,
+        low: 0.7,
+        volume_type: crate::crd::runtime::VolumeType::HostPath,
+        path: Some("/mnt/ssd".into()),
+        ..Default::default()
+    });
+    let worker = worker_statefulset(&ds, &rt, &cfg).unwrap();
+    let env = worker.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let at = |name: &str| env.iter().position(|e| e.name == name).unwrap();
+    // Kubernetes expands $(VAR) only from variables defined before it.
+    assert!(at("POD_UID") < at("WEIR_WORKER_TIER_HOST_DIRS"));
+    assert!(at("POD_NAME") < at("WEIR_WORKER_TIER_HOST_DIRS"));
+    let dirs = env[at("WEIR_WORKER_TIER_HOST_DIRS")].value.clone().unwrap();
+    assert_eq!(
+        dirs,
+        "/var/lib/weir/tier/0=/var/lib/kubelet/pods/$(POD_UID)/volumes/kubernetes.io~empty-dir/tier-0;\
+         /var/lib/weir/tier/1/0=/mnt/ssd/$(POD_NAMESPACE)-$(POD_NAME)"
+    );
+    let fuse = fuse_pod(&ds, &rt, &cfg);
+    let mount = fuse.containers[0]
+        .volume_mounts
+        .clone()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "kubelet-pods")
+        .unwrap();
+    assert_eq!(mount.mount_path, "/var/lib/kubelet/pods");
+    assert_eq!(mount.read_only, Some(true));
 }

@@ -1,17 +1,31 @@
-//! A worker's tiered store as `weir worker --tier` takes it, and the
-//! volumes (host paths, emptyDirs, ephemeral claims) behind its tiers.
+//! A worker's tiered store as `weir worker --tier` takes it, the volumes
+//! (host paths, emptyDirs, ephemeral claims) behind its tiers, and where
+//! the node sees each tier directory (so FUSE pods on the node can read
+//! cached blocks from their files: short-circuit).
 
 use crate::crd::CacheRuntime;
 use crate::crd::runtime::{MediumType, VolumeType};
 use crate::{Error, Result, quantity};
 use serde_json::{Value, json};
 
-/// The tiers of a worker as `weir worker --tier` takes them, and the
-/// volumes behind them.
-pub(super) fn tiers(rt: &CacheRuntime) -> Result<(Vec<String>, Vec<Value>, Vec<Value>)> {
+/// A worker's tiers: `weir worker --tier` specs, the volumes and mounts
+/// behind them, and `DIR=NODE_DIR` for each directory the node sees
+/// (`weir worker --tier-host-dir`; none for an ephemeral claim, whose path
+/// on the node depends on its storage driver).
+pub(super) struct Tiers {
+    pub specs: Vec<String>,
+    pub volumes: Vec<Value>,
+    pub mounts: Vec<Value>,
+    pub node_dirs: Vec<String>,
+}
+
+/// The tiers of a worker; `kubelet_root` is the nodes' kubelet directory,
+/// under which emptyDir volumes live.
+pub(super) fn tiers(rt: &CacheRuntime, kubelet_root: &str) -> Result<Tiers> {
     let mut specs = Vec::new();
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
+    let mut node_dirs = Vec::new();
     for (i, level) in rt.spec.tieredstore.levels.iter().enumerate() {
         let field = format!("spec.tieredstore.levels[{i}]");
         let quota = quantity::bytes(&level.quota)
@@ -56,6 +70,10 @@ pub(super) fn tiers(rt: &CacheRuntime) -> Result<(Vec<String>, Vec<Value>, Vec<V
                     // host path, named by its namespace and pod name.
                     volumes.push(json!({"name": vol, "hostPath": {"path": host, "type": "DirectoryOrCreate"}}));
                     mounts.push(json!({"name": vol, "mountPath": dir, "subPathExpr": "$(POD_NAMESPACE)-$(POD_NAME)"}));
+                    node_dirs.push(format!(
+                        "{dir}={}/$(POD_NAMESPACE)-$(POD_NAME)",
+                        host.trim_end_matches('/')
+                    ));
                     dirs.push(dir);
                 }
             }
@@ -68,6 +86,10 @@ pub(super) fn tiers(rt: &CacheRuntime) -> Result<(Vec<String>, Vec<Value>, Vec<V
                 }
                 volumes.push(json!({"name": vol, "emptyDir": empty}));
                 mounts.push(json!({"name": vol, "mountPath": dir}));
+                node_dirs.push(format!(
+                    "{dir}={}/pods/$(POD_UID)/volumes/kubernetes.io~empty-dir/{vol}",
+                    kubelet_root.trim_end_matches('/')
+                ));
                 dirs.push(dir);
             }
             VolumeType::Ephemeral => {
@@ -94,5 +116,10 @@ pub(super) fn tiers(rt: &CacheRuntime) -> Result<(Vec<String>, Vec<Value>, Vec<V
             level.low
         ));
     }
-    Ok((specs, volumes, mounts))
+    Ok(Tiers {
+        specs,
+        volumes,
+        mounts,
+        node_dirs,
+    })
 }

@@ -20,9 +20,9 @@ pub fn worker_statefulset(
     let names = names_of(rt);
     let spec = &rt.spec.worker;
     let (mut volumes, mut mounts) = data_volumes(ds, rt)?;
-    let (_, tier_volumes, tier_mounts) = tiers(rt)?;
-    volumes.extend(tier_volumes);
-    mounts.extend(tier_mounts);
+    let tiers = tiers(rt, &cfg.kubelet_root_dir)?;
+    volumes.extend(tiers.volumes);
+    mounts.extend(tiers.mounts);
     volumes.push(json!({"name": "config", "configMap": {"name": names.config()}}));
     volumes.push(json!({"name": "state", "emptyDir": {}}));
     mounts.push(json!({"name": "config", "mountPath": "/etc/weir/config", "readOnly": true}));
@@ -32,6 +32,10 @@ pub fn worker_statefulset(
         json!({"name": "WEIR_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}),
         json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
         json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
+        json!({"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}),
+        // After the three above, which it names: FUSE pods on the node open
+        // cached blocks at these paths (short-circuit).
+        json!({"name": "WEIR_WORKER_TIER_HOST_DIRS", "value": tiers.node_dirs.join(";")}),
     ];
     env.extend(spec.env.iter().map(|e| json!(e)));
     let mut pod = json!({

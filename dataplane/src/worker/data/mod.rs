@@ -211,11 +211,15 @@ impl ConnectionLeases {
         block: u64,
         out: &mut W,
     ) -> WorkerResult<()> {
-        let Some(lease) = worker.store.lease(block) else {
+        let leased = worker.store.lease(block).and_then(|lease| {
+            let path = worker.config.host_view(&lease.path)?;
+            Some((lease, path))
+        });
+        let Some((lease, path)) = leased else {
             return reply_err(out, &WorkerError::Store(StoreError::NotFound(block))).await;
         };
         let resp = Response::Leased {
-            path: lease.path.to_string_lossy().into_owned(),
+            path: path.to_string_lossy().into_owned(),
             offset: lease.offset,
             len: lease.len,
         };
@@ -233,12 +237,16 @@ impl ConnectionLeases {
         length: u64,
         out: &mut W,
     ) -> WorkerResult<()> {
-        let Some(file) = worker.store.lease_file(blocks, length) else {
+        let leased = worker.store.lease_file(blocks, length).and_then(|file| {
+            let path = worker.config.host_view(&file.path)?;
+            Some((file, path))
+        });
+        let Some((file, path)) = leased else {
             let first = blocks.first().map_or(0, |b| b.0);
             return reply_err(out, &WorkerError::Store(StoreError::NotFound(first))).await;
         };
         let resp = Response::LeasedFile {
-            path: file.path.to_string_lossy().into_owned(),
+            path: path.to_string_lossy().into_owned(),
         };
         for lease in file.leases {
             self.0.entry(lease.block()).or_default().push(lease);
