@@ -211,7 +211,7 @@ async fn reads_cross_nodes_and_outlive_a_worker() -> anyhow::Result<()> {
         let nodes = ns.bed.node_names()?;
         assert!(nodes.len() >= 3, "three nodes are needed (make test brings them up): {nodes:?}");
         install_crds(ns).await?;
-        let _release = HelmRelease::install(&ns.bed, &ns.name, &[])?;
+        let _release = HelmRelease::install(&ns.bed, &ns.name, &["webhook.avoidCacheNodes=true"])?;
         let s3 = BridgeS3::start("far")?;
         let warm = bytes(6 << 20, 3);
         let cold = bytes(5 << 20, 4);
@@ -672,6 +672,34 @@ async fn pods_are_steered_to_their_cache(ns: &TestNamespace, s3: &BridgeS3) -> a
             .contains_key("data.weir.io/scheduled-near"),
         "not marked as steered"
     );
+    // A pod that uses no dataset (`webhook.avoidCacheNodes`) prefers nodes
+    // without a cache worker: every node has one here (the far runtime's
+    // three and near's), so the preference names all of them and the pod
+    // is scheduled all the same.
+    let plain: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "plain"},
+        "spec": {"containers": [{"name": "app", "image": "weir.io/e2e:dev", "imagePullPolicy": "Never",
+            "command": ["sleep", "3600"]}], "terminationGracePeriodSeconds": 0},
+    }))?;
+    pods.create(&pp, &plain).await?;
+    let plain = pods.get("plain").await?;
+    let annotations = plain.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("data.weir.io/scheduled-away-from-cache")
+            .map(String::as_str),
+        Some("true")
+    );
+    let away = serde_json::to_value(plain.spec.and_then(|s| s.affinity))?;
+    let mut every = ns.bed.node_names()?;
+    every.sort();
+    assert_eq!(
+        away["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["preference"]["matchExpressions"]
+            [0],
+        json!({"key": "kubernetes.io/hostname", "operator": "NotIn", "values": every}),
+        "the cache nodes of every runtime"
+    );
+    scheduled_node(ns, "plain").await?;
     // The webhook down (no operator pod at all): a pod is created all the
     // same, only not steered.
     ns.kubectl(&["scale", "deployment", "weir-operator", "--replicas=0"])?;

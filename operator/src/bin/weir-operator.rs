@@ -73,6 +73,10 @@ struct Args {
     /// The MutatingWebhookConfiguration whose caBundle the operator keeps.
     #[arg(long, default_value = "weir-scheduling")]
     webhook_configuration: String,
+    /// Give pods that use no dataset a preference for the nodes that run no
+    /// cache worker.
+    #[arg(long, env = "WEIR_WEBHOOK_AVOID_CACHE_NODES")]
+    webhook_avoid_cache_nodes: bool,
     /// Life of a serving certificate; a new one is made after two thirds.
     #[arg(long, default_value_t = 365)]
     webhook_cert_days: i64,
@@ -135,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
     let service = format!("{}.{namespace}.svc", args.webhook_service);
     let webhook = WebhookConfig {
         listen,
+        avoid_cache_nodes: args.webhook_avoid_cache_nodes,
         cert: CertSettings {
             dns_names: vec![
                 service.clone(),

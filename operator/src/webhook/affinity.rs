@@ -1,8 +1,10 @@
 //! What the scheduling webhook changes in a pod, as a pure function of the
 //! pod and of where its datasets' caches are: a preferred node affinity for
 //! the nodes running those caches' workers, and a weaker one for their
-//! zones. A preference, never a requirement: a pod still runs when the
-//! cache nodes are full. A pod that states its own node affinity keeps it
+//! zones; optionally, pods that use no dataset get a preference for the
+//! other nodes, leaving the cache nodes' memory and network to the readers.
+//! A preference, never a requirement: a pod still runs when the preferred
+//! nodes are full. A pod that states its own node affinity keeps it
 //! untouched.
 
 use k8s_openapi::api::core::v1::Pod;
@@ -15,8 +17,11 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Put on a pod the webhook steered, naming the datasets it was steered
 /// toward, so `kubectl describe pod` says why it landed where it did.
 pub const STEERED_ANNOTATION: &str = "data.weir.io/scheduled-near";
+/// Put on a pod that uses no dataset and was steered off the cache nodes.
+pub const AVOIDED_ANNOTATION: &str = "data.weir.io/scheduled-away-from-cache";
 const NODE_WEIGHT: i32 = 100;
 const ZONE_WEIGHT: i32 = 50;
+const AWAY_WEIGHT: i32 = 50;
 
 /// Where a pod's datasets are cached.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -75,21 +80,43 @@ pub fn patch(pod: &Pod, cache: &CacheNodes) -> Option<Vec<Value>> {
             }]},
         }));
     }
+    let names = cache.datasets.iter().cloned().collect::<Vec<_>>().join(",");
+    Some(ops(pod, preferred, STEERED_ANNOTATION, names))
+}
+
+/// The JSON patch giving `pod`, which uses no dataset, a preference for
+/// the nodes that run no cache worker (`cache_hostnames`), or `None`.
+pub fn patch_away(pod: &Pod, cache_hostnames: &BTreeSet<String>) -> Option<Vec<Value>> {
+    if cache_hostnames.is_empty() || left_alone(pod).is_some() {
+        return None;
+    }
+    let preferred = vec![json!({
+        "weight": AWAY_WEIGHT,
+        "preference": {"matchExpressions": [{
+            "key": HOSTNAME_LABEL, "operator": "NotIn", "values": cache_hostnames,
+        }]},
+    })];
+    Some(ops(pod, preferred, AVOIDED_ANNOTATION, "true".into()))
+}
+
+/// The node affinity `preferred`, and `annotation: value`, added to `pod`
+/// whatever it already has of either.
+fn ops(pod: &Pod, preferred: Vec<Value>, annotation: &str, value: String) -> Vec<Value> {
     let node_affinity = json!({"preferredDuringSchedulingIgnoredDuringExecution": preferred});
     let has_affinity = pod.spec.as_ref().is_some_and(|s| s.affinity.is_some());
-    let mut ops = vec![if has_affinity {
-        json!({"op": "add", "path": "/spec/affinity/nodeAffinity", "value": node_affinity})
-    } else {
-        json!({"op": "add", "path": "/spec/affinity", "value": {"nodeAffinity": node_affinity}})
-    }];
-    let names = cache.datasets.iter().cloned().collect::<Vec<_>>().join(",");
-    ops.push(if pod.metadata.annotations.is_some() {
-        // `/` in a key is `~1` in a JSON pointer.
-        json!({"op": "add", "path": format!("/metadata/annotations/{}", STEERED_ANNOTATION.replace('/', "~1")), "value": names})
-    } else {
-        json!({"op": "add", "path": "/metadata/annotations", "value": {STEERED_ANNOTATION: names}})
-    });
-    Some(ops)
+    vec![
+        if has_affinity {
+            json!({"op": "add", "path": "/spec/affinity/nodeAffinity", "value": node_affinity})
+        } else {
+            json!({"op": "add", "path": "/spec/affinity", "value": {"nodeAffinity": node_affinity}})
+        },
+        if pod.metadata.annotations.is_some() {
+            // `/` in a key is `~1` in a JSON pointer.
+            json!({"op": "add", "path": format!("/metadata/annotations/{}", annotation.replace('/', "~1")), "value": value})
+        } else {
+            json!({"op": "add", "path": "/metadata/annotations", "value": {annotation: value}})
+        },
+    ]
 }
 
 #[cfg(test)]
@@ -186,6 +213,31 @@ mod tests {
         let annotations = steered.metadata.annotations.unwrap();
         assert_eq!(annotations["team"], "vision");
         assert_eq!(annotations[STEERED_ANNOTATION], "imagenet");
+    }
+
+    #[test]
+    fn a_pod_using_no_dataset_may_be_kept_off_cache_nodes() {
+        let mut p = pod(json!({}));
+        p.spec.as_mut().unwrap().volumes = None;
+        let cache: BTreeSet<String> = ["n1".to_owned()].into();
+        let steered = apply(&p, patch_away(&p, &cache).unwrap());
+        let term = &steered
+            .spec
+            .unwrap()
+            .affinity
+            .unwrap()
+            .node_affinity
+            .unwrap()
+            .preferred_during_scheduling_ignored_during_execution
+            .unwrap()[0];
+        let e = &term.preference.match_expressions.as_ref().unwrap()[0];
+        assert_eq!((term.weight, e.operator.as_str()), (50, "NotIn"));
+        assert_eq!(e.values, Some(vec!["n1".to_owned()]));
+        assert_eq!(
+            steered.metadata.annotations.unwrap()[AVOIDED_ANNOTATION],
+            "true"
+        );
+        assert_eq!(patch_away(&p, &BTreeSet::new()), None, "no cache nodes");
     }
 
     #[test]

@@ -30,6 +30,9 @@ const CERT_RETRY: Duration = Duration::from_secs(5);
 pub struct WebhookConfig {
     pub listen: SocketAddr,
     pub cert: CertSettings,
+    /// Give pods that use no dataset a preference for nodes without a
+    /// cache worker.
+    pub avoid_cache_nodes: bool,
 }
 
 /// Serves the webhook and keeps its certificate current, until an error
@@ -52,7 +55,7 @@ pub async fn run(config: WebhookConfig, client: Client) -> Result<()> {
             }
         })
     };
-    let served = server::serve(config.listen, slot, client).await;
+    let served = server::serve(config.listen, slot, client, config.avoid_cache_nodes).await;
     keeper.abort();
     served
 }

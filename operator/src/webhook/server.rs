@@ -1,7 +1,8 @@
 //! The webhook's HTTPS endpoint: `POST /mutate-pods` takes an
 //! AdmissionReview of a pod being created, finds the Weir datasets among
 //! its claims and the nodes their workers run on, and answers with the
-//! patch of [`super::affinity`]. It never refuses a pod: anything it
+//! patch of [`super::affinity`] (or, asked to, steers a pod that uses no
+//! dataset off the cache nodes). It never refuses a pod: anything it
 //! cannot work out (a lookup fails, the body is odd) admits the pod as it
 //! came, and the apiserver is told to ignore the webhook when it is down.
 
@@ -18,6 +19,7 @@ use kube::api::ListParams;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::{Api, Client};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,8 +64,21 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+/// What the handler needs: the API, and whether pods that use no dataset
+/// are kept off cache nodes.
+#[derive(Clone)]
+struct Steering {
+    client: Client,
+    avoid_cache_nodes: bool,
+}
+
 /// Serves the webhook on `addr` with the certificate in `slot`.
-pub async fn serve(addr: SocketAddr, slot: Arc<CertSlot>, client: Client) -> Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    slot: Arc<CertSlot>,
+    client: Client,
+    avoid_cache_nodes: bool,
+) -> Result<()> {
     let tcp = TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Webhook(format!("binding {addr}: {e}")))?;
@@ -77,8 +92,11 @@ pub async fn serve(addr: SocketAddr, slot: Arc<CertSlot>, client: Client) -> Res
     };
     let app = Router::new()
         .route("/mutate-pods", post(mutate))
-        .with_state(client);
-    tracing::info!(%addr, "serving the scheduling webhook");
+        .with_state(Steering {
+            client,
+            avoid_cache_nodes,
+        });
+    tracing::info!(%addr, avoid_cache_nodes, "serving the scheduling webhook");
     axum::serve(listener, app)
         .await
         .map_err(|e| Error::Webhook(format!("serving {addr}: {e}")))
@@ -86,7 +104,7 @@ pub async fn serve(addr: SocketAddr, slot: Arc<CertSlot>, client: Client) -> Res
 
 #[tracing::instrument(skip_all, fields(pod, namespace))]
 async fn mutate(
-    State(client): State<Client>,
+    State(steering): State<Steering>,
     Json(review): Json<AdmissionReview<Pod>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
     let request: AdmissionRequest<Pod> = match review.try_into() {
@@ -115,21 +133,14 @@ async fn mutate(
         tracing::debug!(why, "pod left as it is");
         return Json(allowed.into_review());
     }
-    let claims = affinity::claims(pod);
-    if claims.is_empty() {
-        return Json(allowed.into_review());
-    }
-    let cache = match cache_nodes(&client, namespace, &claims).await {
-        Ok(c) => c,
+    let ops = match steer(&steering, pod, namespace).await {
+        Ok(Some(ops)) => ops,
+        Ok(None) => return Json(allowed.into_review()),
         Err(e) => {
             tracing::warn!(error = %e, "could not find the cache nodes; pod admitted as it is");
             return Json(allowed.into_review());
         }
     };
-    let Some(ops) = affinity::patch(pod, &cache) else {
-        return Json(allowed.into_review());
-    };
-    tracing::info!(datasets = ?cache.datasets, nodes = ?cache.hostnames, "pod steered toward its cache");
     let patched = serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(ops))
         .map_err(|e| e.to_string())
         .and_then(|p| allowed.clone().with_patch(p).map_err(|e| e.to_string()));
@@ -145,13 +156,77 @@ async fn mutate(
     )
 }
 
+/// The patch for `pod`: toward its datasets' cache nodes; when it uses no
+/// dataset and that is asked for, away from every cache node.
+async fn steer(
+    steering: &Steering,
+    pod: &Pod,
+    namespace: &str,
+) -> Result<Option<Vec<serde_json::Value>>> {
+    let client = &steering.client;
+    let cache = cache_nodes(client, namespace, &affinity::claims(pod)).await?;
+    if !cache.datasets.is_empty() {
+        let ops = affinity::patch(pod, &cache);
+        if ops.is_some() {
+            tracing::info!(datasets = ?cache.datasets, nodes = ?cache.hostnames, "pod steered toward its cache");
+        }
+        return Ok(ops);
+    }
+    if !steering.avoid_cache_nodes {
+        return Ok(None);
+    }
+    let workers: Api<Pod> = Api::all(client.clone());
+    let running = workers
+        .list(&ListParams::default().labels(CACHE_WORKERS))
+        .await?
+        .items;
+    let (hostnames, _) = hostnames_and_zones(client, running_nodes(running)).await?;
+    let ops = affinity::patch_away(pod, &hostnames);
+    if ops.is_some() {
+        tracing::info!(nodes = ?hostnames, "pod that uses no dataset steered off the cache nodes");
+    }
+    Ok(ops)
+}
+
+/// Every Weir worker pod, of any runtime.
+const CACHE_WORKERS: &str = "app.kubernetes.io/name=weir,app.kubernetes.io/component=worker,app.kubernetes.io/managed-by=weir-operator";
+
+/// The nodes the running ones of `pods` are on.
+fn running_nodes(pods: Vec<Pod>) -> BTreeSet<String> {
+    pods.into_iter()
+        .filter_map(|p| {
+            let running = p.status.as_ref()?.phase.as_deref() == Some("Running");
+            running.then(|| p.spec?.node_name).flatten()
+        })
+        .collect()
+}
+
+/// The `kubernetes.io/hostname` and zone labels of `nodes`.
+async fn hostnames_and_zones(
+    client: &Client,
+    nodes: BTreeSet<String>,
+) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
+    let api: Api<Node> = Api::all(client.clone());
+    let (mut hostnames, mut zones) = (BTreeSet::new(), BTreeSet::new());
+    for name in nodes {
+        let Some(node) = api.get_opt(&name).await? else {
+            continue;
+        };
+        let labels = node.metadata.labels.unwrap_or_default();
+        hostnames.insert(labels.get(HOSTNAME_LABEL).cloned().unwrap_or(name));
+        if let Some(zone) = labels.get(ZONE_LABEL) {
+            zones.insert(zone.clone());
+        }
+    }
+    Ok((hostnames, zones))
+}
+
 /// The Weir datasets among `claims` and where their workers run.
 async fn cache_nodes(client: &Client, namespace: &str, claims: &[String]) -> Result<CacheNodes> {
     let datasets: Api<Dataset> = Api::namespaced(client.clone(), namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let nodes: Api<Node> = Api::all(client.clone());
     let mut cache = CacheNodes::default();
-    let mut node_names = std::collections::BTreeSet::new();
+    let mut nodes = BTreeSet::new();
     for claim in claims {
         if datasets.get_opt(claim).await?.is_none() {
             continue;
@@ -163,22 +238,8 @@ async fn cache_nodes(client: &Client, namespace: &str, claims: &[String]) -> Res
                     .labels(&RuntimeNames::new(namespace, claim).selector("worker")),
             )
             .await?;
-        node_names.extend(workers.items.into_iter().filter_map(|p| {
-            let running = p.status.as_ref()?.phase.as_deref() == Some("Running");
-            running.then(|| p.spec?.node_name).flatten()
-        }));
+        nodes.extend(running_nodes(workers.items));
     }
-    for name in node_names {
-        let Some(node) = nodes.get_opt(&name).await? else {
-            continue;
-        };
-        let labels = node.metadata.labels.unwrap_or_default();
-        cache
-            .hostnames
-            .insert(labels.get(HOSTNAME_LABEL).cloned().unwrap_or(name));
-        if let Some(zone) = labels.get(ZONE_LABEL) {
-            cache.zones.insert(zone.clone());
-        }
-    }
+    (cache.hostnames, cache.zones) = hostnames_and_zones(client, nodes).await?;
     Ok(cache)
 }
