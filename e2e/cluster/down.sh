@@ -56,21 +56,8 @@ pkill -KILL -f "^$WEIR_BIN/(kube-|kubelet|coredns)" 2>/dev/null
 pkill -KILL -f "etcd --name weir-lab " 2>/dev/null
 pkill -KILL -f "containerd --config $WEIR_LAB/" 2>/dev/null
 
-# A FUSE mount whose daemon is gone while something still holds its
-# descriptor answers nothing, and umount (which stats its target first)
-# would wait for it forever: end the connections of FUSE mounts here first.
-abort_fuse_under() {
-  local dir=$1
-  mountpoint -q /sys/fs/fuse/connections || mount -t fusectl none /sys/fs/fuse/connections 2>/dev/null || return 0
-  awk -v d="$dir" '{
-    for (i = 7; i <= NF; i++) if ($i == "-") { fs = $(i + 1); break }
-    if ((fs == "fuse" || fs ~ /^fuse\./) && index($5, d) == 1) { split($3, dev, ":"); print dev[2] }
-  }' /proc/self/mountinfo | sort -u | while read -r minor; do
-    if [ -w "/sys/fs/fuse/connections/$minor/abort" ]; then
-      echo 1 > "/sys/fs/fuse/connections/$minor/abort" && log "ended FUSE connection $minor"
-    fi
-  done
-}
+# Umount (which stats its target first) would wait forever on a FUSE mount
+# nobody answers (lib.sh, abort_fuse_under).
 abort_fuse_under "$WEIR_KUBELET_DIR"
 abort_fuse_under /var/lib/weir
 

@@ -80,3 +80,22 @@ write_cni_conf() {
 }
 EOF
 }
+
+# abort_fuse_under DIR [MOUNTINFO]: ends the connections of the FUSE mounts
+# under DIR in a mount table (this namespace's by default). A mount whose
+# daemon is gone while something still holds its /dev/fuse descriptor (the
+# CSI plugin keeps one for FUSE restarts) answers nothing: a process blocked
+# on it, even killed, never exits, and the holder's descriptor is closed
+# only when it does.
+abort_fuse_under() {
+  local dir=$1 table=${2:-/proc/self/mountinfo}
+  mountpoint -q /sys/fs/fuse/connections || mount -t fusectl none /sys/fs/fuse/connections 2>/dev/null || return 0
+  awk -v d="$dir" '{
+    for (i = 7; i <= NF; i++) if ($i == "-") { fs = $(i + 1); break }
+    if ((fs == "fuse" || fs ~ /^fuse\./) && index($5, d) == 1) { split($3, dev, ":"); print dev[2] }
+  }' "$table" | sort -u | while read -r minor; do
+    if [ -w "/sys/fs/fuse/connections/$minor/abort" ]; then
+      echo 1 > "/sys/fs/fuse/connections/$minor/abort" && log "ended FUSE connection $minor"
+    fi
+  done
+}

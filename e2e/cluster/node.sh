@@ -56,6 +56,20 @@ remove() (
     sleep 0.2
   done
   pkill -KILL -f "containerd-shim.*-address $sock" 2>/dev/null || true
+  # A killed process blocked on a FUSE mount of this node whose daemon is
+  # gone stays until its connection ends (lib.sh, abort_fuse_under).
+  if [ -e "$dir/mntns" ]; then
+    table=$(mktemp)
+    nsenter --mount="$dir/mntns" cat /proc/self/mountinfo > "$table" 2>/dev/null
+    for under in "$WEIR_KUBELET_DIR" /var/lib/weir; do abort_fuse_under "$under" "$table"; done
+    rm -f "$table"
+    for _ in $(seq 20); do
+      pids=$(find /sys/fs/cgroup/*/"$cgroup" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)
+      [ -z "$pids" ] && break
+      kill -KILL $pids 2>/dev/null
+      sleep 0.1
+    done
+  fi
   for sub in /sys/fs/cgroup/*/; do
     [ -d "$sub$cgroup" ] && find "$sub$cgroup" -depth -type d -exec rmdir {} \; 2>/dev/null
   done
