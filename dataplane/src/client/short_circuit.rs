@@ -136,6 +136,9 @@ pub struct LocalBlocks {
     length: u64,
     /// Block index -> its lease, or `None` when no local worker had it.
     leased: Mutex<HashMap<usize, Option<Arc<LocalBlock>>>>,
+    /// Blocks whose local holder refused the lease (a tier its files are
+    /// not reachable from here): not asked again on every read.
+    refused: Mutex<std::collections::HashSet<usize>>,
 }
 
 impl LocalBlocks {
@@ -147,6 +150,7 @@ impl LocalBlocks {
             block_size: info.block_size.max(1),
             length: info.length,
             leased: Mutex::new(HashMap::new()),
+            refused: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -172,12 +176,18 @@ impl LocalBlocks {
     /// locations may be fresher than the file's at open), leased on first
     /// use.
     pub async fn get(&self, index: usize, block: &pb::BlockInfo) -> Option<Arc<LocalBlock>> {
+        if self.refused.lock().expect("refused").contains(&index) {
+            return None;
+        }
         if let Some(known) = self.known(index)
             && (known.is_some() || self.fs.local_holder(block).is_none())
         {
             return known;
         }
         let leased = self.fs.lease_local(block).await.map(Arc::new);
+        if leased.is_none() && self.fs.local_holder(block).is_some() {
+            self.refused.lock().expect("refused").insert(index);
+        }
         let mut table = self.leased.lock().expect("leased");
         if table.len() >= LEASES_PER_FILE {
             table.retain(|i, _| i.abs_diff(index) < LEASES_PER_FILE / 2);
